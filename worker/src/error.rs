@@ -1,0 +1,75 @@
+use std::path::{Path, PathBuf};
+
+/// Everything the worker can refuse or fail at. Each variant names what was wrong and where, so
+/// the message alone tells a user what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file of the model folder is missing, unreadable or malformed.
+    #[error("{}: {message}", path.display())]
+    File { path: PathBuf, message: String },
+
+    /// A field of `config.json` (or another JSON file of the folder) is missing, malformed, or
+    /// asks for something the worker cannot honour.
+    #[error("{}: field `{field}`: {message}", path.display())]
+    Field {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+
+    /// The checkpoint does not match what the architecture needs.
+    #[error("{}: {message}", path.display())]
+    Weights { path: PathBuf, message: String },
+
+    /// A generation request that cannot be served as asked.
+    #[error("invalid request: `{field}`: {message}")]
+    Request {
+        field: &'static str,
+        message: String,
+    },
+
+    /// The backend asked for is not compiled in or has no device.
+    #[error("backend `{backend}`: {message}")]
+    Backend { backend: String, message: String },
+
+    /// The architecture's module cannot run in the dtype asked for.
+    #[error("dtype `{dtype}`: {message}")]
+    Dtype { dtype: String, message: String },
+
+    /// A failure inside candle while running the model.
+    #[error("model execution failed: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn file(path: &Path, message: impl Into<String>) -> Self {
+        Error::File {
+            path: path.to_path_buf(),
+            message: message.into(),
+        }
+    }
+
+    pub fn field(path: &Path, field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Field {
+            path: path.to_path_buf(),
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn weights(path: &Path, message: impl Into<String>) -> Self {
+        Error::Weights {
+            path: path.to_path_buf(),
+            message: message.into(),
+        }
+    }
+
+    pub fn request(field: &'static str, message: impl Into<String>) -> Self {
+        Error::Request {
+            field,
+            message: message.into(),
+        }
+    }
+}

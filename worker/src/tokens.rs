@@ -1,0 +1,228 @@
+//! Text to token ids and back: special tokens as the model folder says, the EOS ids, and
+//! incremental decoding for streaming.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde_json::Value;
+use tokenizers::Tokenizer;
+
+use crate::config::{token_ids, HfConfig};
+use crate::error::{Error, Result};
+use crate::folder::ModelFolder;
+
+/// The tokenizer of a model folder with the folder's rules for special tokens.
+pub struct TextCodec {
+    tokenizer: Tokenizer,
+    /// `Some` when `tokenizer_config.json` sets `add_bos_token`/`add_eos_token`: the worker then
+    /// adds exactly those, as transformers does; otherwise `tokenizer.json`'s post-processor
+    /// decides.
+    explicit_specials: Option<ExplicitSpecials>,
+    eos_ids: Vec<u32>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ExplicitSpecials {
+    bos: Option<u32>,
+    eos: Option<u32>,
+}
+
+impl TextCodec {
+    pub fn load(folder: &ModelFolder, config: &HfConfig) -> Result<Self> {
+        let path = folder.tokenizer();
+        let tokenizer = Tokenizer::from_file(&path)
+            .map_err(|e| Error::file(&path, format!("not a valid tokenizer.json: {e}")))?;
+        let tokenizer_config = match &folder.tokenizer_config {
+            Some(p) => Some((p.as_path(), read_json(p)?)),
+            None => None,
+        };
+
+        let mut explicit_specials = None;
+        let mut eos_ids: BTreeSet<u32> = config.token_ids("eos_token_id")?.into_iter().collect();
+        if let Some((path, tc)) = &tokenizer_config {
+            let flag = |key: &str| -> Result<Option<bool>> {
+                match tc.get(key) {
+                    None | Some(Value::Null) => Ok(None),
+                    Some(Value::Bool(b)) => Ok(Some(*b)),
+                    Some(v) => Err(Error::field(
+                        path,
+                        key,
+                        format!("expected true or false, found {v}"),
+                    )),
+                }
+            };
+            let token = |key: &str| -> Result<Option<u32>> {
+                special_token_id(&tokenizer, path, key, tc.get(key))
+            };
+            let (add_bos, add_eos) = (flag("add_bos_token")?, flag("add_eos_token")?);
+            if add_bos.is_some() || add_eos.is_some() {
+                let required = |key: &str, flag_key: &str| -> Result<u32> {
+                    token(key)?.ok_or_else(|| {
+                        Error::field(path, key, format!("missing, but {flag_key} is true"))
+                    })
+                };
+                explicit_specials = Some(ExplicitSpecials {
+                    bos: add_bos
+                        .unwrap_or(false)
+                        .then(|| required("bos_token", "add_bos_token"))
+                        .transpose()?,
+                    eos: add_eos
+                        .unwrap_or(false)
+                        .then(|| required("eos_token", "add_eos_token"))
+                        .transpose()?,
+                });
+            }
+            eos_ids.extend(token("eos_token")?);
+        }
+        if let Some(path) = &folder.generation_config {
+            let generation = read_json(path)?;
+            let ids = token_ids(generation.get("eos_token_id"))
+                .map_err(|m| Error::field(path, "eos_token_id", m))?;
+            eos_ids.extend(ids);
+        }
+        Ok(Self {
+            tokenizer,
+            explicit_specials,
+            eos_ids: eos_ids.into_iter().collect(),
+        })
+    }
+
+    /// Token ids for `text`, with BOS/EOS added as the model folder says.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let add_special_tokens = self.explicit_specials.is_none();
+        let encoding = self
+            .tokenizer
+            .encode(text, add_special_tokens)
+            .map_err(|e| Error::request("prompt", format!("cannot be tokenized: {e}")))?;
+        let mut ids = encoding.get_ids().to_vec();
+        if let Some(specials) = self.explicit_specials {
+            if let Some(bos) = specials.bos {
+                ids.insert(0, bos);
+            }
+            ids.extend(specials.eos);
+        }
+        Ok(ids)
+    }
+
+    /// The text of `ids`, special tokens left out.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| Error::request("prompt_ids", format!("cannot be decoded: {e}")))
+    }
+
+    /// Every id that ends generation: from config.json, generation_config.json and the
+    /// tokenizer's EOS token.
+    pub fn eos_ids(&self) -> &[u32] {
+        &self.eos_ids
+    }
+
+    pub fn bos_id(&self) -> Option<u32> {
+        self.explicit_specials.and_then(|s| s.bos)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.tokenizer.get_vocab_size(true)
+    }
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Map<String, Value>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    match serde_json::from_str(&text) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(Error::file(path, "expected a JSON object at the top level")),
+        Err(e) => Err(Error::file(path, format!("not valid JSON: {e}"))),
+    }
+}
+
+/// A special token of `tokenizer_config.json`, given as a string or as `{"content": ...}`.
+fn special_token_id(
+    tokenizer: &Tokenizer,
+    path: &Path,
+    key: &str,
+    value: Option<&Value>,
+) -> Result<Option<u32>> {
+    let content = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) => s.as_str(),
+        Some(Value::Object(o)) => match o.get("content") {
+            Some(Value::String(s)) => s.as_str(),
+            _ => {
+                return Err(Error::field(
+                    path,
+                    key,
+                    "expected a string or {\"content\": ...}",
+                ))
+            }
+        },
+        Some(v) => {
+            return Err(Error::field(
+                path,
+                key,
+                format!("expected a token, found {v}"),
+            ))
+        }
+    };
+    tokenizer.token_to_id(content).map(Some).ok_or_else(|| {
+        Error::field(
+            path,
+            key,
+            format!("token `{content}` is not in tokenizer.json"),
+        )
+    })
+}
+
+/// Turns a growing list of ids into text pieces that are each valid UTF-8 and that together
+/// equal the decode of all the ids.
+///
+/// Each step decodes all ids and emits what is new. A byte-level token can end inside a
+/// multi-byte character, which the decoder shows as U+FFFD: trailing U+FFFD are held back until
+/// a later token completes the character, or until the last token, which emits them as U+FFFD. So bytes that never form valid UTF-8 appear as U+FFFD, exactly as in the decode of
+/// all ids.
+pub struct IncrementalText<'a> {
+    codec: &'a TextCodec,
+    ids: Vec<u32>,
+    emitted: String,
+}
+
+impl<'a> IncrementalText<'a> {
+    pub fn new(codec: &'a TextCodec) -> Self {
+        Self {
+            codec,
+            ids: Vec::new(),
+            emitted: String::new(),
+        }
+    }
+
+    /// Adds `id` and returns the text it completes (possibly empty). With `last`, nothing is
+    /// held back.
+    pub fn push(&mut self, id: u32, last: bool) -> Result<String> {
+        self.ids.push(id);
+        let full = self.codec.decode(&self.ids)?;
+        let Some(new) = full.strip_prefix(self.emitted.as_str()) else {
+            // The decoders of supported tokenizers only ever extend their output; one that
+            // rewrites earlier text cannot be streamed.
+            return Err(Error::request(
+                "prompt_ids",
+                format!(
+                    "the tokenizer's decoder rewrote text already streamed ({:?} became {:?})",
+                    self.emitted, full
+                ),
+            ));
+        };
+        let piece = if last {
+            new
+        } else {
+            new.trim_end_matches('\u{FFFD}')
+        }
+        .to_string();
+        self.emitted.push_str(&piece);
+        Ok(piece)
+    }
+
+    /// The text emitted so far.
+    pub fn text(&self) -> &str {
+        &self.emitted
+    }
+}

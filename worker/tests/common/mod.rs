@@ -1,0 +1,71 @@
+//! Shared helpers of the worker's integration tests: fixture models in temporary folders.
+
+#![allow(dead_code)] // Each test binary uses a different subset.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+
+use llm_worker_rbee::{synth, Generation, LoadOptions, Prompt, Request, Worker};
+use serde_json::Value;
+
+/// A fixture model written into its own temporary folder, removed when dropped.
+pub struct Fixture {
+    dir: tempfile::TempDir,
+    pub id: &'static str,
+}
+
+impl Fixture {
+    pub fn new(id: &str) -> Self {
+        let spec = synth::fixture(id).unwrap_or_else(|| panic!("no fixture `{id}`"));
+        let dir = tempfile::tempdir().expect("temporary folder");
+        synth::write_fixture(&spec, dir.path()).expect("fixture written");
+        Self { dir, id: spec.id }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn load(&self) -> Worker {
+        Worker::load(self.path(), LoadOptions::default())
+            .unwrap_or_else(|e| panic!("fixture `{}` loads: {e}", self.id))
+    }
+
+    /// Rewrites one of the fixture's JSON files.
+    pub fn edit_json(&self, name: &str, edit: impl FnOnce(&mut serde_json::Map<String, Value>)) {
+        let path = self.file(name);
+        let mut value: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        edit(value.as_object_mut().unwrap());
+        std::fs::write(&path, serde_json::to_string_pretty(&value).unwrap()).unwrap();
+    }
+}
+
+pub fn all_fixture_ids() -> Vec<&'static str> {
+    synth::fixtures().iter().map(|f| f.id).collect()
+}
+
+/// Prompts of the kinds the suite uses: short text, one token, longer than the windows.
+pub fn prompts() -> Vec<Prompt> {
+    vec![
+        Prompt::Text("hello".into()),
+        Prompt::Ids(vec![300]),
+        Prompt::Text("The quick brown fox jumps over the lazy dog while the cat sleeps.".into()),
+    ]
+}
+
+pub fn greedy(prompt: Prompt, max_tokens: usize) -> Request {
+    let mut request = Request::greedy(prompt, max_tokens);
+    request.ignore_eos = true;
+    request
+}
+
+pub fn run(worker: &mut Worker, request: &Request) -> Generation {
+    worker
+        .generate(request, |_| ControlFlow::Continue(()))
+        .unwrap_or_else(|e| panic!("generation succeeds: {e}"))
+}
