@@ -32,6 +32,10 @@ pub enum Error {
     #[error("backend `{backend}`: {message}")]
     Backend { backend: String, message: String },
 
+    /// Generated token ids could not be turned into text.
+    #[error("cannot decode the generated tokens: {0}")]
+    Decode(String),
+
     /// The architecture's module cannot run in the dtype asked for.
     #[error("dtype `{dtype}`: {message}")]
     Dtype { dtype: String, message: String },

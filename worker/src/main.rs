@@ -225,7 +225,7 @@ struct Timings {
 
 fn inspect(args: InspectArgs) -> Result<()> {
     let model_dir = &args.model.model;
-    let (info, ..) = ModelInfo::inspect(model_dir)
+    let info = ModelInfo::inspect(model_dir)
         .with_context(|| format!("cannot read the model in {}", model_dir.display()))?;
     if args.format == Format::Json {
         println!("{}", serde_json::to_string_pretty(&info)?);

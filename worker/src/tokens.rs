@@ -108,7 +108,7 @@ impl TextCodec {
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.tokenizer
             .decode(ids, true)
-            .map_err(|e| Error::request("prompt_ids", format!("cannot be decoded: {e}")))
+            .map_err(|e| Error::Decode(e.to_string()))
     }
 
     /// Every id that ends generation: from config.json, generation_config.json and the
@@ -203,13 +203,10 @@ impl<'a> IncrementalText<'a> {
         let Some(new) = full.strip_prefix(self.emitted.as_str()) else {
             // The decoders of supported tokenizers only ever extend their output; one that
             // rewrites earlier text cannot be streamed.
-            return Err(Error::request(
-                "prompt_ids",
-                format!(
-                    "the tokenizer's decoder rewrote text already streamed ({:?} became {:?})",
-                    self.emitted, full
-                ),
-            ));
+            return Err(Error::Decode(format!(
+                "the tokenizer's decoder rewrote text already streamed ({:?} became {:?})",
+                self.emitted, full
+            )));
         };
         let piece = if last {
             new

@@ -56,28 +56,45 @@ pub struct ModelInfo {
 
 impl ModelInfo {
     /// Reads config, tokenizer and checkpoint headers, without loading any weights.
-    pub fn inspect(model_dir: &Path) -> Result<(ModelInfo, ArchConfig, TextCodec, ModelFolder)> {
-        let folder = ModelFolder::open(model_dir)?;
-        let config = HfConfig::load(&folder.config())?;
-        let arch = ArchConfig::parse(&config)?;
-        let codec = TextCodec::load(&folder, &config)?;
-        let checkpoint = weights::summarize(&folder)?;
-        let info = ModelInfo {
-            model_dir: model_dir.to_path_buf(),
-            architecture: arch.architecture,
-            dims: arch.dims.clone(),
-            context_length: arch.context_length(),
-            window: arch.window.clone(),
-            rope: arch.rope.clone(),
-            tie_word_embeddings: arch.tie_word_embeddings,
-            bos_token_id: codec.bos_id(),
-            eos_token_ids: codec.eos_ids().to_vec(),
-            tokenizer_vocab_size: codec.vocab_size(),
-            checkpoint,
-            unrecognized_config_keys: config.unread_keys(),
-        };
-        Ok((info, arch, codec, folder))
+    pub fn inspect(model_dir: &Path) -> Result<ModelInfo> {
+        open(model_dir).map(|opened| opened.info)
     }
+}
+
+/// A model folder read up to, but not including, its weights.
+struct Opened {
+    info: ModelInfo,
+    arch: ArchConfig,
+    codec: TextCodec,
+    folder: ModelFolder,
+}
+
+fn open(model_dir: &Path) -> Result<Opened> {
+    let folder = ModelFolder::open(model_dir)?;
+    let config = HfConfig::load(&folder.config())?;
+    let arch = ArchConfig::parse(&config)?;
+    let codec = TextCodec::load(&folder, &config)?;
+    let checkpoint = weights::summarize(&folder)?;
+    let info = ModelInfo {
+        model_dir: model_dir.to_path_buf(),
+        architecture: arch.architecture,
+        dims: arch.dims.clone(),
+        context_length: arch.context_length(),
+        window: arch.window.clone(),
+        rope: arch.rope.clone(),
+        tie_word_embeddings: arch.tie_word_embeddings,
+        bos_token_id: codec.bos_id(),
+        eos_token_ids: codec.eos_ids().to_vec(),
+        tokenizer_vocab_size: codec.vocab_size(),
+        checkpoint,
+        unrecognized_config_keys: config.unread_keys(),
+    };
+    Ok(Opened {
+        info,
+        arch,
+        codec,
+        folder,
+    })
 }
 
 /// Wall-clock times of loading, in milliseconds.
@@ -102,7 +119,12 @@ impl Worker {
     pub fn load(model_dir: &Path, options: LoadOptions) -> Result<Self> {
         let started = Instant::now();
         let device = options.backend.device(options.device)?;
-        let (info, arch, codec, folder) = ModelInfo::inspect(model_dir)?;
+        let Opened {
+            info,
+            arch,
+            codec,
+            folder,
+        } = open(model_dir)?;
         for key in &info.unrecognized_config_keys {
             tracing::warn!(
                 key = key.as_str(),
@@ -175,7 +197,7 @@ impl Worker {
         }
         let context = self.info.context_length;
         let why = match self.info.window {
-            Window::LimitsContext { size } if size < self.info.dims.max_position_embeddings => {
+            Window::LimitsContext { size } => {
                 format!(
                     " (the {size}-token sliding window that candle's {} module cannot apply)",
                     self.info.architecture
