@@ -30,3 +30,6 @@ pub use backend::{Backend, Dtype};
 pub use error::{Error, Result};
 pub use generate::{Generation, Prompt, Request, StopReason, TokenEvent};
 pub use worker::{LoadOptions, ModelInfo, Worker};
+
+/// This crate's version, as reports record it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -50,7 +50,7 @@ pub fn default_dir() -> PathBuf {
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    let cases = Cases::load(&conformance::cases_path())?;
+    let cases = Cases::load(&conformance::cases::default_path())?;
     if let Some(id) = &args.search_seed {
         return search_seed(id, args.from, &cases);
     }

@@ -2,6 +2,9 @@
 
 mod ci;
 mod fixtures;
+mod snapshots;
+mod support_matrix;
+mod test;
 
 use std::path::{Path, PathBuf};
 
@@ -23,13 +26,24 @@ enum Command {
     /// Write the tiny fixture models into target/fixtures, verify their bytes against
     /// conformance/fixtures.lock and check that greedy decoding stays far from ties.
     Fixtures(fixtures::Args),
-    /// Run every check CI runs: formatting, clippy, the fixture lock, and the tests.
+    /// Run the conformance suite (by default every fixture on cpu in f32) and print the table;
+    /// writes target/conformance/report.json and junit.xml.
+    Test(test::Args),
+    /// Review the pending snapshots (.snap.new) under golden/snapshots/.
+    Snapshots(snapshots::Args),
+    /// Write MODEL_SUPPORT.md from the committed reports in golden/reports/.
+    SupportMatrix(support_matrix::Args),
+    /// Run every check CI runs: formatting, clippy, fixtures, tests, the conformance suite
+    /// (also under nextest and with the fault injected), and the support matrix.
     Ci,
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Fixtures(args) => fixtures::run(&args),
+        Command::Test(args) => test::run(&args),
+        Command::Snapshots(args) => snapshots::run(&args),
+        Command::SupportMatrix(args) => support_matrix::run(&args),
         Command::Ci => ci::run(),
     }
 }

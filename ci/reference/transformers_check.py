@@ -1,52 +1,31 @@
 #!/usr/bin/env python3
 """Checks the worker against Hugging Face transformers, on the fixture models.
 
-    python3 ci/transformers_check.py configs   # regenerate worker/tests/data/hf-configs/
-    python3 ci/transformers_check.py check     # transformers 5.x saves each fixture; the worker
-                                               # must load that folder and give transformers'
-                                               # greedy tokens
+    python3 ci/reference/transformers_check.py configs  # regenerate worker/tests/data/hf-configs/
+    python3 ci/reference/transformers_check.py check    # transformers 5.x saves each fixture; the
+                                                        # worker must load that folder and give
+                                                        # transformers' greedy tokens
 
-Each command installs what it needs into its own virtualenv under target/ci-venvs/ (pinned
-versions below) and re-runs itself there. The fixtures must exist (`cargo xtask fixtures`);
-`check` also needs the release worker binary (`cargo build --release -p llm-worker-rbee`).
+Each command installs what it needs into its own virtualenv under target/ci-venvs/ (versions
+pinned in pinned_venv.py) and re-runs itself there. The fixtures must exist (`cargo xtask
+fixtures`); `check` also needs the release worker binary (`cargo build --release -p
+llm-worker-rbee`).
 """
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 import tomllib
-import venv
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-ROOT = Path(__file__).resolve().parent.parent
-TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+from pinned_venv import NUMPY, ROOT, SAFETENSORS, TARGET, TORCH, TRANSFORMERS_4, TRANSFORMERS_5, run_in_venv
+
 FIXTURES = TARGET / "fixtures"
 CONFIG_DATA = ROOT / "worker" / "tests" / "data" / "hf-configs"
 
-TRANSFORMERS_4 = "transformers==4.57.6"
-TRANSFORMERS_5 = "transformers==5.23.0"
-TORCH = "torch==2.15.0"
-
 # The files transformers does not write, copied from the fixture next to what it saved.
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json"]
-
-
-def in_venv(name: str, packages: list[str], argv: list[str]) -> int:
-    """Runs this script with `argv` inside the virtualenv `name`, made on first use."""
-    env_dir = TARGET / "ci-venvs" / name
-    python = env_dir / "bin" / "python"
-    stamp = env_dir / "installed.txt"
-    wanted = "\n".join(packages)
-    if not stamp.exists() or stamp.read_text() != wanted:
-        print(f"setting up {env_dir} with {', '.join(packages)}", file=sys.stderr)
-        venv.create(env_dir, clear=True, with_pip=True)
-        subprocess.run([python, "-m", "pip", "install", "--quiet", *packages], check=True)
-        stamp.write_text(wanted)
-    return subprocess.run([python, __file__, *argv]).returncode
 
 
 def fixture_dirs() -> list[Path]:
@@ -149,11 +128,11 @@ def check() -> int:
 def main() -> int:
     command = sys.argv[1] if len(sys.argv) > 1 else ""
     if command == "configs":
-        return in_venv("transformers-4", [TRANSFORMERS_4], ["_save-configs", "4"]) or in_venv(
-            "transformers-5", [TRANSFORMERS_5], ["_save-configs", "5"]
+        return run_in_venv("transformers-4", [TRANSFORMERS_4], __file__, ["_save-configs", "4"]) or run_in_venv(
+            "transformers-5", [TRANSFORMERS_5], __file__, ["_save-configs", "5"]
         )
     if command == "check":
-        return in_venv("transformers-5-torch", [TRANSFORMERS_5, TORCH], ["_check"])
+        return run_in_venv("transformers-5-torch", [TRANSFORMERS_5, TORCH, SAFETENSORS, NUMPY], __file__, ["_check"])
     if command == "_save-configs":
         save_configs(sys.argv[2])
         return 0

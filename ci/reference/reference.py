@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""Writes the transformers reference of every fixture into golden/reference/.
+
+    python3 ci/reference/reference.py          # (re)write golden/reference/
+    python3 ci/reference/reference.py --check  # regenerate into target/ and compare with golden/
+
+For each model of conformance/cases.toml and each prompt, transformers (float32, eager
+attention, one thread) decodes greedily with a plain forward loop over the cache: the prompt in
+one pass, then one token at a time, stopping at an EOS id or after max_tokens. It writes
+
+- <model>.json: the torch and transformers versions and, per prompt, the prompt ids, the greedy
+  token ids and each step's five largest logits as [id, logit];
+- <model>.logits.safetensors: per prompt (tensor name = prompt id) the full logits of every step,
+  shape [steps, vocab]. Those steps are teacher-forced on the reference tokens by construction.
+
+Logits are rounded to 5 decimals in both files, so a rerun writes the same bytes. The script
+installs torch and transformers into its own virtualenv (pinned_venv.py); the fixtures must exist
+(`cargo xtask fixtures`).
+"""
+
+import filecmp
+import json
+import shutil
+import sys
+import tomllib
+from pathlib import Path
+
+from pinned_venv import NUMPY, ROOT, SAFETENSORS, TARGET, TORCH, TRANSFORMERS_5, run_in_venv
+
+CASES = ROOT / "conformance" / "cases.toml"
+FIXTURES = TARGET / "fixtures"
+GOLDEN = ROOT / "golden" / "reference"
+
+
+def eos_ids(model, tokenizer) -> set[int]:
+    """The worker's rule: every EOS id of config.json, generation_config.json and the tokenizer."""
+    ids = set()
+    for source in (model.config.eos_token_id, model.generation_config.eos_token_id, tokenizer.eos_token_id):
+        if isinstance(source, int):
+            ids.add(source)
+        elif source is not None:
+            ids.update(source)
+    return ids
+
+
+def write_reference(out: Path) -> None:
+    import torch
+    import transformers
+    from safetensors.torch import save_file
+
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    cases = tomllib.loads(CASES.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    for model_id in cases["models"]["fixtures"]:
+        folder = FIXTURES / model_id
+        if not (folder / "config.json").is_file():
+            sys.exit(f"{folder} is missing: run `cargo xtask fixtures` first")
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            folder, dtype=torch.float32, attn_implementation="eager"
+        )
+        model.eval()
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+        stop = eos_ids(model, tokenizer)
+        prompts, logits = {}, {}
+        for prompt in cases["prompts"]:
+            prompt_ids = prompt["ids"] if "ids" in prompt else tokenizer(prompt["text"])["input_ids"]
+            steps, tokens = [], []
+            with torch.no_grad():
+                result = model(torch.tensor([prompt_ids]), use_cache=True)
+                for _ in range(cases["max_tokens"]):
+                    step = result.logits[0, -1].float()
+                    steps.append(step)
+                    token = int(step.argmax())
+                    tokens.append(token)
+                    if token in stop:
+                        break
+                    result = model(
+                        torch.tensor([[token]]), past_key_values=result.past_key_values, use_cache=True
+                    )
+            stacked = torch.round(torch.stack(steps), decimals=5).contiguous()
+            top = [
+                [[int(i), round(float(v), 5)] for v, i in zip(*torch.topk(step, 5))]
+                for step in stacked
+            ]
+            prompts[prompt["id"]] = {"prompt_ids": prompt_ids, "token_ids": tokens, "top5": top}
+            logits[prompt["id"]] = stacked
+        versions = {"torch": torch.__version__, "transformers": transformers.__version__}
+        document = {"model": model_id, **versions, "max_tokens": cases["max_tokens"], "prompts": prompts}
+        (out / f"{model_id}.json").write_text(json.dumps(document, indent=1) + "\n")
+        # One metadata key: safetensors writes several in no fixed order.
+        made_with = f"torch {torch.__version__}, transformers {transformers.__version__}"
+        save_file(logits, out / f"{model_id}.logits.safetensors", metadata={"made_with": made_with})
+        print(f"{out / model_id}: {len(prompts)} prompts")
+
+
+def main() -> int:
+    argv = sys.argv[1:]
+    if argv[:1] == ["_write"]:
+        write_reference(Path(argv[1]))
+        return 0
+    packages = [TRANSFORMERS_5, TORCH, SAFETENSORS, NUMPY]
+    if argv == ["--check"]:
+        fresh = TARGET / "reference-check"
+        shutil.rmtree(fresh, ignore_errors=True)
+        code = run_in_venv("transformers-5-torch", packages, __file__, ["_write", str(fresh)])
+        if code:
+            return code
+        names = sorted(p.name for p in GOLDEN.iterdir())
+        fresh_names = sorted(p.name for p in fresh.iterdir())
+        _, mismatch, errors = filecmp.cmpfiles(GOLDEN, fresh, names, shallow=False)
+        if names != fresh_names or mismatch or errors:
+            print(f"golden/reference differs from a fresh run: {mismatch + errors or fresh_names}")
+            return 1
+        print(f"golden/reference regenerates identically ({len(names)} files)")
+        return 0
+    if argv:
+        print(__doc__, file=sys.stderr)
+        return 2
+    return run_in_venv("transformers-5-torch", packages, __file__, ["_write", str(GOLDEN)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

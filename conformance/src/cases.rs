@@ -1,0 +1,231 @@
+//! `conformance/cases.toml`: the cases as data.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use llm_worker_rbee::{Backend, Dtype, Prompt};
+use serde::Deserialize;
+
+use crate::Error;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cases {
+    /// Tokens generated per trial.
+    pub max_tokens: usize,
+    pub backends: Vec<Backend>,
+    pub dtypes: Vec<Dtype>,
+    pub seeds: Vec<Seed>,
+    pub sampling: Sampling,
+    pub models: Models,
+    pub prompts: Vec<PromptCase>,
+    #[serde(default)]
+    pub tolerances: BTreeMap<String, Tolerance>,
+    #[serde(default)]
+    pub expected_failures: Vec<ExpectedFailure>,
+}
+
+/// `greedy`, or the seed of a sampled trial.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Seed {
+    Sampled(u64),
+    Label(SeedLabel),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SeedLabel {
+    Greedy,
+}
+
+impl Seed {
+    pub const GREEDY: Seed = Seed::Label(SeedLabel::Greedy);
+
+    pub fn is_greedy(self) -> bool {
+        self == Self::GREEDY
+    }
+}
+
+impl fmt::Display for Seed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Seed::Sampled(seed) => write!(f, "{seed}"),
+            Seed::Label(SeedLabel::Greedy) => f.write_str("greedy"),
+        }
+    }
+}
+
+/// Sampling parameters of the numbered seeds.
+#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Sampling {
+    pub temperature: f64,
+    pub top_p: Option<f64>,
+    pub top_k: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Models {
+    /// Fixture ids of `cargo xtask fixtures`.
+    pub fixtures: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptCase {
+    pub id: String,
+    pub text: Option<String>,
+    pub ids: Option<Vec<u32>>,
+}
+
+impl PromptCase {
+    pub fn prompt(&self) -> Prompt {
+        match (&self.text, &self.ids) {
+            (Some(text), _) => Prompt::Text(text.clone()),
+            (None, Some(ids)) => Prompt::Ids(ids.clone()),
+            (None, None) => unreachable!("checked by Cases::parse"),
+        }
+    }
+}
+
+/// Largest absolute logit differences allowed for one backend-dtype.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tolerance {
+    /// Teacher-forced logits against the reference.
+    pub reference_logits: f32,
+    /// Logits decoded with the KV cache against a full recompute.
+    pub recompute_logits: f32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectedFailure {
+    /// A trial-name prefix.
+    pub trials: String,
+    pub reason: String,
+}
+
+impl Cases {
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Self, Error> {
+        let invalid = |message: String| Error::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let cases: Cases = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        if cases.max_tokens == 0 {
+            return Err(invalid("max_tokens must be at least 1".into()));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for prompt in &cases.prompts {
+            if !seen.insert(prompt.id.as_str()) {
+                return Err(invalid(format!("prompt id `{}` is used twice", prompt.id)));
+            }
+            if prompt.id.contains('/') {
+                return Err(invalid(format!("prompt id `{}` contains `/`", prompt.id)));
+            }
+            if prompt.text.is_some() == prompt.ids.is_some() {
+                return Err(invalid(format!(
+                    "prompt `{}` needs exactly one of `text` and `ids`",
+                    prompt.id
+                )));
+            }
+        }
+        if cases.sampling.temperature <= 0.0 {
+            return Err(invalid("sampling.temperature must be positive".into()));
+        }
+        Ok(cases)
+    }
+
+    /// The tolerance of `backend`-`dtype`, if cases.toml states one.
+    pub fn tolerance(&self, backend: Backend, dtype: Dtype) -> Option<Tolerance> {
+        self.tolerances.get(&format!("{backend}-{dtype}")).copied()
+    }
+
+    /// The expected failure that covers `trial`, if any.
+    pub fn expected_failure(&self, trial: &str) -> Option<&ExpectedFailure> {
+        self.expected_failures
+            .iter()
+            .find(|e| trial.starts_with(&e.trials))
+    }
+}
+
+/// The committed case file.
+pub fn default_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("cases.toml")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        max_tokens = 4
+        backends = ["cpu"]
+        dtypes = ["f32"]
+        seeds = ["greedy", 7]
+        sampling = { temperature = 0.8, top_p = 0.95 }
+        models = { fixtures = ["llama"] }
+    "#;
+
+    fn parse(extra: &str) -> Result<Cases, Error> {
+        Cases::parse(Path::new("cases.toml"), &format!("{MINIMAL}\n{extra}"))
+    }
+
+    #[test]
+    fn committed_cases_parse() {
+        let cases = Cases::load(&default_path()).unwrap();
+        assert!(cases.prompts.len() >= 3);
+        assert!(cases.seeds.len() >= 3);
+        assert!(cases.seeds.contains(&Seed::GREEDY));
+        assert!(cases
+            .prompts
+            .iter()
+            .any(|p| p.ids.as_ref().is_some_and(|ids| ids.len() == 1)));
+        assert!(cases.tolerance(Backend::Cpu, Dtype::F32).is_some());
+    }
+
+    #[test]
+    fn seeds_are_greedy_or_numbers() {
+        let cases = parse("[[prompts]]\nid = \"a\"\ntext = \"a\"").unwrap();
+        assert_eq!(cases.seeds, [Seed::GREEDY, Seed::Sampled(7)]);
+        assert_eq!(cases.seeds[1].to_string(), "7");
+        let bad = MINIMAL.replace("\"greedy\", 7", "\"random\"");
+        assert!(Cases::parse(Path::new("c.toml"), &bad).is_err());
+    }
+
+    #[test]
+    fn rejects_a_prompt_with_both_text_and_ids() {
+        let err = parse("[[prompts]]\nid = \"x\"\ntext = \"a\"\nids = [1]").unwrap_err();
+        assert!(err.to_string().contains("exactly one of"), "{err}");
+    }
+
+    #[test]
+    fn rejects_duplicate_prompt_ids() {
+        let err =
+            parse("[[prompts]]\nid = \"x\"\ntext = \"a\"\n[[prompts]]\nid = \"x\"\nids = [1]")
+                .unwrap_err();
+        assert!(err.to_string().contains("used twice"), "{err}");
+    }
+
+    #[test]
+    fn expected_failures_match_by_prefix() {
+        let cases = parse(
+            "[[prompts]]\nid = \"a\"\ntext = \"a\"\n[[expected_failures]]\ntrials = \"llama/cpu-bf16/\"\nreason = \"r\"",
+        )
+        .unwrap();
+        assert!(cases.expected_failure("llama/cpu-bf16/greedy/a").is_some());
+        assert!(cases.expected_failure("llama/cpu-f32/greedy/a").is_none());
+    }
+}

@@ -1,0 +1,612 @@
+//! Trials: the cross product of the cases, and running one.
+
+use std::collections::HashMap;
+use std::io::Read as _;
+use std::ops::ControlFlow;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use llm_worker_rbee::{Backend, Dtype, Generation, LoadOptions, Request, StopReason, Worker};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::cases::{Cases, PromptCase, Seed, Tolerance};
+use crate::reference::Reference;
+use crate::report::{Differential, Outcome, TrialRecord};
+use crate::Paths;
+
+/// The backends and dtypes a run covers: `CONFORMANCE_BACKENDS` and `CONFORMANCE_DTYPES`
+/// (comma-separated), by default `cpu` and `f32`.
+#[derive(Clone, Debug)]
+pub struct Selection {
+    pub backends: Vec<Backend>,
+    pub dtypes: Vec<Dtype>,
+}
+
+impl Selection {
+    pub fn from_env() -> Result<Self, String> {
+        Ok(Self {
+            backends: list("CONFORMANCE_BACKENDS", Backend::Cpu)?,
+            dtypes: list("CONFORMANCE_DTYPES", Dtype::F32)?,
+        })
+    }
+}
+
+fn list<T: std::str::FromStr<Err = String>>(var: &str, default: T) -> Result<Vec<T>, String> {
+    match std::env::var(var) {
+        Err(_) => Ok(vec![default]),
+        Ok(value) => value
+            .split(',')
+            .map(|item| item.trim().parse().map_err(|e| format!("{var}: {e}")))
+            .collect(),
+    }
+}
+
+/// One trial: a model, backend, dtype, seed and prompt.
+#[derive(Clone, Debug)]
+pub struct TrialSpec {
+    /// `<model>/<backend>-<dtype>/<seed>/<prompt-id>`.
+    pub name: String,
+    pub model: String,
+    pub backend: Backend,
+    pub dtype: Dtype,
+    pub seed: Seed,
+    pub prompt: PromptCase,
+}
+
+/// Every trial of `cases` for the selected backends and dtypes, in a stable order.
+pub fn expand(cases: &Cases, selection: &Selection) -> Vec<TrialSpec> {
+    let mut trials = Vec::new();
+    for model in &cases.models.fixtures {
+        for &backend in &selection.backends {
+            for &dtype in &selection.dtypes {
+                for &seed in &cases.seeds {
+                    for prompt in &cases.prompts {
+                        trials.push(TrialSpec {
+                            name: format!("{model}/{backend}-{dtype}/{seed}/{}", prompt.id),
+                            model: model.clone(),
+                            backend,
+                            dtype,
+                            seed,
+                            prompt: prompt.clone(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    trials
+}
+
+/// What a trial's golden snapshot holds. Never timings.
+#[derive(Serialize)]
+struct TrialSnapshot<'a> {
+    model: &'a str,
+    weights_sha256: &'a str,
+    backend: Backend,
+    dtype: Dtype,
+    seed: String,
+    sampling: SnapshotSampling,
+    prompt: SnapshotPrompt<'a>,
+    token_ids: &'a [u32],
+    text: &'a str,
+    stop_reason: StopReason,
+}
+
+#[derive(Serialize)]
+struct SnapshotSampling {
+    temperature: f64,
+    top_p: Option<f64>,
+    top_k: Option<usize>,
+    seed: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct SnapshotPrompt<'a> {
+    id: &'a str,
+    text: Option<&'a str>,
+    ids: &'a [u32],
+}
+
+/// A model loaded once per backend and dtype, shared by its trials.
+struct Loaded {
+    worker: Worker,
+    weights_sha256: String,
+}
+
+type Slot = Arc<Mutex<Option<Result<Loaded, String>>>>;
+type SharedReference = Arc<Result<Option<Reference>, String>>;
+
+/// Runs trials, loading each model once and keeping it for the trials that follow.
+pub struct Suite {
+    pub cases: Cases,
+    pub paths: Paths,
+    workers: Mutex<HashMap<(String, Backend, Dtype), Slot>>,
+    references: Mutex<HashMap<String, SharedReference>>,
+}
+
+/// How a trial ended before the expected-failure list is applied.
+enum Verdict {
+    Ignored(String),
+    Ran {
+        failures: Vec<String>,
+        golden_sha256: Option<String>,
+        differential: Differential,
+    },
+}
+
+impl Verdict {
+    fn failed(message: String) -> Self {
+        Verdict::Ran {
+            failures: vec![message],
+            golden_sha256: None,
+            differential: Differential::default(),
+        }
+    }
+}
+
+impl Suite {
+    pub fn new(cases: Cases, paths: Paths) -> Self {
+        Self {
+            cases,
+            paths,
+            workers: Mutex::new(HashMap::new()),
+            references: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Runs one trial and writes its record.
+    pub fn run(&self, spec: &TrialSpec) -> TrialRecord {
+        let started = Instant::now();
+        let verdict = self.check(spec);
+        let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let expected = self.cases.expected_failure(&spec.name);
+        let (outcome, message, golden_sha256, differential) = match verdict {
+            Verdict::Ignored(reason) => (Outcome::Ignored, Some(reason), None, None),
+            Verdict::Ran {
+                failures,
+                golden_sha256,
+                differential,
+            } => {
+                let (outcome, message) = match (failures.is_empty(), expected) {
+                    (true, None) => (Outcome::Passed, None),
+                    (false, None) => (Outcome::Failed, Some(failures.join("\n\n"))),
+                    (false, Some(e)) => (
+                        Outcome::ExpectedFailure,
+                        Some(format!(
+                            "expected failure ({}): {}",
+                            e.reason,
+                            failures.join("\n\n")
+                        )),
+                    ),
+                    (true, Some(e)) => (
+                        Outcome::Failed,
+                        Some(format!(
+                            "passed, but cases.toml lists it as an expected failure ({}); \
+                             remove the entry `{}`",
+                            e.reason, e.trials
+                        )),
+                    ),
+                };
+                (outcome, message, golden_sha256, Some(differential))
+            }
+        };
+        let record = TrialRecord {
+            name: spec.name.clone(),
+            model: spec.model.clone(),
+            backend: spec.backend,
+            dtype: spec.dtype,
+            seed: spec.seed.to_string(),
+            prompt: spec.prompt.id.clone(),
+            outcome,
+            duration_ms,
+            message,
+            golden_sha256,
+            differential,
+        };
+        if let Err(e) = record.write(&self.paths.records) {
+            eprintln!("cannot write the record of {}: {e}", spec.name);
+        }
+        record
+    }
+
+    fn check(&self, spec: &TrialSpec) -> Verdict {
+        let dir = self.paths.fixtures.join(&spec.model);
+        if !dir.join("config.json").is_file() {
+            return Verdict::Ignored(format!(
+                "model `{}` is not present in {} (run `cargo xtask fixtures`)",
+                spec.model,
+                self.paths.fixtures.display()
+            ));
+        }
+        let slot = self.slot(spec);
+        let mut guard = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        let loaded = guard.get_or_insert_with(|| load(&dir, spec.backend, spec.dtype));
+        match loaded {
+            Ok(loaded) => self.check_loaded(spec, loaded),
+            Err(e) => Verdict::failed(e.clone()),
+        }
+    }
+
+    fn slot(&self, spec: &TrialSpec) -> Slot {
+        let mut workers = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
+        workers
+            .entry((spec.model.clone(), spec.backend, spec.dtype))
+            .or_default()
+            .clone()
+    }
+
+    fn reference(&self, model: &str) -> SharedReference {
+        let mut references = self
+            .references
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        references
+            .entry(model.to_string())
+            .or_insert_with(|| {
+                Arc::new(Reference::load(&self.paths.reference(), model).map_err(|e| e.to_string()))
+            })
+            .clone()
+    }
+
+    fn request(&self, spec: &TrialSpec) -> Request {
+        let greedy = Request::greedy(spec.prompt.prompt(), self.cases.max_tokens);
+        match spec.seed {
+            Seed::Sampled(seed) => Request {
+                temperature: self.cases.sampling.temperature,
+                top_p: self.cases.sampling.top_p,
+                top_k: self.cases.sampling.top_k,
+                seed,
+                ..greedy
+            },
+            Seed::Label(_) => greedy,
+        }
+    }
+
+    fn check_loaded(&self, spec: &TrialSpec, loaded: &mut Loaded) -> Verdict {
+        let request = self.request(spec);
+        let worker = &mut loaded.worker;
+        let generation = match generate(worker, &request) {
+            Ok(g) => g,
+            Err(e) => return Verdict::failed(format!("generation failed: {e}")),
+        };
+        let mut failures = Vec::new();
+        let mut differential = Differential::default();
+
+        let snapshot = TrialSnapshot {
+            model: &spec.model,
+            weights_sha256: &loaded.weights_sha256,
+            backend: spec.backend,
+            dtype: spec.dtype,
+            seed: spec.seed.to_string(),
+            sampling: SnapshotSampling {
+                temperature: request.temperature,
+                top_p: request.top_p,
+                top_k: request.top_k,
+                seed: match spec.seed {
+                    Seed::Sampled(seed) => Some(seed),
+                    Seed::Label(_) => None,
+                },
+            },
+            prompt: SnapshotPrompt {
+                id: &spec.prompt.id,
+                text: spec.prompt.text.as_deref(),
+                ids: &generation.prompt_ids,
+            },
+            token_ids: &generation.token_ids,
+            text: &generation.text,
+            stop_reason: generation.stop_reason,
+        };
+        let contents = serde_json::to_string_pretty(&snapshot).expect("snapshots serialize");
+        let golden_sha256 = match check_snapshot(&self.paths.snapshots(), &spec.name, &contents) {
+            Ok(sha) => Some(sha),
+            Err(message) => {
+                failures.push(message);
+                None
+            }
+        };
+
+        match generate(worker, &request) {
+            Ok(again)
+                if again.token_ids == generation.token_ids && again.text == generation.text => {}
+            Ok(again) => failures.push(format!(
+                "the same request again gave other tokens: {:?}, first {:?}",
+                again.token_ids, generation.token_ids
+            )),
+            Err(e) => failures.push(format!("the same request again failed: {e}")),
+        }
+
+        if spec.seed.is_greedy() {
+            let tolerance = self.cases.tolerance(spec.backend, spec.dtype);
+            failures.extend(greedy_equivalents(worker, &request, &generation));
+            match recompute(worker, &generation, tolerance) {
+                Ok(diff) => differential.max_recompute_logit_diff = diff,
+                Err(message) => failures.push(message),
+            }
+            if let Some(tolerance) = tolerance {
+                let reference = self.reference(&spec.model);
+                let check = ReferenceCheck {
+                    reference: &reference,
+                    max_tokens: self.cases.max_tokens,
+                    tolerance,
+                };
+                if let Err(message) = check.compare(worker, spec, &generation, &mut differential) {
+                    failures.push(message);
+                }
+            }
+        }
+        Verdict::Ran {
+            failures,
+            golden_sha256,
+            differential,
+        }
+    }
+}
+
+fn load(dir: &Path, backend: Backend, dtype: Dtype) -> Result<Loaded, String> {
+    let options = LoadOptions {
+        backend,
+        device: 0,
+        dtype,
+    };
+    let worker = Worker::load(dir, options).map_err(|e| format!("cannot load the model: {e}"))?;
+    let weights_sha256 = weights_sha256(&worker.info().checkpoint.files)
+        .map_err(|e| format!("cannot hash the weights: {e}"))?;
+    Ok(Loaded {
+        worker,
+        weights_sha256,
+    })
+}
+
+/// The sha256 of a single weight file, or of the `sha256sum` listing of several.
+fn weights_sha256(files: &[PathBuf]) -> std::io::Result<String> {
+    let digests = files
+        .iter()
+        .map(|path| {
+            let mut hasher = Sha256::new();
+            let mut file = std::fs::File::open(path)?;
+            let mut buffer = vec![0; 1 << 20];
+            loop {
+                let n = file.read(&mut buffer)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buffer[..n]);
+            }
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            Ok((hex(&hasher.finalize()), name.into_owned()))
+        })
+        .collect::<std::io::Result<Vec<_>>>()?;
+    Ok(match digests.as_slice() {
+        [(digest, _)] => digest.clone(),
+        _ => {
+            let listing: String = digests.iter().map(|(d, n)| format!("{d}  {n}\n")).collect();
+            hex(&Sha256::digest(listing.as_bytes()))
+        }
+    })
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn generate(worker: &mut Worker, request: &Request) -> llm_worker_rbee::Result<Generation> {
+    worker.generate(request, |_| ControlFlow::Continue(()))
+}
+
+/// The golden snapshot of `name` must equal `contents`. Returns the sha256 of the golden file.
+/// insta decides (and writes `.snap.new` files for review, except in CI); the message carries
+/// the diff so that reports show it too.
+fn check_snapshot(dir: &Path, name: &str, contents: &str) -> Result<String, String> {
+    let path = dir.join(format!("{}.snap", name.replace('/', "__")));
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path(dir);
+    settings.set_prepend_module_to_snapshot(false);
+    settings.set_omit_expression(true);
+    let asserted = catch_unwind(AssertUnwindSafe(|| {
+        settings.bind(|| insta::assert_snapshot!(name, contents))
+    }));
+    if asserted.is_ok() {
+        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        return Ok(hex(&Sha256::digest(&bytes)));
+    }
+    let golden = insta::Snapshot::from_file(&path)
+        .ok()
+        .and_then(|s| s.as_text().map(|t| t.to_string()));
+    Err(match golden {
+        None => format!(
+            "no golden snapshot {} yet; review the new one with `cargo xtask snapshots`",
+            path.display()
+        ),
+        Some(golden) => {
+            let diff = similar::TextDiff::from_lines(golden.as_str(), contents.trim_end())
+                .unified_diff()
+                .context_radius(3)
+                .header("golden", "this run")
+                .to_string();
+            format!(
+                "the result differs from golden snapshot {}:\n{diff}",
+                path.display()
+            )
+        }
+    })
+}
+
+/// top_k = 1 and a tiny top_p leave only the greedy token, whatever the temperature and seed.
+fn greedy_equivalents(
+    worker: &mut Worker,
+    greedy: &Request,
+    generation: &Generation,
+) -> Vec<String> {
+    let variants = [
+        (
+            "top_k 1",
+            Request {
+                temperature: 0.8,
+                top_k: Some(1),
+                seed: 11,
+                ..greedy.clone()
+            },
+        ),
+        (
+            "top_p 1e-6",
+            Request {
+                temperature: 0.8,
+                top_p: Some(1e-6),
+                seed: 12,
+                ..greedy.clone()
+            },
+        ),
+    ];
+    variants
+        .into_iter()
+        .filter_map(|(what, request)| match generate(worker, &request) {
+            Ok(g) if g.token_ids == generation.token_ids => None,
+            Ok(g) => Some(format!(
+                "{what} gave {:?}, greedy gave {:?}",
+                g.token_ids, generation.token_ids
+            )),
+            Err(e) => Some(format!("{what} failed: {e}")),
+        })
+        .collect()
+}
+
+/// Decoding with the cache must pick the tokens a full recompute picks, with logits within the
+/// tolerance when one is set. Returns the largest logit difference.
+fn recompute(
+    worker: &mut Worker,
+    generation: &Generation,
+    tolerance: Option<Tolerance>,
+) -> Result<Option<f32>, String> {
+    let tokens = &generation.token_ids;
+    let cached = worker
+        .step_logits(&generation.prompt_ids, &tokens[..tokens.len() - 1])
+        .map_err(|e| format!("cached logits: {e}"))?;
+    let mut max_diff = 0.0f32;
+    for (step, logits) in cached.iter().enumerate() {
+        let sequence: Vec<u32> = generation
+            .prompt_ids
+            .iter()
+            .chain(&tokens[..step])
+            .copied()
+            .collect();
+        let full = worker
+            .logits_without_cache(&sequence)
+            .map_err(|e| format!("recomputed logits at step {step}: {e}"))?;
+        if argmax(&full) != tokens[step] as usize {
+            return Err(format!(
+                "step {step}: decoding with the cache chose {}, a full recompute chooses {}",
+                tokens[step],
+                argmax(&full)
+            ));
+        }
+        max_diff = max_diff.max(max_abs_diff(logits, &full));
+    }
+    match tolerance {
+        Some(t) if max_diff > t.recompute_logits => Err(format!(
+            "logits with the cache differ from a full recompute by {max_diff:e} (tolerance {:e})",
+            t.recompute_logits
+        )),
+        _ => Ok(Some(max_diff)),
+    }
+}
+
+/// Greedy tokens must equal transformers', and the logits teacher-forced on its tokens must be
+/// within the tolerance.
+struct ReferenceCheck<'a> {
+    reference: &'a Result<Option<Reference>, String>,
+    max_tokens: usize,
+    tolerance: Tolerance,
+}
+
+impl ReferenceCheck<'_> {
+    fn compare(
+        &self,
+        worker: &mut Worker,
+        spec: &TrialSpec,
+        generation: &Generation,
+        differential: &mut Differential,
+    ) -> Result<(), String> {
+        let regenerate = "regenerate it with `python3 ci/reference/reference.py`";
+        let reference = match self.reference {
+            Err(e) => return Err(format!("the reference cannot be read: {e}")),
+            Ok(None) => {
+                return Err(format!(
+                    "no reference for `{}` in golden/reference: {regenerate}",
+                    spec.model
+                ))
+            }
+            Ok(Some(r)) => r,
+        };
+        if reference.max_tokens != self.max_tokens {
+            return Err(format!(
+                "the reference decoded {} tokens, cases.toml asks for {}: {regenerate}",
+                reference.max_tokens, self.max_tokens
+            ));
+        }
+        let (Some(expected), Some(logits)) = (
+            reference.prompts.get(&spec.prompt.id),
+            reference.logits(&spec.prompt.id),
+        ) else {
+            return Err(format!(
+                "the reference has no prompt `{}`: {regenerate}",
+                spec.prompt.id
+            ));
+        };
+        if expected.prompt_ids != generation.prompt_ids {
+            return Err(format!(
+                "prompt ids {:?} differ from the reference's {:?}",
+                generation.prompt_ids, expected.prompt_ids
+            ));
+        }
+        let tokens_equal = expected.token_ids == generation.token_ids;
+        differential.reference_tokens_equal = Some(tokens_equal);
+        let forced = &expected.token_ids;
+        let ours = worker
+            .step_logits(
+                &expected.prompt_ids,
+                &forced[..forced.len().saturating_sub(1)],
+            )
+            .map_err(|e| format!("teacher-forced logits: {e}"))?;
+        let max_diff = ours
+            .iter()
+            .zip(&logits)
+            .map(|(a, b)| max_abs_diff(a, b))
+            .fold(0.0f32, f32::max);
+        differential.max_reference_logit_diff = Some(max_diff);
+        if !tokens_equal {
+            return Err(format!(
+                "tokens {:?} differ from the reference's {:?}",
+                generation.token_ids, expected.token_ids
+            ));
+        }
+        if max_diff > self.tolerance.reference_logits {
+            return Err(format!(
+                "teacher-forced logits differ from the reference by {max_diff:e} (tolerance {:e})",
+                self.tolerance.reference_logits
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    if a.len() != b.len() {
+        return f32::INFINITY;
+    }
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn argmax(values: &[f32]) -> usize {
+    values
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, _)| i)
+        .unwrap_or(0)
+}
