@@ -421,7 +421,11 @@ fn check_snapshot(dir: &Path, name: &str, contents: &str) -> Result<String, Stri
             path.display()
         ),
         Some(golden) => {
-            let diff = similar::TextDiff::from_lines(golden.as_str(), contents.trim_end())
+            let (golden, contents) = (
+                format!("{}\n", golden.trim_end()),
+                format!("{}\n", contents.trim_end()),
+            );
+            let diff = similar::TextDiff::from_lines(&golden, &contents)
                 .unified_diff()
                 .context_radius(3)
                 .header("golden", "this run")

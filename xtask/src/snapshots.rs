@@ -101,6 +101,7 @@ fn diff(golden: &Path, new: &Path) -> Result<String> {
         if !path.exists() {
             return Ok(String::new());
         }
+        // insta trims the contents; both sides end in one newline so the diff shows content only.
         let snapshot = insta::Snapshot::from_file(path)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         Ok(snapshot
