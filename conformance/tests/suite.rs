@@ -24,6 +24,10 @@ ids = [300]
 "#;
 
 fn outcomes(root: &Path, extra: &str) -> Vec<(String, Outcome, String)> {
+    outcomes_on(root, extra, Backend::Cpu)
+}
+
+fn outcomes_on(root: &Path, extra: &str, backend: Backend) -> Vec<(String, Outcome, String)> {
     let paths = Paths {
         cases: root.join("cases.toml"),
         fixtures: root.join("fixtures"),
@@ -33,7 +37,7 @@ fn outcomes(root: &Path, extra: &str) -> Vec<(String, Outcome, String)> {
     std::fs::write(&paths.cases, format!("{CASES}\n{extra}")).unwrap();
     let cases = Cases::load(&paths.cases).unwrap();
     let selection = Selection {
-        backends: vec![Backend::Cpu],
+        backends: vec![backend],
         dtypes: vec![Dtype::F32],
     };
     let specs = expand(&cases, &selection);
@@ -117,4 +121,18 @@ fn trials_pass_fail_are_expected_to_fail_or_are_ignored_as_the_goldens_say() {
         "{}",
         expected[0].2
     );
+
+    // A backend this binary was built without fails with the reason, it is not skipped.
+    if !Backend::Cuda.is_compiled_in() {
+        let cuda = outcomes_on(root.path(), "", Backend::Cuda);
+        assert_eq!(cuda[0].0, "qwen2/cuda-f32/greedy/single-token");
+        assert_eq!(cuda[0].1, Outcome::Failed);
+        assert!(
+            cuda[0]
+                .2
+                .contains("backend `cuda`: not compiled into this binary"),
+            "{}",
+            cuda[0].2
+        );
+    }
 }
