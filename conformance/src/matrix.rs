@@ -195,6 +195,7 @@ mod tests {
             message: None,
             golden_sha256: Some(hex(&Sha256::digest(golden.as_bytes()))),
             differential: None,
+            latency: None,
         }
     }
 

@@ -49,6 +49,15 @@ pub struct TrialRecord {
     /// The sha256 of the golden snapshot file the trial was checked against.
     pub golden_sha256: Option<String>,
     pub differential: Option<Differential>,
+    pub latency: Option<Latency>,
+}
+
+/// Wall-clock time of the trial's request and of the same request repeated. On the first trial
+/// of a model the first figure includes anything the load's warm-up left to do.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    pub first_ms: f64,
+    pub repeat_ms: f64,
 }
 
 /// How far the trial's numbers were from the reference and from a full recompute.
@@ -58,8 +67,20 @@ pub struct Differential {
     pub max_recompute_logit_diff: Option<f32>,
     /// Largest absolute difference of teacher-forced logits against the reference.
     pub max_reference_logit_diff: Option<f32>,
+    /// Largest normalized MSE of one step's teacher-forced logits against the reference.
+    pub max_reference_nmse: Option<f32>,
     /// Whether the greedy tokens equal the reference's.
     pub reference_tokens_equal: Option<bool>,
+    /// The first step whose greedy token differs from the reference's.
+    pub first_divergence: Option<usize>,
+    /// Whether that divergence is a near tie (see `Tolerance::near_tie_margin`).
+    pub near_tie: Option<bool>,
+    /// At that divergence, the larger of the two sides' preference for its own token, when
+    /// each side's token is in the other's top 5.
+    pub divergence_margin: Option<f32>,
+    /// Steps where decoding with the cache and a full recompute chose different tokens at a
+    /// near tie.
+    pub recompute_near_ties: Option<usize>,
 }
 
 /// The file a trial's record goes to.
@@ -128,7 +149,169 @@ pub struct RunInfo {
     pub worker_version: String,
 }
 
+impl RunInfo {
+    /// A run starting now; `host`, `git_commit` and `git_dirty` as the caller knows them.
+    pub fn starting_now(
+        host: String,
+        backend: Backend,
+        dtype: Dtype,
+        git_commit: String,
+        git_dirty: bool,
+    ) -> Self {
+        Self {
+            host,
+            backend,
+            dtype,
+            transport: "library".into(),
+            git_commit,
+            git_dirty,
+            started_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            worker_version: llm_worker_rbee::VERSION.into(),
+        }
+    }
+}
+
 impl Report {
+    /// The report of `run` from the records in `dir`, rows in the order `models` lists them.
+    pub fn from_records(run: RunInfo, dir: &Path, models: &[String]) -> Result<Self, Error> {
+        let mut trials = read_records(dir)?;
+        let rank = |model: &str| models.iter().position(|m| m == model);
+        trials.sort_by(|a, b| (rank(&a.model), &a.name).cmp(&(rank(&b.model), &b.name)));
+        Ok(Report {
+            schema: SCHEMA,
+            run,
+            trials,
+        })
+    }
+
+    /// Writes `report.json` and `junit.xml` into `dir`.
+    pub fn write(&self, dir: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let json = serde_json::to_string_pretty(self).expect("reports serialize");
+        std::fs::write(dir.join("report.json"), json + "\n")?;
+        std::fs::write(dir.join("junit.xml"), self.junit())
+    }
+
+    /// The JUnit XML of the run: one test case per trial.
+    pub fn junit(&self) -> String {
+        use quick_junit::{NonSuccessKind, TestCase, TestCaseStatus, TestSuite};
+        let mut junit = quick_junit::Report::new("conformance");
+        let mut suite = TestSuite::new(format!("{}-{}", self.run.backend, self.run.dtype));
+        for trial in &self.trials {
+            let mut status = match trial.outcome {
+                Outcome::Passed | Outcome::ExpectedFailure => TestCaseStatus::success(),
+                Outcome::Failed => TestCaseStatus::non_success(NonSuccessKind::Failure),
+                Outcome::Ignored => TestCaseStatus::skipped(),
+            };
+            if let Some(message) = &trial.message {
+                status.set_description(message.clone());
+            }
+            let mut case = TestCase::new(trial.name.clone(), status);
+            case.set_time(std::time::Duration::from_secs_f64(
+                trial.duration_ms / 1000.0,
+            ));
+            suite.add_test_case(case);
+        }
+        junit.add_test_suite(suite);
+        junit.to_string().expect("JUnit serializes")
+    }
+
+    /// The first request on each freshly loaded model against the same request repeated, as
+    /// medians over the models: shows what warming up at load leaves to the first request.
+    fn first_request_latency(&self) -> Option<String> {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut first = Vec::new();
+        let mut repeat = Vec::new();
+        // Trials run in name order per model; the first of each model met the fresh load.
+        let mut by_name: Vec<&TrialRecord> = self.trials.iter().collect();
+        by_name.sort_by(|a, b| a.name.cmp(&b.name));
+        for trial in by_name {
+            if let Some(latency) = &trial.latency {
+                if seen.insert(&trial.model) {
+                    first.push(latency.first_ms);
+                    repeat.push(latency.repeat_ms);
+                }
+            }
+        }
+        let median = |values: &mut Vec<f64>| {
+            values.sort_by(f64::total_cmp);
+            values.get(values.len() / 2).copied()
+        };
+        Some(format!(
+            "first request after load {:.1} ms, the same request again {:.1} ms (medians over {} models)",
+            median(&mut first)?,
+            median(&mut repeat)?,
+            first.len()
+        ))
+    }
+
+    /// The table, the failed trials, and the counts, as `cargo xtask test` prints them.
+    pub fn summary(&self) -> String {
+        let mut out = table(&self.trials);
+        for trial in self.trials.iter().filter(|t| t.outcome == Outcome::Failed) {
+            let message = trial.message.as_deref().unwrap_or("");
+            writeln!(
+                out,
+                "FAILED {}: {}",
+                trial.name,
+                message.lines().next().unwrap_or("")
+            )
+            .unwrap();
+        }
+        if let Some(latency) = self.first_request_latency() {
+            write!(out, "\n{latency}").unwrap();
+        }
+        write!(
+            out,
+            "\n{} trials: {} passed, {} failed, {} ignored, {} expected failures",
+            self.trials.len(),
+            self.count(Outcome::Passed),
+            self.count(Outcome::Failed),
+            self.count(Outcome::Ignored),
+            self.count(Outcome::ExpectedFailure),
+        )
+        .unwrap();
+        out
+    }
+
+    /// For a run with the `fault-injection` worker: every greedy trial of every model in
+    /// `models` must have failed, a single-token prompt among them, or the suite could not be
+    /// trusted to catch the old cache bug. Returns how many greedy trials failed.
+    pub fn check_fault_injection(
+        &self,
+        models: &[String],
+        single_token_prompts: &[String],
+    ) -> Result<usize, String> {
+        let mut caught = 0;
+        for model in models {
+            let greedy: Vec<&TrialRecord> = self
+                .trials
+                .iter()
+                .filter(|t| &t.model == model && t.seed == "greedy")
+                .collect();
+            let missed: Vec<&str> = greedy
+                .iter()
+                .filter(|t| t.outcome != Outcome::Failed)
+                .map(|t| t.name.as_str())
+                .collect();
+            if greedy.is_empty() || !missed.is_empty() {
+                return Err(format!(
+                    "with the cache reset skipped, {model} still passes greedy trials {missed:?} \
+                     (of {})",
+                    greedy.len()
+                ));
+            }
+            if !greedy
+                .iter()
+                .any(|t| single_token_prompts.contains(&t.prompt))
+            {
+                return Err(format!("{model} has no failing single-token greedy trial"));
+            }
+            caught += greedy.len();
+        }
+        Ok(caught)
+    }
+
     pub fn load(path: &Path) -> Result<Self, Error> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
             path: path.to_path_buf(),
@@ -156,20 +339,24 @@ impl Report {
     }
 }
 
-/// Counts of each outcome in one table cell.
+/// Counts of each outcome in one table cell, and of greedy trials that left the reference.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Cell(pub BTreeMap<Outcome, usize>);
+pub struct Cell {
+    pub outcomes: BTreeMap<Outcome, usize>,
+    pub divergences: usize,
+}
 
 impl Cell {
     pub fn total(&self) -> usize {
-        self.0.values().sum()
+        self.outcomes.values().sum()
     }
 
     pub fn get(&self, outcome: Outcome) -> usize {
-        self.0.get(&outcome).copied().unwrap_or(0)
+        self.outcomes.get(&outcome).copied().unwrap_or(0)
     }
 
-    /// `passed`, `FAILED 2/16`, `ignored`, or `passed, 2 expected failures`.
+    /// `passed`, `FAILED 2/16`, `ignored`, or `passed, 2 expected failures, 3 diverged`, where
+    /// `diverged` counts greedy trials whose tokens left the reference's (at a near tie).
     pub fn summary(&self) -> String {
         let failed = self.get(Outcome::Failed);
         if failed > 0 {
@@ -187,6 +374,9 @@ impl Cell {
         }
         if ran > 0 && self.get(Outcome::Ignored) > 0 {
             write!(text, ", {} ignored", self.get(Outcome::Ignored)).unwrap();
+        }
+        if self.divergences > 0 {
+            write!(text, ", {} diverged", self.divergences).unwrap();
         }
         text
     }
@@ -211,13 +401,16 @@ impl Grid {
             if !grid.columns.contains(&column) {
                 grid.columns.push(column.clone());
             }
-            *grid
+            let cell = grid
                 .cells
                 .entry((record.model.clone(), column))
-                .or_default()
-                .0
-                .entry(record.outcome)
-                .or_default() += 1;
+                .or_default();
+            *cell.outcomes.entry(record.outcome).or_default() += 1;
+            let diverged = record
+                .differential
+                .as_ref()
+                .is_some_and(|d| d.first_divergence.is_some());
+            cell.divergences += usize::from(diverged);
         }
         grid
     }
@@ -270,6 +463,7 @@ mod tests {
             message: None,
             golden_sha256: None,
             differential: None,
+            latency: None,
         }
     }
 
@@ -281,6 +475,14 @@ mod tests {
             record("b", Outcome::Passed),
             record("b", Outcome::ExpectedFailure),
             record("c", Outcome::Ignored),
+            TrialRecord {
+                differential: Some(Differential {
+                    first_divergence: Some(3),
+                    near_tie: Some(true),
+                    ..Differential::default()
+                }),
+                ..record("d", Outcome::Passed)
+            },
         ];
         let table = table(&records);
         let lines: Vec<&str> = table.lines().collect();
@@ -291,6 +493,7 @@ mod tests {
         );
         assert!(lines[2].contains("passed, 1 expected failures"), "{table}");
         assert!(lines[3].contains("ignored"), "{table}");
+        assert!(lines[4].contains("passed, 1 diverged"), "{table}");
     }
 
     #[test]

@@ -2,11 +2,16 @@
 //! `<model>/<backend>-<dtype>/<seed>/<prompt-id>`, so `cargo test -p conformance -- qwen2/`
 //! filters and `cargo nextest run -p conformance` lists and runs them. Every trial writes its
 //! record for `cargo xtask test` to aggregate.
+//!
+//! Where no cargo is at hand (a bundle on a GPU machine), setting `CONFORMANCE_REPORT_DIR` makes
+//! the harness write report.json and junit.xml there itself, for one backend and dtype, with
+//! `CONFORMANCE_HOST`, `CONFORMANCE_GIT_COMMIT` and `CONFORMANCE_GIT_DIRTY` in the run info.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use conformance::report::Outcome;
+use conformance::report::{Outcome, Report, RunInfo};
 use conformance::trial::{expand, Selection, Suite};
 use conformance::{Cases, Paths};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
@@ -16,16 +21,18 @@ fn main() -> ExitCode {
     let paths = Paths::from_env();
     let setup = Cases::load(&paths.cases)
         .map_err(|e| e.to_string())
-        .and_then(|cases| Ok((cases, Selection::from_env()?)));
-    let (cases, selection) = match setup {
+        .and_then(|cases| Ok((cases, Selection::from_env()?)))
+        .and_then(|(cases, selection)| Ok((report_run(&selection)?, cases, selection)));
+    let (run, cases, selection) = match setup {
         Ok(setup) => setup,
         Err(message) => {
             eprintln!("error: {message}");
             return ExitCode::FAILURE;
         }
     };
+    let models = cases.models.fixtures.clone();
     let specs = expand(&cases, &selection);
-    let suite = Arc::new(Suite::new(cases, paths));
+    let suite = Arc::new(Suite::new(cases, paths.clone()));
     let trials = specs
         .into_iter()
         .map(|spec| {
@@ -41,5 +48,45 @@ fn main() -> ExitCode {
             })
         })
         .collect();
-    libtest_mimic::run(&args, trials).exit_code()
+    let conclusion = libtest_mimic::run(&args, trials);
+    if let Some((dir, run)) = run {
+        let written = Report::from_records(run, &paths.records, &models)
+            .map_err(|e| e.to_string())
+            .and_then(|report| {
+                report.write(&dir).map_err(|e| e.to_string())?;
+                Ok(report)
+            });
+        match written {
+            Ok(report) => println!("\n{}\nreport: {}", report.summary(), dir.display()),
+            Err(message) => {
+                eprintln!(
+                    "error: cannot write the report into {}: {message}",
+                    dir.display()
+                );
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    conclusion.exit_code()
+}
+
+/// Where to write a report, and its run info, when `CONFORMANCE_REPORT_DIR` asks for one.
+fn report_run(selection: &Selection) -> Result<Option<(PathBuf, RunInfo)>, String> {
+    let Some(dir) = std::env::var_os("CONFORMANCE_REPORT_DIR").map(PathBuf::from) else {
+        return Ok(None);
+    };
+    let ([backend], [dtype]) = (selection.backends.as_slice(), selection.dtypes.as_slice()) else {
+        return Err("CONFORMANCE_REPORT_DIR needs exactly one backend and one dtype".into());
+    };
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let host = var("CONFORMANCE_HOST")
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|| "unknown-host".into());
+    let commit = var("CONFORMANCE_GIT_COMMIT").unwrap_or_else(|| "unknown".into());
+    let dirty = var("CONFORMANCE_GIT_DIRTY").is_none_or(|d| d != "false");
+    Ok(Some((
+        dir,
+        RunInfo::starting_now(host, *backend, *dtype, commit, dirty),
+    )))
 }

@@ -36,10 +36,6 @@ pub enum Error {
     #[error("cannot decode the generated tokens: {0}")]
     Decode(String),
 
-    /// The architecture's module cannot run in the dtype asked for.
-    #[error("dtype `{dtype}`: {message}")]
-    Dtype { dtype: String, message: String },
-
     /// A failure inside candle while running the model.
     #[error("model execution failed: {0}")]
     Candle(#[from] candle_core::Error),

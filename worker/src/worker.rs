@@ -132,7 +132,6 @@ impl Worker {
                  the model's math"
             );
         }
-        arch.check_dtype(options.dtype)?;
         let model = weights::load_model(&folder, &arch, &device, options.dtype.candle())?;
         let load_ms = elapsed_ms(started);
         let mut worker = Self {
@@ -278,7 +277,11 @@ impl Worker {
                 logits =
                     candle_transformers::utils::apply_repeat_penalty(&logits, penalty, &context)?;
             }
-            let id = sampler.sample(&logits)?;
+            let id = if is_greedy(request) {
+                argmax(&logits)?
+            } else {
+                sampler.sample(&logits)?
+            };
             let index = token_ids.len();
             token_ids.push(id);
             if index == 0 {
@@ -382,9 +385,27 @@ fn forward(model: &mut Model, device: &Device, ids: &[u32], offset: usize) -> Re
     Ok(model.forward(&input, offset)?)
 }
 
+/// Temperature 0, or only the most likely token allowed.
+fn is_greedy(request: &Request) -> bool {
+    request.temperature == 0.0 || request.top_k == Some(1)
+}
+
+/// The id of the largest logit, the lowest id among equal ones as `torch.argmax` picks: in
+/// bf16 exact ties are common, and the device's own argmax breaks them in no fixed way.
+fn argmax(logits: &Tensor) -> Result<u32> {
+    let values = logits.to_vec1::<f32>()?;
+    let mut best = 0;
+    for (i, v) in values.iter().enumerate() {
+        if *v > values[best] {
+            best = i;
+        }
+    }
+    Ok(best as u32)
+}
+
 fn sampling(request: &Request) -> Sampling {
     let temperature = request.temperature;
-    if temperature == 0.0 {
+    if is_greedy(request) {
         return Sampling::ArgMax;
     }
     match (request.top_k, request.top_p) {

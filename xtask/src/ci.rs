@@ -1,11 +1,10 @@
 //! `cargo xtask ci`: everything the linux-cpu CI job runs, in order, stopping at the first
 //! failure.
 
-use std::collections::BTreeSet;
-
 use anyhow::{bail, Context, Result};
-use conformance::report::{self, Outcome};
+use conformance::report::{Report, RunInfo};
 use conformance::Cases;
+use llm_worker_rbee::{Backend, Dtype};
 use xshell::{cmd, Shell};
 
 use crate::{project_root, test};
@@ -59,36 +58,18 @@ fn fault_injection(sh: &Shell) -> Result<()> {
     if outcome.is_ok() {
         bail!("the suite passed with the cache reset skipped");
     }
-    let trials = report::read_records(&records)?;
     let cases = Cases::load(&conformance::cases::default_path())?;
-    let single_token: BTreeSet<&str> = cases
-        .prompts
-        .iter()
-        .filter(|p| p.ids.as_ref().is_some_and(|ids| ids.len() == 1))
-        .map(|p| p.id.as_str())
-        .collect();
-    let mut caught = 0;
-    for model in &cases.models.fixtures {
-        let greedy: Vec<_> = trials
-            .iter()
-            .filter(|t| &t.model == model && t.seed == "greedy")
-            .collect();
-        let missed: Vec<&str> = greedy
-            .iter()
-            .filter(|t| t.outcome != Outcome::Failed)
-            .map(|t| t.name.as_str())
-            .collect();
-        if greedy.is_empty() || !missed.is_empty() {
-            bail!("with the cache reset skipped, {model} still passes greedy trials {missed:?} (of {})", greedy.len());
-        }
-        if !greedy
-            .iter()
-            .any(|t| single_token.contains(t.prompt.as_str()))
-        {
-            bail!("{model} has no failing single-token greedy trial");
-        }
-        caught += greedy.len();
-    }
+    let run = RunInfo::starting_now(
+        "local".into(),
+        Backend::Cpu,
+        Dtype::F32,
+        String::new(),
+        true,
+    );
+    let report = Report::from_records(run, &records, &cases.models.fixtures)?;
+    let caught = report
+        .check_fault_injection(&cases.models.fixtures, &cases.single_token_prompts())
+        .map_err(anyhow::Error::msg)?;
     eprintln!(
         "fault injection: all {caught} greedy trials of {} fixtures failed with the cache reset skipped",
         cases.models.fixtures.len()

@@ -1,7 +1,11 @@
 //! Project tasks: `cargo xtask <command>`. Each command is a plain function in its own module.
 
+mod build;
+mod bundle;
 mod ci;
+mod cuda;
 mod fixtures;
+mod results;
 mod snapshots;
 mod support_matrix;
 mod test;
@@ -29,6 +33,13 @@ enum Command {
     /// Run the conformance suite (by default every fixture on cpu in f32) and print the table;
     /// writes target/conformance/report.json and junit.xml.
     Test(test::Args),
+    /// Build the worker and the conformance harness for a backend (for cuda without a toolkit,
+    /// one is provisioned into target/cuda-toolkit first).
+    Build(build::Args),
+    /// Make one archive that runs the suite on a GPU machine without Rust or network.
+    Bundle(bundle::Args),
+    /// Take in a results archive from a bundle's run.sh.
+    Results(results::Args),
     /// Review the pending snapshots (.snap.new) under golden/snapshots/.
     Snapshots(snapshots::Args),
     /// Write MODEL_SUPPORT.md from the committed reports in golden/reports/.
@@ -42,6 +53,9 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Fixtures(args) => fixtures::run(&args),
         Command::Test(args) => test::run(&args),
+        Command::Build(args) => build::run(&args),
+        Command::Bundle(args) => bundle::run(&args),
+        Command::Results(args) => results::run(&args),
         Command::Snapshots(args) => snapshots::run(&args),
         Command::SupportMatrix(args) => support_matrix::run(&args),
         Command::Ci => ci::run(),

@@ -2,10 +2,9 @@
 //! report.json, JUnit XML and a table.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
-use conformance::report::{self, Outcome, Report, RunInfo};
+use conformance::report::{Report, RunInfo};
 use llm_worker_rbee::{synth, Backend, Dtype};
 use xshell::{cmd, Shell};
 
@@ -53,84 +52,65 @@ pub fn run(args: &Args) -> Result<()> {
 
     let out = conformance_dir();
     let records = out.join("records");
-    let started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-    let harness = harness(&sh, args, &records, &[])?.run();
-    let mut trials = report::read_records(&records).unwrap_or_default();
-    // Rows in the order cases.toml lists the models.
-    let cases = conformance::Cases::load(&conformance::cases::default_path())?;
-    let rank = |model: &str| cases.models.fixtures.iter().position(|m| m == model);
-    trials.sort_by(|a, b| (rank(&a.model), &a.name).cmp(&(rank(&b.model), &b.name)));
-    if trials.is_empty() {
-        harness.context("the conformance harness ran no trial")?;
-        bail!(
-            "the conformance harness wrote no records into {}",
-            records.display()
-        );
-    }
-
-    let report = Report {
-        schema: report::SCHEMA,
-        run: RunInfo {
-            host: match &args.host_label {
-                Some(label) => label.clone(),
-                None => hostname(&sh),
-            },
-            backend: args.backend,
-            dtype: args.dtype,
-            transport: "library".into(),
-            git_commit: cmd!(sh, "git rev-parse HEAD")
-                .ignore_stderr()
-                .read()
-                .unwrap_or_else(|_| "unknown".into()),
-            git_dirty: cmd!(sh, "git status --porcelain")
-                .ignore_stderr()
-                .read()
-                .map(|s| !s.trim().is_empty())
-                .unwrap_or(true),
-            started_at,
-            worker_version: llm_worker_rbee::VERSION.into(),
-        },
-        trials,
+    let host = match &args.host_label {
+        Some(label) => label.clone(),
+        None => hostname(&sh),
     };
-    let report_path = out.join("report.json");
-    std::fs::write(&report_path, serde_json::to_string_pretty(&report)? + "\n")?;
-    std::fs::write(out.join("junit.xml"), junit(&report)?)?;
-
-    println!("\n{}", report::table(&report.trials));
-    for trial in report
-        .trials
-        .iter()
-        .filter(|t| t.outcome == Outcome::Failed)
-    {
-        let message = trial.message.as_deref().unwrap_or("");
-        println!(
-            "FAILED {}: {}",
-            trial.name,
-            message.lines().next().unwrap_or("")
-        );
-    }
-    let count = |o| report.count(o);
+    let (git_commit, git_dirty) = git_state(&sh);
+    let run = RunInfo::starting_now(host, args.backend, args.dtype, git_commit, git_dirty);
+    let harness = harness(&sh, args, &records, &[])?.run();
+    let cases = conformance::Cases::load(&conformance::cases::default_path())?;
+    let report = match Report::from_records(run, &records, &cases.models.fixtures) {
+        Ok(report) if !report.trials.is_empty() => report,
+        _ => {
+            harness.context("the conformance harness failed")?;
+            bail!(
+                "the conformance harness wrote no records into {}",
+                records.display()
+            );
+        }
+    };
+    report.write(&out)?;
+    println!("\n{}", report.summary());
     println!(
-        "\n{} trials: {} passed, {} failed, {} ignored, {} expected failures ({}, {})",
-        report.trials.len(),
-        count(Outcome::Passed),
-        count(Outcome::Failed),
-        count(Outcome::Ignored),
-        count(Outcome::ExpectedFailure),
-        report_path.display(),
-        out.join("junit.xml").display(),
+        "report: {}, {}",
+        out.join("report.json").display(),
+        out.join("junit.xml").display()
     );
     if args.record {
-        let name = format!("{}-{}-{}.json", report.run.host, args.backend, args.dtype);
-        let recorded = project_root().join("golden/reports").join(name);
-        std::fs::create_dir_all(recorded.parent().unwrap())?;
-        std::fs::copy(&report_path, &recorded)?;
-        println!("recorded {}", recorded.display());
+        record(&report, &out.join("report.json"))?;
     }
     if report.failed() > 0 {
         bail!("{} conformance trials failed", report.failed());
     }
     harness.context("the conformance harness failed")
+}
+
+/// Copies a report into golden/reports/, the evidence the support matrix is made from.
+pub fn record(report: &Report, file: &Path) -> Result<()> {
+    let name = format!(
+        "{}-{}-{}.json",
+        report.run.host, report.run.backend, report.run.dtype
+    );
+    let recorded = project_root().join("golden/reports").join(name);
+    std::fs::create_dir_all(recorded.parent().unwrap())?;
+    std::fs::copy(file, &recorded)?;
+    println!("recorded {}", recorded.display());
+    Ok(())
+}
+
+/// The commit checked out, and whether the working tree has uncommitted changes.
+pub fn git_state(sh: &Shell) -> (String, bool) {
+    let commit = cmd!(sh, "git rev-parse HEAD")
+        .ignore_stderr()
+        .read()
+        .unwrap_or_else(|_| "unknown".into());
+    let dirty = cmd!(sh, "git status --porcelain")
+        .ignore_stderr()
+        .read()
+        .map(|s| !s.trim().is_empty())
+        .unwrap_or(true);
+    (commit, dirty)
 }
 
 /// The command that runs the harness so that it writes one record per trial into `records`
@@ -145,18 +125,17 @@ pub fn harness<'a>(
         std::fs::remove_dir_all(records)?;
     }
     let mut features: Vec<String> = features.iter().map(|f| f.to_string()).collect();
-    if args.backend != Backend::Cpu {
-        features.push(format!("llm-worker-rbee/{}", args.backend));
-    }
+    features.extend(crate::build::backend_feature(args.backend));
     let features = if features.is_empty() {
         vec![]
     } else {
         vec!["--features".to_string(), features.join(",")]
     };
+    let target = crate::build::prepare(sh, args.backend, None)?;
     let filters = &args.filters;
     Ok(cmd!(
         sh,
-        "cargo test -p conformance --test conformance {features...} -- {filters...}"
+        "cargo test -p conformance --test conformance {features...} --target-dir {target} -- {filters...}"
     )
     .env("CONFORMANCE_BACKENDS", args.backend.name())
     .env("CONFORMANCE_DTYPES", args.dtype.name())
@@ -186,25 +165,4 @@ fn hostname(sh: &Shell) -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "unknown-host".into())
-}
-
-fn junit(report: &Report) -> Result<String> {
-    use quick_junit::{NonSuccessKind, TestCase, TestCaseStatus, TestSuite};
-    let mut junit = quick_junit::Report::new("conformance");
-    let mut suite = TestSuite::new(format!("{}-{}", report.run.backend, report.run.dtype));
-    for trial in &report.trials {
-        let mut status = match trial.outcome {
-            Outcome::Passed | Outcome::ExpectedFailure => TestCaseStatus::success(),
-            Outcome::Failed => TestCaseStatus::non_success(NonSuccessKind::Failure),
-            Outcome::Ignored => TestCaseStatus::skipped(),
-        };
-        if let Some(message) = &trial.message {
-            status.set_description(message.clone());
-        }
-        let mut case = TestCase::new(trial.name.clone(), status);
-        case.set_time(Duration::from_secs_f64(trial.duration_ms / 1000.0));
-        suite.add_test_case(case);
-    }
-    junit.add_test_suite(suite);
-    Ok(junit.to_string()?)
 }

@@ -17,9 +17,8 @@ use candle_core::{DType, Result as CandleResult, Tensor};
 use candle_nn::{Activation, VarBuilder};
 use serde::Serialize;
 
-use crate::backend::Dtype;
 use crate::config::{HfConfig, Rope};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -325,19 +324,6 @@ impl ArchConfig {
             Window::LimitsContext { size } => size.min(self.dims.max_position_embeddings),
             _ => self.dims.max_position_embeddings,
         }
-    }
-
-    /// Fails for a dtype the architecture's candle module cannot run in.
-    pub fn check_dtype(&self, dtype: Dtype) -> Result<()> {
-        if self.architecture == Architecture::Phi && dtype != Dtype::F32 {
-            return Err(Error::Dtype {
-                dtype: dtype.name().into(),
-                message: "candle-transformers' phi module keeps its rotary tables in f32, so it \
-                          runs only in f32 (use --dtype f32)"
-                    .into(),
-            });
-        }
-        Ok(())
     }
 
     /// Checkpoint tensors the model does not read and that do not change its output, matched

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Runs the conformance suite from this bundle, on a machine with no Rust and no network, and
+# packs what a reviewer needs into one results archive: per dtype report.json, junit.xml, the
+# harness log, and every pending snapshot (.snap.new); never accepts a snapshot.
+#
+#   ./run.sh [--dtype f32|bf16|f16]... [--fault-injection] [--cuda-lib-dir DIR]
+#            [--host-label LABEL] [--out FILE] [-- FILTER...]
+#
+# --dtype may repeat (default f32). --fault-injection also runs the harness built with the
+# worker's fault-injection feature, which must fail. CUDA libraries are searched in
+# --cuda-lib-dir, $CUDA_HOME, /usr/local/cuda and any site-packages/nvidia/*/lib. Exits non-zero
+# when a trial failed or the fault-injection run passed.
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=/dev/null
+source "$here/bundle.env"
+
+dtypes=()
+fault=0
+lib_dir=""
+host="$(hostname 2>/dev/null || echo unknown-host)"
+out="$PWD/results.tar.gz"
+filters=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dtype) dtypes+=("$2"); shift 2 ;;
+    --fault-injection) fault=1; shift ;;
+    --cuda-lib-dir) lib_dir="$2"; shift 2 ;;
+    --host-label) host="$2"; shift 2 ;;
+    --out) out="$2"; shift 2 ;;
+    --) shift; filters=("$@"); break ;;
+    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
+    *) echo "run.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+[ ${#dtypes[@]} -gt 0 ] || dtypes=(f32)
+
+# The CUDA libraries the binaries link to; the driver's libcuda.so.1 comes from the system.
+if [ "$BACKEND" = cuda ]; then
+  wanted=(libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libcurand.so.10)
+  candidates=()
+  [ -n "$lib_dir" ] && candidates+=("$lib_dir")
+  [ -n "${CUDA_HOME:-}" ] && candidates+=("$CUDA_HOME/lib64" "$CUDA_HOME/lib")
+  candidates+=(/usr/local/cuda/lib64 /usr/lib/x86_64-linux-gnu)
+  while IFS= read -r dir; do candidates+=("$dir"); done < <(
+    find /opt /usr /root /home -maxdepth 9 -type d -path '*/site-packages/nvidia/*/lib' 2>/dev/null | sort
+  )
+  found=()
+  for lib in "${wanted[@]}"; do
+    for dir in "${candidates[@]}"; do
+      if [ -e "$dir/$lib" ]; then found+=("$dir"); continue 2; fi
+    done
+    echo "run.sh: $lib not found; pass --cuda-lib-dir DIR (searched: ${candidates[*]})" >&2
+    exit 1
+  done
+  lib_path="$(printf '%s\n' "${found[@]}" | awk '!seen[$0]++' | paste -sd: -)"
+  export LD_LIBRARY_PATH="$lib_path${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  echo "CUDA libraries from: $lib_path"
+  if ldd "$here/bin/conformance" | grep 'not found'; then
+    echo "run.sh: the harness has unresolved libraries (above)" >&2
+    exit 1
+  fi
+fi
+
+work="$(mktemp -d)"
+results="$work/results"
+mkdir -p "$results/snapshots"
+unset CI
+export INSTA_WORKSPACE_ROOT="$here" INSTA_UPDATE=new
+export CONFORMANCE_CASES="$here/conformance/cases.toml" CONFORMANCE_FIXTURES="$here/fixtures"
+export CONFORMANCE_GOLDEN="$here/golden" CONFORMANCE_BACKENDS="$BACKEND"
+export CONFORMANCE_HOST="$host" CONFORMANCE_GIT_COMMIT="$GIT_COMMIT" CONFORMANCE_GIT_DIRTY="$GIT_DIRTY"
+find "$here/golden/snapshots" -name '*.snap.new' -delete
+
+status=0
+run_harness() { # binary, dtype, results subfolder
+  local dir="$results/$3"
+  mkdir -p "$dir"
+  CONFORMANCE_DTYPES="$2" CONFORMANCE_RECORDS="$dir/records" CONFORMANCE_REPORT_DIR="$dir" \
+    "$here/bin/$1" "${filters[@]}" 2>&1 | tee "$dir/log.txt"
+  return "${PIPESTATUS[0]}"
+}
+for dtype in "${dtypes[@]}"; do
+  run_harness conformance "$dtype" "$BACKEND-$dtype" || status=1
+done
+if [ "$fault" = 1 ]; then
+  if INSTA_UPDATE=no run_harness conformance-fault-injection f32 "fault-injection-$BACKEND-f32" > /dev/null; then
+    echo "run.sh: the fault-injection run passed; it must fail" >&2
+    status=1
+  else
+    echo "fault-injection run failed, as it must (results/fault-injection-$BACKEND-f32/report.json)"
+  fi
+fi
+
+find "$here/golden/snapshots" -name '*.snap.new' -exec cp {} "$results/snapshots/" \;
+tar czf "$out" -C "$work" results
+echo "results: $out ($(find "$results/snapshots" -name '*.snap.new' | wc -l) pending snapshots)"
+rm -rf "$work"
+exit "$status"

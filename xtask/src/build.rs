@@ -1,0 +1,103 @@
+//! `cargo xtask build`: the worker binary and the conformance harness, for one backend.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use llm_worker_rbee::Backend;
+use xshell::{cmd, Shell};
+
+use crate::{cuda, project_root, target_dir};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+    pub backend: Backend,
+    #[arg(long)]
+    pub release: bool,
+    /// CUDA compute capability to compile kernels for, e.g. 90 for H100 [default: read from
+    /// nvidia-smi, else 90].
+    #[arg(long, value_name = "N")]
+    pub cuda_compute_cap: Option<u32>,
+}
+
+/// What a build produced.
+pub struct Built {
+    pub worker: PathBuf,
+    pub harness: PathBuf,
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    let built = build(args, &[])?;
+    println!("worker:  {}", built.worker.display());
+    println!("harness: {}", built.harness.display());
+    Ok(())
+}
+
+/// The worker feature a backend needs, if any.
+pub fn backend_feature(backend: Backend) -> Option<String> {
+    (backend != Backend::Cpu).then(|| format!("llm-worker-rbee/{backend}"))
+}
+
+/// Sets up `sh` to build for `backend` (for cuda: the toolkit's environment) and returns the
+/// target directory: GPU backends get one of their own, so CPU builds are not redone.
+pub fn prepare(sh: &Shell, backend: Backend, cuda_compute_cap: Option<u32>) -> Result<PathBuf> {
+    if backend == Backend::Cuda {
+        let home = cuda::toolkit(sh)?;
+        let path = std::env::var("PATH").unwrap_or_default();
+        sh.set_var("CUDA_HOME", &home);
+        sh.set_var("PATH", format!("{}:{path}", home.join("bin").display()));
+        sh.set_var(
+            "CUDA_COMPUTE_CAP",
+            cuda::compute_cap(sh, cuda_compute_cap).to_string(),
+        );
+        sh.set_var(
+            "CUDAFORGE_HOME",
+            target_dir().join("cuda-toolkit/cudaforge"),
+        );
+    }
+    Ok(match backend {
+        Backend::Cpu => target_dir(),
+        Backend::Cuda | Backend::Metal => target_dir().join(backend.name()),
+    })
+}
+
+/// Builds for `args.backend`, with the worker features `extra` on top (e.g. `fault-injection`).
+pub fn build(args: &Args, extra: &[&str]) -> Result<Built> {
+    let sh = Shell::new()?;
+    sh.change_dir(project_root());
+    let mut features: Vec<String> = extra
+        .iter()
+        .map(|f| format!("llm-worker-rbee/{f}"))
+        .collect();
+    features.extend(backend_feature(args.backend));
+    let target = prepare(&sh, args.backend, args.cuda_compute_cap)?;
+    let features = features.join(",");
+    let profile: &[&str] = if args.release { &["--release"] } else { &[] };
+    let feature_args: &[&str] = if features.is_empty() {
+        &[]
+    } else {
+        &["--features", &features]
+    };
+
+    cmd!(
+        sh,
+        "cargo build -p llm-worker-rbee {profile...} {feature_args...} --target-dir {target}"
+    )
+    .run()?;
+    let profile_dir = if args.release { "release" } else { "debug" };
+    let worker = target.join(profile_dir).join("llm-worker-rbee");
+
+    let messages = cmd!(
+        sh,
+        "cargo test -p conformance --test conformance --no-run --message-format=json {profile...} {feature_args...} --target-dir {target}"
+    )
+    .read()?;
+    let harness = messages
+        .lines()
+        .rev()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "conformance")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .context("cargo did not report the conformance harness executable")?;
+    Ok(Built { worker, harness })
+}

@@ -1,0 +1,122 @@
+//! `cargo xtask bundle`: one compressed archive that runs the conformance suite on a machine
+//! with no Rust and no network: stripped binaries, fixtures, cases, goldens, reference, and
+//! `run.sh` (ci/bundle-run.sh).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use flate2::write::GzEncoder;
+use llm_worker_rbee::Backend;
+use xshell::{cmd, Shell};
+
+use crate::build::{self, Built};
+use crate::{project_root, target_dir, test};
+
+/// The size a bundle may have, to travel to the GPU machine with room to spare.
+const MAX_BYTES: u64 = 60 * 1000 * 1000;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, value_enum, default_value_t = Backend::Cuda)]
+    backend: Backend,
+    /// CUDA compute capability to compile kernels for [default: nvidia-smi, else 90].
+    #[arg(long, value_name = "N")]
+    cuda_compute_cap: Option<u32>,
+    /// Where to write the archive [default: target/bundle/llm-worker-rbee-<backend>.tar.gz].
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    let sh = Shell::new()?;
+    sh.change_dir(project_root());
+    let build_args = build::Args {
+        backend: args.backend,
+        release: true,
+        cuda_compute_cap: args.cuda_compute_cap,
+    };
+    let built = build::build(&build_args, &[])?;
+    let faulty = build::build(&build_args, &["fault-injection"])?;
+    test::write_missing_fixtures()?;
+
+    let name = format!("llm-worker-rbee-{}", args.backend);
+    let stage = target_dir().join("bundle").join(&name);
+    if stage.exists() {
+        std::fs::remove_dir_all(&stage)?;
+    }
+    std::fs::create_dir_all(stage.join("bin"))?;
+    let Built { worker, harness } = built;
+    for (from, to) in [
+        (worker, "llm-worker-rbee"),
+        (harness, "conformance"),
+        (faulty.harness, "conformance-fault-injection"),
+    ] {
+        let dest = stage.join("bin").join(to);
+        std::fs::copy(&from, &dest).with_context(|| format!("copying {}", from.display()))?;
+        cmd!(sh, "strip {dest}").run()?;
+    }
+    let root = project_root();
+    copy_tree(&crate::fixtures::default_dir(), &stage.join("fixtures"))?;
+    copy_tree(
+        &root.join("golden/snapshots"),
+        &stage.join("golden/snapshots"),
+    )?;
+    copy_tree(
+        &root.join("golden/reference"),
+        &stage.join("golden/reference"),
+    )?;
+    std::fs::create_dir_all(stage.join("conformance"))?;
+    std::fs::copy(
+        root.join("conformance/cases.toml"),
+        stage.join("conformance/cases.toml"),
+    )?;
+    let run_sh = stage.join("run.sh");
+    std::fs::write(&run_sh, include_str!("../../ci/bundle-run.sh"))?;
+    std::fs::set_permissions(&run_sh, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let (commit, dirty) = test::git_state(&sh);
+    std::fs::write(
+        stage.join("bundle.env"),
+        format!(
+            "BACKEND={}\nGIT_COMMIT={commit}\nGIT_DIRTY={dirty}\n",
+            args.backend
+        ),
+    )?;
+
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| target_dir().join("bundle").join(format!("{name}.tar.gz")));
+    let file = File::create(&out).with_context(|| format!("creating {}", out.display()))?;
+    let mut archive = tar::Builder::new(GzEncoder::new(file, flate2::Compression::best()));
+    archive.append_dir_all(&name, &stage)?;
+    archive.into_inner()?.finish()?;
+    let size = std::fs::metadata(&out)?.len();
+    if size > MAX_BYTES {
+        bail!(
+            "{} is {size} bytes, over the {MAX_BYTES} a bundle may have",
+            out.display()
+        );
+    }
+    println!(
+        "{} ({:.1} MB): on the GPU machine, `tar xzf {} && {name}/run.sh --dtype f32 --dtype bf16 --fault-injection`",
+        out.display(),
+        size as f64 / 1e6,
+        out.file_name().unwrap_or_default().to_string_lossy(),
+    );
+    Ok(())
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let entry = entry?;
+        let dest = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &dest)?;
+        } else if !entry.file_name().to_string_lossy().ends_with(".snap.new") {
+            std::fs::copy(entry.path(), dest)?;
+        }
+    }
+    Ok(())
+}
