@@ -41,6 +41,13 @@ pub fn backend_feature(backend: Backend) -> Option<String> {
 /// Sets up `sh` to build for `backend` (for cuda: the toolkit's environment) and returns the
 /// target directory: GPU backends get one of their own, so CPU builds are not redone.
 pub fn prepare(sh: &Shell, backend: Backend, cuda_compute_cap: Option<u32>) -> Result<PathBuf> {
+    if backend == Backend::Metal && !cfg!(target_os = "macos") {
+        anyhow::bail!(
+            "the metal backend builds only on macOS (candle's Metal support links Apple's \
+             frameworks); this is {}",
+            std::env::consts::OS
+        );
+    }
     if backend == Backend::Cuda {
         let home = cuda::toolkit(sh)?;
         let path = std::env::var("PATH").unwrap_or_default();
