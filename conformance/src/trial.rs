@@ -1,7 +1,6 @@
 //! Trials: the cross product of the cases, and running one.
 
 use std::collections::HashMap;
-use std::io::Read as _;
 use std::ops::ControlFlow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -378,15 +377,7 @@ fn weights_sha256(files: &[PathBuf]) -> std::io::Result<String> {
         .iter()
         .map(|path| {
             let mut hasher = Sha256::new();
-            let mut file = std::fs::File::open(path)?;
-            let mut buffer = vec![0; 1 << 20];
-            loop {
-                let n = file.read(&mut buffer)?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buffer[..n]);
-            }
+            std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
             let name = path.file_name().unwrap_or_default().to_string_lossy();
             Ok((hex(&hasher.finalize()), name.into_owned()))
         })

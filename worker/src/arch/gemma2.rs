@@ -10,10 +10,11 @@
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Module, Result as CandleResult, Tensor, D};
+use candle_nn::kv_cache::ConcatKvCache;
 use candle_nn::{linear_b as linear, Activation, Linear, VarBuilder};
 use serde_json::json;
 
-use super::{mask, ArchConfig, Architecture, Dims, ModuleConfig, Window};
+use super::{mask, rotary, ArchConfig, Architecture, Dims, ModuleConfig, Window};
 use crate::config::{HfConfig, RopeDefaults};
 use crate::error::Result;
 
@@ -137,22 +138,14 @@ struct RotaryEmbedding {
 
 impl RotaryEmbedding {
     fn new(dtype: DType, cfg: &Config, dev: &Device) -> CandleResult<Self> {
-        let dim = cfg.head_dim;
-        let max_seq_len = cfg.max_position_embeddings;
-        let inv_freq: Vec<_> = (0..dim)
-            .step_by(2)
-            .map(|i| 1f32 / cfg.rope_theta.powf(i as f64 / dim as f64) as f32)
-            .collect();
-        let inv_freq_len = inv_freq.len();
-        let inv_freq = Tensor::from_vec(inv_freq, (1, inv_freq_len), dev)?;
-        let t = Tensor::arange(0u32, max_seq_len as u32, dev)?
-            .to_dtype(DType::F32)?
-            .reshape((max_seq_len, 1))?;
-        let freqs = t.matmul(&inv_freq)?;
-        Ok(Self {
-            sin: freqs.sin()?.to_dtype(dtype)?,
-            cos: freqs.cos()?.to_dtype(dtype)?,
-        })
+        let (cos, sin) = rotary::tables(
+            cfg.head_dim,
+            cfg.rope_theta,
+            cfg.max_position_embeddings,
+            dtype,
+            dev,
+        )?;
+        Ok(Self { sin, cos })
     }
 
     fn apply_rotary_emb_qkv(
@@ -212,7 +205,7 @@ struct Attention {
     scale: f64,
     attn_logit_softcapping: Option<f64>,
     rotary_emb: Arc<RotaryEmbedding>,
-    kv_cache: Option<(Tensor, Tensor)>,
+    kv_cache: ConcatKvCache,
 }
 
 impl Attention {
@@ -234,7 +227,7 @@ impl Attention {
             scale: cfg.query_pre_attn_scalar.powf(-0.5),
             attn_logit_softcapping: cfg.attn_logit_softcapping,
             rotary_emb,
-            kv_cache: None,
+            kv_cache: ConcatKvCache::new(2),
         })
     }
 
@@ -264,15 +257,7 @@ impl Attention {
             self.rotary_emb
                 .apply_rotary_emb_qkv(&query_states, &key_states, seqlen_offset)?;
 
-        let (key_states, value_states) = match &self.kv_cache {
-            None => (key_states, value_states),
-            Some((prev_k, prev_v)) => {
-                let key_states = Tensor::cat(&[prev_k, &key_states], 2)?;
-                let value_states = Tensor::cat(&[prev_v, &value_states], 2)?;
-                (key_states, value_states)
-            }
-        };
-        self.kv_cache = Some((key_states.clone(), value_states.clone()));
+        let (key_states, value_states) = self.kv_cache.append(&key_states, &value_states)?;
 
         let key_states =
             candle_transformers::utils::repeat_kv(key_states, self.num_kv_groups)?.contiguous()?;
@@ -297,7 +282,7 @@ impl Attention {
     }
 
     fn clear_kv_cache(&mut self) {
-        self.kv_cache = None
+        self.kv_cache.reset()
     }
 }
 

@@ -10,6 +10,7 @@ mod phi;
 mod phi3;
 mod qwen2;
 mod qwen3;
+mod rotary;
 mod stablelm;
 mod starcoder2;
 

@@ -7,9 +7,10 @@
 //! the cache.
 
 use candle_core::{DType, Device, IndexOp, Module, Result as CandleResult, Tensor, D};
+use candle_nn::kv_cache::ConcatKvCache;
 use candle_nn::{layer_norm, linear, Activation, Embedding, LayerNorm, Linear, VarBuilder};
 
-use super::{mask, ArchConfig, Architecture, Dims, ModuleConfig, Window};
+use super::{mask, rotary, ArchConfig, Architecture, Dims, ModuleConfig, Window};
 use crate::config::{HfConfig, RopeDefaults};
 use crate::error::Result;
 
@@ -91,21 +92,9 @@ struct RotaryEmbedding {
 impl RotaryEmbedding {
     fn new(cfg: &Config, dtype: DType, dev: &Device) -> CandleResult<Self> {
         let dim = (cfg.partial_rotary_factor * cfg.head_dim() as f64) as usize;
-        let inv_freq: Vec<_> = (0..dim)
-            .step_by(2)
-            .map(|i| 1f32 / cfg.rope_theta.powf(i as f64 / dim as f64) as f32)
-            .collect();
-        let inv_freq_len = inv_freq.len();
-        let inv_freq = Tensor::from_vec(inv_freq, (1, inv_freq_len), dev)?;
-        let t = Tensor::arange(0u32, cfg.max_position_embeddings as u32, dev)?
-            .to_dtype(DType::F32)?
-            .reshape((cfg.max_position_embeddings, 1))?;
-        let freqs = t.matmul(&inv_freq)?;
-        Ok(Self {
-            dim,
-            sin: freqs.sin()?.to_dtype(dtype)?,
-            cos: freqs.cos()?.to_dtype(dtype)?,
-        })
+        let (cos, sin) =
+            rotary::tables(dim, cfg.rope_theta, cfg.max_position_embeddings, dtype, dev)?;
+        Ok(Self { dim, sin, cos })
     }
 
     fn apply_rotary_emb(&self, xs: &Tensor, seqlen_offset: usize) -> CandleResult<Tensor> {
@@ -148,7 +137,7 @@ struct Attention {
     k_proj: Linear,
     v_proj: Linear,
     dense: Linear,
-    kv_cache: Option<(Tensor, Tensor)>,
+    kv_cache: ConcatKvCache,
     q_layernorm: Option<LayerNorm>,
     k_layernorm: Option<LayerNorm>,
     rotary_emb: RotaryEmbedding,
@@ -184,7 +173,7 @@ impl Attention {
             k_proj: linear(cfg.hidden_size, num_kv_heads * head_dim, vb.pp("k_proj"))?,
             v_proj: linear(cfg.hidden_size, num_kv_heads * head_dim, vb.pp("v_proj"))?,
             dense: linear(num_heads * head_dim, cfg.hidden_size, vb.pp("dense"))?,
-            kv_cache: None,
+            kv_cache: ConcatKvCache::new(2),
             q_layernorm,
             k_layernorm,
             rotary_emb: RotaryEmbedding::new(cfg, vb.dtype(), vb.device())?,
@@ -220,10 +209,7 @@ impl Attention {
             .reshape((b_size, seq_len, self.num_kv_heads, self.head_dim))?
             .transpose(1, 2)?;
 
-        let seqlen_offset = match &self.kv_cache {
-            None => 0,
-            Some((prev_k, _)) => prev_k.dim(2)?,
-        };
+        let seqlen_offset = self.kv_cache.current_seq_len();
         let query_states = self
             .rotary_emb
             .apply_rotary_emb(&query_states, seqlen_offset)?;
@@ -231,15 +217,7 @@ impl Attention {
             .rotary_emb
             .apply_rotary_emb(&key_states, seqlen_offset)?;
 
-        let (key_states, value_states) = match &self.kv_cache {
-            None => (key_states, value_states),
-            Some((prev_k, prev_v)) => {
-                let k = Tensor::cat(&[prev_k, &key_states], 2)?;
-                let v = Tensor::cat(&[prev_v, &value_states], 2)?;
-                (k, v)
-            }
-        };
-        self.kv_cache = Some((key_states.clone(), value_states.clone()));
+        let (key_states, value_states) = self.kv_cache.append(&key_states, &value_states)?;
 
         let groups = self.num_heads / self.num_kv_heads;
         let key_states = candle_transformers::utils::repeat_kv(key_states, groups)?.contiguous()?;
@@ -341,7 +319,7 @@ impl Model {
 
     pub fn reset(&mut self) {
         for layer in self.layers.iter_mut() {
-            layer.self_attn.kv_cache = None;
+            layer.self_attn.kv_cache.reset();
         }
     }
 }
