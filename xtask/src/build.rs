@@ -86,25 +86,27 @@ pub fn build(args: &Args, extra: &[&str]) -> Result<Built> {
         &["--features", &features]
     };
 
-    cmd!(
-        sh,
-        "cargo build -p llm-worker-rbee {profile...} {feature_args...} --target-dir {target}"
-    )
-    .run()?;
-    let profile_dir = if args.release { "release" } else { "debug" };
-    let worker = target.join(profile_dir).join("llm-worker-rbee");
-
+    // One cargo invocation for both, so that they share one feature resolution: building the
+    // binary apart (without the test dependencies) would compile candle a second time. The
+    // worker's `cli` tests need its binary, which makes cargo build it here.
     let messages = cmd!(
         sh,
-        "cargo test -p conformance --test conformance --no-run --message-format=json {profile...} {feature_args...} --target-dir {target}"
+        "cargo test --no-run --message-format=json-render-diagnostics -p conformance --test conformance -p llm-worker-rbee --test cli {profile...} {feature_args...} --target-dir {target}"
     )
     .read()?;
-    let harness = messages
+    let artifacts: Vec<serde_json::Value> = messages
         .lines()
-        .rev()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "conformance")
-        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .context("cargo did not report the conformance harness executable")?;
+        .filter(|m| m["reason"] == "compiler-artifact")
+        .collect();
+    let executable = |name: &str, kind: &str| {
+        artifacts
+            .iter()
+            .filter(|m| m["target"]["name"] == name && m["target"]["kind"][0] == kind)
+            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+            .with_context(|| format!("cargo did not report the {kind} `{name}`"))
+    };
+    let worker = executable("llm-worker-rbee", "bin")?;
+    let harness = executable("conformance", "test")?;
     Ok(Built { worker, harness })
 }
