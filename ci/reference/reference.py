@@ -3,6 +3,7 @@
 
     python3 ci/reference/reference.py          # (re)write golden/reference/
     python3 ci/reference/reference.py --check  # regenerate into target/ and compare with golden/
+    python3 ci/reference/reference.py --model ID FOLDER  # one fetched model (`cargo xtask reference --model ID`)
 
 For each model of conformance/cases.toml and each prompt, transformers (float32, eager
 attention, one thread) decodes greedily with a plain forward loop over the cache: the prompt in
@@ -43,7 +44,12 @@ def eos_ids(model, tokenizer) -> set[int]:
     return ids
 
 
-def write_reference(out: Path) -> None:
+def fixture_models(cases: dict) -> list[tuple[str, Path]]:
+    """The SafeTensors fixtures; GGUF fixtures have no transformers reference."""
+    return [(model_id, FIXTURES / model_id) for model_id in cases["models"]["fixtures"]]
+
+
+def write_reference(out: Path, models: list[tuple[str, Path]] | None) -> None:
     import torch
     import transformers
     from safetensors.torch import save_file
@@ -52,10 +58,9 @@ def write_reference(out: Path) -> None:
     torch.use_deterministic_algorithms(True)
     cases = tomllib.loads(CASES.read_text())
     out.mkdir(parents=True, exist_ok=True)
-    for model_id in cases["models"]["fixtures"]:
-        folder = FIXTURES / model_id
+    for model_id, folder in models or fixture_models(cases):
         if not (folder / "config.json").is_file():
-            sys.exit(f"{folder} is missing: run `cargo xtask fixtures` first")
+            sys.exit(f"{folder / 'config.json'} is missing: run `cargo xtask fixtures` first")
         model = transformers.AutoModelForCausalLM.from_pretrained(
             folder, dtype=torch.float32, attn_implementation="eager"
         )
@@ -97,7 +102,8 @@ def write_reference(out: Path) -> None:
 def main() -> int:
     argv = sys.argv[1:]
     if argv[:1] == ["_write"]:
-        write_reference(Path(argv[1]))
+        models = [(pair.split("=", 1)[0], Path(pair.split("=", 1)[1])) for pair in argv[2:]]
+        write_reference(Path(argv[1]), models or None)
         return 0
     packages = [TRANSFORMERS_5, TORCH, SAFETENSORS, NUMPY]
     if argv == ["--check"]:
@@ -114,6 +120,9 @@ def main() -> int:
             return 1
         print(f"golden/reference regenerates identically ({len(names)} files)")
         return 0
+    if len(argv) == 3 and argv[0] == "--model":
+        model = f"{argv[1]}={Path(argv[2]).resolve()}"
+        return run_in_venv("transformers-5-torch", packages, __file__, ["_write", str(GOLDEN), model])
     if argv:
         print(__doc__, file=sys.stderr)
         return 2

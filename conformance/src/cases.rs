@@ -69,8 +69,35 @@ pub struct Sampling {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Models {
-    /// Fixture ids of `cargo xtask fixtures`.
+    /// SafeTensors fixture ids of `cargo xtask fixtures`; each has a transformers reference.
     pub fixtures: Vec<String>,
+    /// GGUF fixture ids of `cargo xtask fixtures`, each quantized from a SafeTensors fixture.
+    #[serde(default)]
+    pub gguf: Vec<GgufFixture>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GgufFixture {
+    pub id: String,
+    /// The SafeTensors fixture it was quantized from; its greedy tokens are compared with it.
+    pub source: String,
+}
+
+impl Models {
+    /// Every fixture: SafeTensors first, then GGUF.
+    pub fn ids(&self) -> Vec<String> {
+        let gguf = self.gguf.iter().map(|g| g.id.clone());
+        self.fixtures.iter().cloned().chain(gguf).collect()
+    }
+
+    /// The SafeTensors fixture `id` was quantized from, for a GGUF fixture.
+    pub fn source_of(&self, id: &str) -> Option<&str> {
+        self.gguf
+            .iter()
+            .find(|g| g.id == id)
+            .map(|g| g.source.as_str())
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -150,6 +177,20 @@ impl Cases {
                 )));
             }
         }
+        let fixtures: std::collections::BTreeSet<&str> =
+            cases.models.fixtures.iter().map(String::as_str).collect();
+        let mut ids = fixtures.clone();
+        for gguf in &cases.models.gguf {
+            if !fixtures.contains(gguf.source.as_str()) {
+                return Err(invalid(format!(
+                    "models.gguf: `{}` comes from `{}`, which is not in models.fixtures",
+                    gguf.id, gguf.source
+                )));
+            }
+            if !ids.insert(gguf.id.as_str()) {
+                return Err(invalid(format!("model `{}` is listed twice", gguf.id)));
+            }
+        }
         if cases.sampling.temperature <= 0.0 {
             return Err(invalid("sampling.temperature must be positive".into()));
         }
@@ -173,9 +214,13 @@ impl Cases {
             .collect()
     }
 
-    /// The tolerance of `backend`-`dtype`, if cases.toml states one.
-    pub fn tolerance(&self, backend: Backend, dtype: Dtype) -> Option<Tolerance> {
-        self.tolerances.get(&format!("{backend}-{dtype}")).copied()
+    /// The tolerance of `backend`-`dtype`, if cases.toml states one; GGUF models have their own
+    /// (`<backend>-<dtype>-gguf`).
+    pub fn tolerance(&self, backend: Backend, dtype: Dtype, gguf: bool) -> Option<Tolerance> {
+        let suffix = if gguf { "-gguf" } else { "" };
+        self.tolerances
+            .get(&format!("{backend}-{dtype}{suffix}"))
+            .copied()
     }
 
     /// The expected failure that covers `trial`, if any.
@@ -218,7 +263,21 @@ mod tests {
             .prompts
             .iter()
             .any(|p| p.ids.as_ref().is_some_and(|ids| ids.len() == 1)));
-        assert!(cases.tolerance(Backend::Cpu, Dtype::F32).is_some());
+        assert!(cases.tolerance(Backend::Cpu, Dtype::F32, false).is_some());
+        assert!(cases.tolerance(Backend::Cpu, Dtype::F32, true).is_some());
+        for gguf in &cases.models.gguf {
+            let spec = llm_worker_rbee::synth::gguf_fixture(&gguf.id)
+                .unwrap_or_else(|| panic!("`{}` is not a GGUF fixture of synth", gguf.id));
+            assert_eq!(spec.source, gguf.source, "{}", gguf.id);
+        }
+        let listed: Vec<&str> = cases.models.gguf.iter().map(|g| g.id.as_str()).collect();
+        for spec in llm_worker_rbee::synth::gguf_fixtures() {
+            assert!(
+                listed.contains(&spec.id),
+                "GGUF fixture `{}` has no cases",
+                spec.id
+            );
+        }
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub struct Paths {
     pub golden: PathBuf,
     /// `CONFORMANCE_RECORDS`: one result record per trial.
     pub records: PathBuf,
+    /// `CONFORMANCE_MODELS`: lines of `id=folder`. When set, the suite runs these models (real
+    /// models fetched by `cargo xtask fetch-models`) instead of the fixtures.
+    pub models: Vec<(String, PathBuf)>,
 }
 
 impl Paths {
@@ -59,6 +62,29 @@ impl Paths {
                 "CONFORMANCE_RECORDS",
                 root.join("target/conformance/records"),
             ),
+            models: std::env::var("CONFORMANCE_MODELS")
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|line| line.split_once('='))
+                .map(|(id, folder)| (id.trim().to_string(), PathBuf::from(folder.trim())))
+                .collect(),
+        }
+    }
+
+    /// The models a run covers: those of `CONFORMANCE_MODELS`, else every fixture of `cases`.
+    pub fn model_ids(&self, cases: &Cases) -> Vec<String> {
+        if self.models.is_empty() {
+            cases.models.ids()
+        } else {
+            self.models.iter().map(|(id, _)| id.clone()).collect()
+        }
+    }
+
+    /// The folder of model `id`.
+    pub fn model_dir(&self, id: &str) -> PathBuf {
+        match self.models.iter().find(|(model, _)| model == id) {
+            Some((_, folder)) => folder.clone(),
+            None => self.fixtures.join(id),
         }
     }
 

@@ -22,6 +22,8 @@ enum Showing {
         ignored: usize,
         /// Greedy trials whose tokens left the reference's at a near tie.
         diverged: usize,
+        /// GGUF fixtures: leading greedy steps equal to the source fixture's, of the steps.
+        source_agreement: Option<(usize, usize)>,
     },
     Failed {
         failed: usize,
@@ -67,6 +69,11 @@ fn showing(report: &Report, model: &str, snapshots: &Path) -> Option<Showing> {
                         .is_some_and(|d| d.first_divergence.is_some())
                 })
                 .count(),
+            source_agreement: trials
+                .iter()
+                .filter_map(|t| t.differential.as_ref()?.source_agreement.as_ref())
+                .map(|a| (a.equal_steps, a.steps))
+                .reduce(|(e1, s1), (e2, s2)| (e1 + e2, s1 + s2)),
         }
     })
 }
@@ -84,7 +91,9 @@ pub fn render(cases: &Cases, reports: &[CommittedReport], snapshots: &Path) -> S
          run), **ignored** (the model was not present), or *not run*. The footnote says which \
          host ran it, at which commit and when. Rows are the fixture models of \
          `conformance/cases.toml`: tiny random-weight models that exercise each architecture's \
-         code, not the released checkpoints.\n\n",
+         code, not the released checkpoints. GGUF fixtures are quantized from a SafeTensors \
+         fixture; **source e/s** says how many of their greedy steps (summed over prompts) \
+         chose the source fixture's token before the first difference.\n\n",
     );
     let columns: Vec<(String, String)> = cases
         .backends
@@ -96,57 +105,21 @@ pub fn render(cases: &Cases, reports: &[CommittedReport], snapshots: &Path) -> S
                 .map(move |d| (format!("{b}-{d}"), format!("{b} {d}")))
         })
         .collect();
-    out.push_str("| model |");
-    for (_, title) in &columns {
-        write!(out, " {title} |").unwrap();
-    }
-    out.push_str("\n|---|");
-    out.push_str(&"---|".repeat(columns.len()));
-    out.push('\n');
-    for model in &cases.models.fixtures {
-        write!(out, "| {model} |").unwrap();
-        for (column, _) in &columns {
-            let mut shown = Vec::new();
-            for (i, committed) in reports.iter().enumerate() {
-                let run = &committed.report.run;
-                if format!("{}-{}", run.backend, run.dtype) != *column {
-                    continue;
-                }
-                let Some(showing) = showing(&committed.report, model, snapshots) else {
-                    continue;
-                };
-                let text = match showing {
-                    Showing::Passed {
-                        expected_failures,
-                        ignored,
-                        diverged,
-                    } => {
-                        let mut text = "passed".to_string();
-                        if expected_failures > 0 {
-                            write!(text, ", {expected_failures} expected failures").unwrap();
-                        }
-                        if ignored > 0 {
-                            write!(text, ", {ignored} ignored").unwrap();
-                        }
-                        if diverged > 0 {
-                            write!(text, ", {diverged} diverged").unwrap();
-                        }
-                        text
-                    }
-                    Showing::Failed { failed, total } => format!("failed {failed}/{total}"),
-                    Showing::Stale => "stale".into(),
-                    Showing::Ignored => "ignored".into(),
-                };
-                shown.push(format!("{text} [{}]", i + 1));
-            }
-            let cell = if shown.is_empty() {
-                "*not run*".to_string()
-            } else {
-                shown.join("; ")
-            };
-            write!(out, " {cell} |").unwrap();
-        }
-        out.push('\n');
+    let fixtures = cases.models.ids();
+    out.push_str(&table(&fixtures, &columns, reports, snapshots));
+    let mut real: Vec<String> = reports
+        .iter()
+        .flat_map(|r| r.report.trials.iter().map(|t| t.model.clone()))
+        .filter(|model| !fixtures.contains(model))
+        .collect();
+    real.sort();
+    real.dedup();
+    if !real.is_empty() {
+        out.push_str(
+            "\n## Real models\n\nModels of `conformance/models.toml`, fetched and verified with \
+             `cargo xtask fetch-models` and run with `cargo xtask test --model ID`.\n\n",
+        );
+        out.push_str(&table(&real, &columns, reports, snapshots));
     }
     if !reports.is_empty() {
         out.push('\n');
@@ -173,6 +146,73 @@ pub fn render(cases: &Cases, reports: &[CommittedReport], snapshots: &Path) -> S
     let trimmed = out.trim_end().len();
     out.truncate(trimmed);
     out.push('\n');
+    out
+}
+
+/// The rows of `models`: a cell per column with what each report showed.
+fn table(
+    models: &[String],
+    columns: &[(String, String)],
+    reports: &[CommittedReport],
+    snapshots: &Path,
+) -> String {
+    let mut out = String::new();
+    out.push_str("| model |");
+    for (_, title) in columns {
+        write!(out, " {title} |").unwrap();
+    }
+    out.push_str("\n|---|");
+    out.push_str(&"---|".repeat(columns.len()));
+    out.push('\n');
+    for model in models {
+        write!(out, "| {model} |").unwrap();
+        for (column, _) in columns {
+            let mut shown = Vec::new();
+            for (i, committed) in reports.iter().enumerate() {
+                let run = &committed.report.run;
+                if format!("{}-{}", run.backend, run.dtype) != *column {
+                    continue;
+                }
+                let Some(showing) = showing(&committed.report, model, snapshots) else {
+                    continue;
+                };
+                let text = match showing {
+                    Showing::Passed {
+                        expected_failures,
+                        ignored,
+                        diverged,
+                        source_agreement,
+                    } => {
+                        let mut text = "passed".to_string();
+                        if expected_failures > 0 {
+                            write!(text, ", {expected_failures} expected failures").unwrap();
+                        }
+                        if ignored > 0 {
+                            write!(text, ", {ignored} ignored").unwrap();
+                        }
+                        if diverged > 0 {
+                            write!(text, ", {diverged} diverged").unwrap();
+                        }
+                        if let Some((equal, steps)) = source_agreement {
+                            write!(text, ", source {equal}/{steps}").unwrap();
+                        }
+                        text
+                    }
+                    Showing::Failed { failed, total } => format!("failed {failed}/{total}"),
+                    Showing::Stale => "stale".into(),
+                    Showing::Ignored => "ignored".into(),
+                };
+                shown.push(format!("{text} [{}]", i + 1));
+            }
+            let cell = if shown.is_empty() {
+                "*not run*".to_string()
+            } else {
+                shown.join("; ")
+            };
+            write!(out, " {cell} |").unwrap();
+        }
+        out.push('\n');
+    }
     out
 }
 

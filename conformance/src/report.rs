@@ -81,6 +81,33 @@ pub struct Differential {
     /// Steps where decoding with the cache and a full recompute chose different tokens at a
     /// near tie.
     pub recompute_near_ties: Option<usize>,
+    /// For a GGUF fixture: how far its greedy tokens follow those of the SafeTensors fixture it
+    /// was quantized from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_agreement: Option<SourceAgreement>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SourceAgreement {
+    pub source: String,
+    /// Leading steps whose tokens equal the source's.
+    pub equal_steps: usize,
+    /// The source's steps.
+    pub steps: usize,
+}
+
+impl SourceAgreement {
+    pub fn of(source: &str, source_tokens: &[u32], tokens: &[u32]) -> Self {
+        Self {
+            source: source.to_string(),
+            equal_steps: source_tokens
+                .iter()
+                .zip(tokens)
+                .take_while(|(a, b)| a == b)
+                .count(),
+            steps: source_tokens.len(),
+        }
+    }
 }
 
 /// The file a trial's record goes to.
@@ -344,6 +371,8 @@ impl Report {
 pub struct Cell {
     pub outcomes: BTreeMap<Outcome, usize>,
     pub divergences: usize,
+    /// GGUF fixtures: leading greedy steps equal to the source fixture's, and steps compared.
+    pub source_agreement: Option<(usize, usize)>,
 }
 
 impl Cell {
@@ -356,7 +385,8 @@ impl Cell {
     }
 
     /// `passed`, `FAILED 2/16`, `ignored`, or `passed, 2 expected failures, 3 diverged`, where
-    /// `diverged` counts greedy trials whose tokens left the reference's (at a near tie).
+    /// `diverged` counts greedy trials whose tokens left the reference's (at a near tie), and
+    /// `source 60/64` the greedy steps of a GGUF fixture that follow its source fixture.
     pub fn summary(&self) -> String {
         let failed = self.get(Outcome::Failed);
         if failed > 0 {
@@ -377,6 +407,9 @@ impl Cell {
         }
         if self.divergences > 0 {
             write!(text, ", {} diverged", self.divergences).unwrap();
+        }
+        if let Some((equal, steps)) = self.source_agreement {
+            write!(text, ", source {equal}/{steps}").unwrap();
         }
         text
     }
@@ -411,6 +444,15 @@ impl Grid {
                 .as_ref()
                 .is_some_and(|d| d.first_divergence.is_some());
             cell.divergences += usize::from(diverged);
+            let agreement = record
+                .differential
+                .as_ref()
+                .and_then(|d| d.source_agreement.as_ref());
+            if let Some(agreement) = agreement {
+                let (equal, steps) = cell.source_agreement.get_or_insert((0, 0));
+                *equal += agreement.equal_steps;
+                *steps += agreement.steps;
+            }
         }
         grid
     }

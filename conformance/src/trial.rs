@@ -7,13 +7,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
+use llm_worker_rbee::folder::WeightsFormat;
 use llm_worker_rbee::{Backend, Dtype, Generation, LoadOptions, Request, StopReason, Worker};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::cases::{Cases, PromptCase, Seed, Tolerance};
 use crate::reference::Reference;
-use crate::report::{Differential, Latency, Outcome, TrialRecord};
+use crate::report::{Differential, Latency, Outcome, SourceAgreement, TrialRecord};
 use crate::Paths;
 
 /// The backends and dtypes a run covers: `CONFORMANCE_BACKENDS` and `CONFORMANCE_DTYPES`
@@ -55,10 +56,10 @@ pub struct TrialSpec {
     pub prompt: PromptCase,
 }
 
-/// Every trial of `cases` for the selected backends and dtypes, in a stable order.
-pub fn expand(cases: &Cases, selection: &Selection) -> Vec<TrialSpec> {
+/// Every trial of `cases` for `models` and the selected backends and dtypes, in a stable order.
+pub fn expand(cases: &Cases, selection: &Selection, models: &[String]) -> Vec<TrialSpec> {
     let mut trials = Vec::new();
-    for model in &cases.models.fixtures {
+    for model in models {
         for &backend in &selection.backends {
             for &dtype in &selection.dtypes {
                 for &seed in &cases.seeds {
@@ -216,12 +217,12 @@ impl Suite {
     }
 
     fn check(&self, spec: &TrialSpec) -> Verdict {
-        let dir = self.paths.fixtures.join(&spec.model);
-        if !dir.join("config.json").is_file() {
+        let dir = self.paths.model_dir(&spec.model);
+        if !dir.is_dir() {
             return Verdict::Ignored(format!(
                 "model `{}` is not present in {} (run `cargo xtask fixtures`)",
                 spec.model,
-                self.paths.fixtures.display()
+                dir.display()
             ));
         }
         let slot = self.slot(spec);
@@ -252,6 +253,30 @@ impl Suite {
                 Arc::new(Reference::load(&self.paths.reference(), model).map_err(|e| e.to_string()))
             })
             .clone()
+    }
+
+    /// The greedy tokens of the SafeTensors fixture a GGUF fixture was quantized from, on the
+    /// same backend and dtype.
+    fn source_tokens(
+        &self,
+        source: &str,
+        spec: &TrialSpec,
+        request: &Request,
+    ) -> Result<Vec<u32>, String> {
+        let source_spec = TrialSpec {
+            model: source.to_string(),
+            ..spec.clone()
+        };
+        let slot = self.slot(&source_spec);
+        let mut guard = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        let dir = self.paths.model_dir(source);
+        let loaded = guard.get_or_insert_with(|| load(&dir, spec.backend, spec.dtype));
+        let loaded = loaded
+            .as_mut()
+            .map_err(|e| format!("source fixture `{source}`: {e}"))?;
+        generate(&mut loaded.worker, request)
+            .map(|g| g.token_ids)
+            .map_err(|e| format!("source fixture `{source}`: generation failed: {e}"))
     }
 
     fn request(&self, spec: &TrialSpec) -> Request {
@@ -330,12 +355,24 @@ impl Suite {
         }
 
         if spec.seed.is_greedy() {
-            let tolerance = self.cases.tolerance(spec.backend, spec.dtype);
+            let gguf = worker.info().format == WeightsFormat::Gguf;
+            let tolerance = self.cases.tolerance(spec.backend, spec.dtype, gguf);
             failures.extend(greedy_equivalents(worker, &request, &generation));
             if let Err(message) = recompute(worker, &generation, tolerance, &mut differential) {
                 failures.push(message);
             }
-            if let Some(tolerance) = tolerance {
+            let transformers_reference =
+                !gguf && self.cases.models.source_of(&spec.model).is_none();
+            if let Some(source) = self.cases.models.source_of(&spec.model) {
+                match self.source_tokens(source, spec, &request) {
+                    Ok(tokens) => {
+                        differential.source_agreement =
+                            Some(SourceAgreement::of(source, &tokens, &generation.token_ids))
+                    }
+                    Err(e) => failures.push(e),
+                }
+            }
+            if let Some(tolerance) = tolerance.filter(|_| transformers_reference) {
                 let reference = self.reference(&spec.model);
                 let check = ReferenceCheck {
                     reference: &reference,
@@ -548,7 +585,8 @@ impl ReferenceCheck<'_> {
         generation: &Generation,
         differential: &mut Differential,
     ) -> Result<(), String> {
-        let regenerate = "regenerate it with `python3 ci/reference/reference.py`";
+        let regenerate =
+            "regenerate it with `cargo xtask reference` (a fetched model: `--model ID`)";
         let reference = match self.reference {
             Err(e) => return Err(format!("the reference cannot be read: {e}")),
             Ok(None) => {

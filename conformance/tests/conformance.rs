@@ -30,8 +30,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let models = cases.models.fixtures.clone();
-    let specs = expand(&cases, &selection);
+    let models = paths.model_ids(&cases);
+    let specs = expand(&cases, &selection, &models);
     let suite = Arc::new(Suite::new(cases, paths.clone()));
     let trials = specs
         .into_iter()

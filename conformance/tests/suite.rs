@@ -33,6 +33,7 @@ fn outcomes_on(root: &Path, extra: &str, backend: Backend) -> Vec<(String, Outco
         fixtures: root.join("fixtures"),
         golden: root.join("golden"),
         records: root.join("records"),
+        models: Vec::new(),
     };
     std::fs::write(&paths.cases, format!("{CASES}\n{extra}")).unwrap();
     let cases = Cases::load(&paths.cases).unwrap();
@@ -40,7 +41,7 @@ fn outcomes_on(root: &Path, extra: &str, backend: Backend) -> Vec<(String, Outco
         backends: vec![backend],
         dtypes: vec![Dtype::F32],
     };
-    let specs = expand(&cases, &selection);
+    let specs = expand(&cases, &selection, &cases.models.ids());
     let suite = Suite::new(cases, paths);
     specs
         .iter()

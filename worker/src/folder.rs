@@ -1,9 +1,10 @@
-//! The files of a model folder in the Hugging Face layout.
+//! The files of a model folder: the Hugging Face layout with SafeTensors weights, or one GGUF
+//! file with the model's `tokenizer.json`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
@@ -13,6 +14,7 @@ pub const TOKENIZER_CONFIG: &str = "tokenizer_config.json";
 pub const GENERATION_CONFIG: &str = "generation_config.json";
 pub const WEIGHTS: &str = "model.safetensors";
 pub const WEIGHTS_INDEX: &str = "model.safetensors.index.json";
+const GGUF_EXTENSION: &str = "gguf";
 
 #[derive(Clone, Debug)]
 pub struct ModelFolder {
@@ -22,7 +24,8 @@ pub struct ModelFolder {
     pub weights: Weights,
 }
 
-/// Where the tensors are: one file, or shards listed by an index.
+/// Where the tensors are: one SafeTensors file, SafeTensors shards listed by an index, or one
+/// GGUF file (which also holds the model's settings, in place of config.json).
 #[derive(Clone, Debug)]
 pub enum Weights {
     Single(PathBuf),
@@ -31,13 +34,29 @@ pub enum Weights {
         /// Tensor name to shard file, as the index lists them.
         weight_map: Vec<(String, PathBuf)>,
     },
+    Gguf(PathBuf),
+}
+
+/// How the weights are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightsFormat {
+    SafeTensors,
+    Gguf,
 }
 
 impl Weights {
+    pub fn format(&self) -> WeightsFormat {
+        match self {
+            Weights::Single(_) | Weights::Sharded { .. } => WeightsFormat::SafeTensors,
+            Weights::Gguf(_) => WeightsFormat::Gguf,
+        }
+    }
+
     /// Every weight file, each once.
     pub fn files(&self) -> Vec<PathBuf> {
         match self {
-            Weights::Single(path) => vec![path.clone()],
+            Weights::Single(path) | Weights::Gguf(path) => vec![path.clone()],
             Weights::Sharded { weight_map, .. } => weight_map
                 .iter()
                 .map(|(_, file)| file.clone())
@@ -63,14 +82,26 @@ impl ModelFolder {
             };
             return Err(Error::file(
                 root,
-                format!("{what}; --model takes a folder with config.json, tokenizer.json and *.safetensors"),
+                format!(
+                    "{what}; --model takes a folder with config.json, tokenizer.json and \
+                     *.safetensors, or with tokenizer.json and one .gguf file"
+                ),
             ));
         }
-        for required in [CONFIG, TOKENIZER] {
-            if !root.join(required).is_file() {
+        let weights = find_weights(root)?;
+        // A GGUF file holds the model's settings itself; a config.json beside it is not read.
+        let required: &[&str] = match weights {
+            Weights::Gguf(_) => &[TOKENIZER],
+            _ => &[CONFIG, TOKENIZER],
+        };
+        for name in required {
+            if !root.join(name).is_file() {
                 return Err(Error::file(
-                    &root.join(required),
-                    format!("missing: a model folder needs {CONFIG}, {TOKENIZER} and its weights"),
+                    &root.join(name),
+                    format!(
+                        "missing: a model folder needs {CONFIG}, {TOKENIZER} and SafeTensors \
+                         weights, or {TOKENIZER} and one .gguf file"
+                    ),
                 ));
             }
         }
@@ -79,7 +110,7 @@ impl ModelFolder {
             root: root.to_path_buf(),
             tokenizer_config: optional(TOKENIZER_CONFIG),
             generation_config: optional(GENERATION_CONFIG),
-            weights: find_weights(root)?,
+            weights,
         })
     }
 
@@ -92,53 +123,107 @@ impl ModelFolder {
     }
 }
 
+/// SafeTensors weights if the folder has them, else its one GGUF file. A folder with both, or
+/// with several GGUF files, is refused: which one is meant cannot be guessed.
 fn find_weights(root: &Path) -> Result<Weights> {
+    let names = file_names(root)?;
+    let ggufs: Vec<&String> = names
+        .iter()
+        .filter(|name| {
+            Path::new(name)
+                .extension()
+                .is_some_and(|ext| ext.eq_ignore_ascii_case(GGUF_EXTENSION))
+        })
+        .collect();
+    let safetensors = [WEIGHTS, WEIGHTS_INDEX]
+        .into_iter()
+        .find(|name| root.join(name).is_file());
+    match (safetensors, ggufs.as_slice()) {
+        (Some(safetensors), [gguf, ..]) => Err(Error::file(
+            root,
+            format!(
+                "holds both SafeTensors weights ({safetensors}) and a GGUF file ({gguf}); keep \
+                 one of them"
+            ),
+        )),
+        (Some(_), []) => find_safetensors(root),
+        (None, [gguf]) => Ok(Weights::Gguf(root.join(gguf))),
+        (None, [_, _, ..]) => Err(Error::file(
+            root,
+            format!(
+                "holds {} GGUF files ({}); a model folder holds exactly one",
+                ggufs.len(),
+                ggufs
+                    .iter()
+                    .map(|n| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+        (None, []) => {
+            let others: Vec<&String> = names
+                .iter()
+                .filter(|name| {
+                    [".bin", ".pt", ".pth", ".ggml"]
+                        .iter()
+                        .any(|ext| name.ends_with(ext))
+                })
+                .collect();
+            let hint = if others.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (found {}: only SafeTensors and GGUF weights are loaded; convert them first)",
+                    others
+                        .iter()
+                        .map(|n| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            Err(Error::file(
+                root,
+                format!("no weights: expected {WEIGHTS}, {WEIGHTS_INDEX} or one .gguf file{hint}"),
+            ))
+        }
+    }
+}
+
+/// The names of the files in `root`, sorted.
+fn file_names(root: &Path) -> Result<Vec<String>> {
+    let mut names: Vec<String> = std::fs::read_dir(root)
+        .map_err(|e| Error::file(root, format!("cannot list: {e}")))?
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.path().is_file())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+fn find_safetensors(root: &Path) -> Result<Weights> {
     let single = root.join(WEIGHTS);
     if single.is_file() {
         return Ok(Weights::Single(single));
     }
     let index = root.join(WEIGHTS_INDEX);
-    if index.is_file() {
-        let text = std::fs::read_to_string(&index)
-            .map_err(|e| Error::file(&index, format!("cannot read: {e}")))?;
-        let parsed: Index = serde_json::from_str(&text)
-            .map_err(|e| Error::file(&index, format!("not a valid safetensors index: {e}")))?;
-        if parsed.weight_map.is_empty() {
-            return Err(Error::file(&index, "weight_map lists no tensors"));
-        }
-        let mut weight_map = Vec::with_capacity(parsed.weight_map.len());
-        for (tensor, file) in parsed.weight_map {
-            let path = root.join(&file);
-            if !path.is_file() {
-                return Err(Error::file(
-                    &path,
-                    format!("missing shard, listed in {WEIGHTS_INDEX} for tensor `{tensor}`"),
-                ));
-            }
-            weight_map.push((tensor, path));
-        }
-        return Ok(Weights::Sharded { index, weight_map });
+    let text = std::fs::read_to_string(&index)
+        .map_err(|e| Error::file(&index, format!("cannot read: {e}")))?;
+    let parsed: Index = serde_json::from_str(&text)
+        .map_err(|e| Error::file(&index, format!("not a valid safetensors index: {e}")))?;
+    if parsed.weight_map.is_empty() {
+        return Err(Error::file(&index, "weight_map lists no tensors"));
     }
-    let others: Vec<String> = std::fs::read_dir(root)
-        .map_err(|e| Error::file(root, format!("cannot list: {e}")))?
-        .filter_map(|entry| entry.ok())
-        .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        .filter(|name| {
-            [".bin", ".pt", ".pth", ".gguf", ".ggml"]
-                .iter()
-                .any(|ext| name.ends_with(ext))
-        })
-        .collect();
-    let hint = if others.is_empty() {
-        String::new()
-    } else {
-        format!(
-            " (found {}: only SafeTensors weights are loaded; convert them first)",
-            others.join(", ")
-        )
-    };
-    Err(Error::file(
-        root,
-        format!("no weights: expected {WEIGHTS} or {WEIGHTS_INDEX}{hint}"),
-    ))
+    let mut weight_map = Vec::with_capacity(parsed.weight_map.len());
+    for (tensor, file) in parsed.weight_map {
+        let path = root.join(&file);
+        if !path.is_file() {
+            return Err(Error::file(
+                &path,
+                format!("missing shard, listed in {WEIGHTS_INDEX} for tensor `{tensor}`"),
+            ));
+        }
+        weight_map.push((tensor, path));
+    }
+    Ok(Weights::Sharded { index, weight_map })
 }

@@ -20,6 +20,7 @@ pub mod config;
 pub mod error;
 pub mod folder;
 pub mod generate;
+pub mod model_id;
 pub mod synth;
 pub mod tokens;
 pub mod weights;

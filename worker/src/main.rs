@@ -10,8 +10,9 @@ use llm_worker_rbee::{
 };
 use serde::Serialize;
 
-/// A minimal LLM inference worker: loads a SafeTensors model folder (Hugging Face layout),
-/// detects its architecture and generates tokens deterministically.
+/// A minimal LLM inference worker: loads a model folder (Hugging Face layout, SafeTensors or
+/// GGUF) or a model fetched by `cargo xtask fetch-models`, detects its architecture and
+/// generates tokens deterministically.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
@@ -30,9 +31,17 @@ enum Command {
 #[derive(Args)]
 struct ModelArgs {
     /// Model folder: config.json, tokenizer.json, model.safetensors (or an index and shards),
-    /// optionally generation_config.json and tokenizer_config.json.
-    #[arg(long, value_name = "DIR")]
+    /// optionally generation_config.json and tokenizer_config.json; or tokenizer.json and one
+    /// .gguf file. Or the id of a model fetched and verified by `cargo xtask fetch-models`.
+    #[arg(long, value_name = "DIR|ID")]
     model: PathBuf,
+}
+
+impl ModelArgs {
+    /// The folder to load: the path given, or the verified folder of a fetched model's id.
+    fn folder(&self) -> Result<PathBuf> {
+        Ok(llm_worker_rbee::model_id::resolve(&self.model)?)
+    }
 }
 
 #[derive(Args)]
@@ -146,7 +155,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
         device: args.device.device,
         dtype: args.device.dtype,
     };
-    let model_dir = &args.model.model;
+    let model_dir = &args.model.folder()?;
     let mut worker = Worker::load(model_dir, options)
         .with_context(|| format!("cannot load the model in {}", model_dir.display()))?;
 
@@ -224,7 +233,7 @@ struct Timings {
 }
 
 fn inspect(args: InspectArgs) -> Result<()> {
-    let model_dir = &args.model.model;
+    let model_dir = &args.model.folder()?;
     let info = ModelInfo::inspect(model_dir)
         .with_context(|| format!("cannot read the model in {}", model_dir.display()))?;
     if args.format == Format::Json {

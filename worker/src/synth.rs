@@ -1,13 +1,16 @@
 //! Tiny random-weight models in the Hugging Face folder layout, one per architecture, made
-//! deterministically so that the same bytes come out on every machine.
+//! deterministically so that the same bytes come out on every machine; and GGUF models
+//! quantized from some of them.
 //!
 //! Weights come from ChaCha8 (whose output is specified, so portable) turned into floats with
 //! integer arithmetic and exactly rounded IEEE operations only; no platform math is involved.
+//! Quantizing is candle's block arithmetic on those floats, exactly rounded too.
 //! The tokenizer is a byte-level BPE trained by the `tokenizers` crate on a fixed text.
 
 use std::collections::HashMap;
 use std::path::Path;
 
+use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -17,6 +20,7 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, Tokenizer, TokenizerBuilder};
 
+use crate::arch::gguf::convert::write_gguf;
 use crate::arch::Architecture;
 use crate::error::{Error, Result};
 use crate::folder;
@@ -36,11 +40,31 @@ const ENDOFTEXT: u32 = 3;
 const IM_END: u32 = 5;
 
 pub const VOCAB_SIZE: usize = 512;
-const HIDDEN: usize = 64;
-const INTERMEDIATE: usize = 128;
-const LAYERS: usize = 2;
 const HEADS: usize = 4;
 const MAX_POSITIONS: usize = 128;
+
+/// The sizes of a fixture model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FixtureSize {
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub layers: usize,
+}
+
+impl FixtureSize {
+    /// Every architecture's fixture.
+    pub const SMALL: FixtureSize = FixtureSize {
+        hidden: 64,
+        intermediate: 128,
+        layers: 2,
+    };
+    /// Rows of 256 and 512 values: k-quants quantize blocks of 256.
+    pub const WIDE: FixtureSize = FixtureSize {
+        hidden: 256,
+        intermediate: 512,
+        layers: 2,
+    };
+}
 
 /// One fixture model.
 #[derive(Clone, Debug)]
@@ -48,6 +72,7 @@ pub struct FixtureSpec {
     /// The folder name under the fixtures directory, and the model id in test names.
     pub id: &'static str,
     pub architecture: Architecture,
+    pub size: FixtureSize,
     /// Seed of the weights, chosen so that greedy decoding is far from ties (see
     /// `cargo xtask fixtures`).
     pub seed: u64,
@@ -56,12 +81,14 @@ pub struct FixtureSpec {
     pub description: &'static str,
 }
 
-/// Every fixture `cargo xtask fixtures` writes.
+/// The SafeTensors fixtures every worker test and the conformance suite run: one per
+/// architecture, and sliding-window variants.
 pub fn fixtures() -> Vec<FixtureSpec> {
     use Architecture::*;
     let base = |id, architecture, seed, description| FixtureSpec {
         id,
         architecture,
+        size: FixtureSize::SMALL,
         seed,
         sliding_window: None,
         description,
@@ -144,8 +171,103 @@ pub fn fixtures() -> Vec<FixtureSpec> {
     ]
 }
 
+/// SafeTensors fixtures made as the source of GGUF fixtures only, so not among [`fixtures`] (the
+/// transformers configs of `worker/tests/data/hf-configs/` cover those).
+pub fn wide_fixtures() -> Vec<FixtureSpec> {
+    vec![FixtureSpec {
+        id: "qwen2-h256",
+        architecture: Architecture::Qwen2,
+        size: FixtureSize::WIDE,
+        seed: 2,
+        sliding_window: None,
+        description: "hidden size 256: the source of the k-quant GGUF fixture",
+    }]
+}
+
+/// Every SafeTensors fixture `cargo xtask fixtures` writes, in the lock's order.
+pub fn safetensors_fixtures() -> Vec<FixtureSpec> {
+    fixtures().into_iter().chain(wide_fixtures()).collect()
+}
+
 pub fn fixture(id: &str) -> Option<FixtureSpec> {
-    fixtures().into_iter().find(|f| f.id == id)
+    safetensors_fixtures().into_iter().find(|f| f.id == id)
+}
+
+/// The weights file of a GGUF fixture.
+pub const GGUF_WEIGHTS: &str = "model.gguf";
+
+/// A GGUF fixture: a SafeTensors fixture quantized.
+#[derive(Clone, Debug)]
+pub struct GgufFixtureSpec {
+    /// The folder name under the fixtures directory.
+    pub id: &'static str,
+    /// The SafeTensors fixture it is made from.
+    pub source: &'static str,
+    /// The type of its 2-D weights; norms and biases stay f32.
+    pub quantization: GgmlDType,
+}
+
+/// Every GGUF fixture `cargo xtask fixtures` writes: each architecture with a quantized candle
+/// module in Q8_0 and Q4_0, and a k-quant (whose blocks need the wide source).
+pub fn gguf_fixtures() -> Vec<GgufFixtureSpec> {
+    let spec = |id, source, quantization| GgufFixtureSpec {
+        id,
+        source,
+        quantization,
+    };
+    vec![
+        spec("llama-q8_0", "llama", GgmlDType::Q8_0),
+        spec("llama-q4_0", "llama", GgmlDType::Q4_0),
+        spec("qwen2-q8_0", "qwen2", GgmlDType::Q8_0),
+        spec("qwen2-q4_0", "qwen2", GgmlDType::Q4_0),
+        spec("phi3-q8_0", "phi3", GgmlDType::Q8_0),
+        spec("phi3-q4_0", "phi3", GgmlDType::Q4_0),
+        spec("qwen2-h256-q4_k", "qwen2-h256", GgmlDType::Q4K),
+    ]
+}
+
+pub fn gguf_fixture(id: &str) -> Option<GgufFixtureSpec> {
+    gguf_fixtures().into_iter().find(|f| f.id == id)
+}
+
+/// Writes the GGUF fixture `spec` into `dir` (created if needed) from the folder of its source
+/// fixture: `model.gguf`, and the source's tokenizer.json, tokenizer_config.json and
+/// generation_config.json. No config.json: a GGUF file holds the settings.
+pub fn write_gguf_fixture(spec: &GgufFixtureSpec, source_dir: &Path, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, format!("cannot create: {e}")))?;
+    write_gguf(source_dir, spec.quantization, &dir.join(GGUF_WEIGHTS))?;
+    for name in [
+        folder::TOKENIZER,
+        folder::TOKENIZER_CONFIG,
+        folder::GENERATION_CONFIG,
+    ] {
+        let from = source_dir.join(name);
+        std::fs::copy(&from, dir.join(name))
+            .map_err(|e| Error::file(&from, format!("cannot copy: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Writes every fixture whose folder under `dir` lacks its weights file, SafeTensors fixtures
+/// first and then the GGUF fixtures made from them, and returns the ids written. Folders that
+/// exist are left alone (`cargo xtask fixtures` checks their bytes).
+pub fn write_missing(dir: &Path) -> Result<Vec<&'static str>> {
+    let mut written = Vec::new();
+    for spec in safetensors_fixtures() {
+        let folder = dir.join(spec.id);
+        if !folder.join(folder::WEIGHTS).is_file() {
+            write_fixture(&spec, &folder)?;
+            written.push(spec.id);
+        }
+    }
+    for spec in gguf_fixtures() {
+        let folder = dir.join(spec.id);
+        if !folder.join(GGUF_WEIGHTS).is_file() {
+            write_gguf_fixture(&spec, &dir.join(spec.source), &folder)?;
+            written.push(spec.id);
+        }
+    }
+    Ok(written)
 }
 
 /// Writes the model folder of `spec` into `dir` (created if needed).
@@ -260,10 +382,13 @@ impl FixtureFiles {
     fn new(spec: &FixtureSpec) -> Self {
         use Architecture::*;
         let arch = spec.architecture;
+        let size = spec.size;
+        // The head size of the architectures that derive it from the hidden size.
+        let derived = size.hidden / HEADS;
         let layout = match arch {
             Llama | Mistral => Layout {
                 kv_heads: 2,
-                head_dim: 16,
+                head_dim: derived,
                 tied: false,
                 add_bos: true,
                 eos: EOS,
@@ -271,7 +396,7 @@ impl FixtureFiles {
             },
             Phi => Layout {
                 kv_heads: HEADS,
-                head_dim: 16,
+                head_dim: derived,
                 tied: false,
                 add_bos: false,
                 eos: ENDOFTEXT,
@@ -279,7 +404,7 @@ impl FixtureFiles {
             },
             Phi3 => Layout {
                 kv_heads: 2,
-                head_dim: 16,
+                head_dim: derived,
                 tied: false,
                 add_bos: false,
                 eos: ENDOFTEXT,
@@ -287,7 +412,7 @@ impl FixtureFiles {
             },
             Qwen2 => Layout {
                 kv_heads: 2,
-                head_dim: 16,
+                head_dim: derived,
                 tied: true,
                 add_bos: false,
                 eos: ENDOFTEXT,
@@ -311,7 +436,7 @@ impl FixtureFiles {
             },
             Gemma2 => Layout {
                 kv_heads: 2,
-                head_dim: 16,
+                head_dim: derived,
                 tied: true,
                 add_bos: true,
                 eos: EOS,
@@ -319,7 +444,7 @@ impl FixtureFiles {
             },
             Starcoder2 => Layout {
                 kv_heads: 2,
-                head_dim: 16,
+                head_dim: derived,
                 tied: true,
                 add_bos: false,
                 eos: ENDOFTEXT,
@@ -327,7 +452,7 @@ impl FixtureFiles {
             },
             StableLm => Layout {
                 kv_heads: 2,
-                head_dim: 16,
+                head_dim: derived,
                 tied: false,
                 add_bos: false,
                 eos: ENDOFTEXT,
@@ -339,9 +464,9 @@ impl FixtureFiles {
             "architectures": [class_name(arch)],
             "model_type": arch.name(),
             "vocab_size": VOCAB_SIZE,
-            "hidden_size": HIDDEN,
-            "intermediate_size": INTERMEDIATE,
-            "num_hidden_layers": LAYERS,
+            "hidden_size": size.hidden,
+            "intermediate_size": size.intermediate,
+            "num_hidden_layers": size.layers,
             "num_attention_heads": HEADS,
             "num_key_value_heads": layout.kv_heads,
             "max_position_embeddings": MAX_POSITIONS,
@@ -366,10 +491,10 @@ impl FixtureFiles {
                 json!({"hidden_act": "silu", "rms_norm_eps": 1e-5, "sliding_window": 64, "original_max_position_embeddings": MAX_POSITIONS, "rope_scaling": null})
             }
             Qwen2 => {
-                json!({"hidden_act": "silu", "rms_norm_eps": 1e-6, "use_sliding_window": false, "sliding_window": spec.sliding_window.unwrap_or(MAX_POSITIONS), "max_window_layers": LAYERS})
+                json!({"hidden_act": "silu", "rms_norm_eps": 1e-6, "use_sliding_window": false, "sliding_window": spec.sliding_window.unwrap_or(MAX_POSITIONS), "max_window_layers": size.layers})
             }
             Qwen3 => {
-                json!({"hidden_act": "silu", "rms_norm_eps": 1e-6, "head_dim": layout.head_dim, "attention_bias": false, "use_sliding_window": false, "sliding_window": null, "max_window_layers": LAYERS})
+                json!({"hidden_act": "silu", "rms_norm_eps": 1e-6, "head_dim": layout.head_dim, "attention_bias": false, "use_sliding_window": false, "sliding_window": null, "max_window_layers": size.layers})
             }
             Gemma => {
                 json!({"hidden_act": "gelu_pytorch_tanh", "rms_norm_eps": 1e-6, "head_dim": layout.head_dim, "attention_bias": false})
@@ -413,7 +538,7 @@ impl FixtureFiles {
             config,
             generation_config,
             tokenizer_config,
-            tensor_shapes: tensor_shapes(arch, &layout),
+            tensor_shapes: tensor_shapes(arch, size, &layout),
             add_bos: layout.add_bos,
         }
     }
@@ -444,7 +569,7 @@ fn class_name(arch: Architecture) -> &'static str {
 /// collapse onto the greedy token.
 const OUTPUT_BOUND: f32 = 0.8;
 const BIAS_BOUND: f32 = 0.2;
-/// sqrt(HIDDEN): the scale of Gemma's embeddings in the residual stream.
+/// sqrt(hidden size 64): the scale of Gemma's embeddings in the residual stream.
 const GEMMA_BRANCH_GAIN: f32 = 8.0;
 
 /// A weight for `fan_in` inputs with variance `gain^2 / fan_in`.
@@ -453,9 +578,13 @@ fn linear_bound(fan_in: usize, gain: f32) -> f32 {
 }
 
 /// The names and shapes of every tensor, in transformers' naming.
-fn tensor_shapes(arch: Architecture, layout: &Layout) -> Vec<(String, Vec<usize>, Fill)> {
+fn tensor_shapes(
+    arch: Architecture,
+    size: FixtureSize,
+    layout: &Layout,
+) -> Vec<(String, Vec<usize>, Fill)> {
     use Architecture::*;
-    let (h, i, v) = (HIDDEN, INTERMEDIATE, VOCAB_SIZE);
+    let (h, i, v) = (size.hidden, size.intermediate, VOCAB_SIZE);
     let q_dim = HEADS * layout.head_dim;
     let kv_dim = layout.kv_heads * layout.head_dim;
     // Gemma stores norm weights as offsets from 1.
@@ -505,7 +634,7 @@ fn tensor_shapes(arch: Architecture, layout: &Layout) -> Vec<(String, Vec<usize>
         add(format!("{final_norm}.bias"), vec![h], bias);
     }
 
-    for l in 0..LAYERS {
+    for l in 0..size.layers {
         let p = format!("model.layers.{l}");
         let mut norm_at = |name: &str| {
             add(format!("{p}.{name}.weight"), vec![h], norm);

@@ -7,28 +7,38 @@ use std::path::Path;
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
-use crate::config::{token_ids, HfConfig};
+use crate::config::token_ids;
 use crate::error::{Error, Result};
 use crate::folder::ModelFolder;
 
 /// The tokenizer of a model folder with the folder's rules for special tokens.
 pub struct TextCodec {
     tokenizer: Tokenizer,
-    /// `Some` when `tokenizer_config.json` sets `add_bos_token`/`add_eos_token`: the worker then
-    /// adds exactly those, as transformers does; otherwise `tokenizer.json`'s post-processor
-    /// decides.
+    /// `Some` when `tokenizer_config.json` (else the GGUF metadata) sets `add_bos_token`/
+    /// `add_eos_token`: the worker then adds exactly those, as transformers (llama.cpp) does;
+    /// otherwise `tokenizer.json`'s post-processor decides.
     explicit_specials: Option<ExplicitSpecials>,
     eos_ids: Vec<u32>,
 }
 
-#[derive(Clone, Copy, Debug)]
-struct ExplicitSpecials {
-    bos: Option<u32>,
-    eos: Option<u32>,
+/// The special tokens added to every text prompt, when the model folder says which.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExplicitSpecials {
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+}
+
+/// What the model's own settings say about special tokens: `config.json` for SafeTensors, the
+/// metadata for GGUF. `tokenizer_config.json` and `generation_config.json` add EOS ids, and
+/// `tokenizer_config.json`'s flags take precedence over `explicit`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ModelSpecials {
+    pub eos_ids: Vec<u32>,
+    pub explicit: Option<ExplicitSpecials>,
 }
 
 impl TextCodec {
-    pub fn load(folder: &ModelFolder, config: &HfConfig) -> Result<Self> {
+    pub fn load(folder: &ModelFolder, model: &ModelSpecials) -> Result<Self> {
         let path = folder.tokenizer();
         let tokenizer = Tokenizer::from_file(&path)
             .map_err(|e| Error::file(&path, format!("not a valid tokenizer.json: {e}")))?;
@@ -37,8 +47,8 @@ impl TextCodec {
             None => None,
         };
 
-        let mut explicit_specials = None;
-        let mut eos_ids: BTreeSet<u32> = config.token_ids("eos_token_id")?.into_iter().collect();
+        let mut explicit_specials = model.explicit;
+        let mut eos_ids: BTreeSet<u32> = model.eos_ids.iter().copied().collect();
         if let Some((path, tc)) = &tokenizer_config {
             let flag = |key: &str| -> Result<Option<bool>> {
                 match tc.get(key) {
@@ -111,8 +121,8 @@ impl TextCodec {
             .map_err(|e| Error::Decode(e.to_string()))
     }
 
-    /// Every id that ends generation: from config.json, generation_config.json and the
-    /// tokenizer's EOS token.
+    /// Every id that ends generation: from config.json (or the GGUF metadata),
+    /// generation_config.json and the tokenizer's EOS token.
     pub fn eos_ids(&self) -> &[u32] {
         &self.eos_ids
     }

@@ -1,5 +1,5 @@
-//! Reading SafeTensors checkpoints onto the device, and checking that the architecture's module
-//! reads exactly the tensors the checkpoint holds.
+//! Reading checkpoints onto the device, and checking that the architecture's module reads
+//! exactly the tensors the checkpoint holds: SafeTensors here, GGUF in [`crate::arch::gguf`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -11,7 +11,7 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
 use serde::Serialize;
 
-use crate::arch::{ArchConfig, Model};
+use crate::arch::{gguf, ArchConfig, Model};
 use crate::error::{Error, Result};
 use crate::folder::{ModelFolder, Weights};
 
@@ -25,7 +25,7 @@ pub struct CheckpointSummary {
     pub file_bytes: u64,
     pub tensors: usize,
     pub parameters: u64,
-    /// Tensor count per stored dtype.
+    /// Tensor count per stored dtype: "f32", "bf16", ...; for GGUF the GGML types, "q4_k", ...
     pub dtypes: BTreeMap<String, usize>,
 }
 
@@ -81,6 +81,9 @@ fn locate(
 }
 
 pub fn summarize(folder: &ModelFolder) -> Result<CheckpointSummary> {
+    if let Weights::Gguf(path) = &folder.weights {
+        return Ok(gguf::Header::read(path)?.summary());
+    }
     let files = open_files(folder)?;
     locate(folder, &files)?;
     let mut summary = CheckpointSummary {
@@ -208,6 +211,18 @@ pub fn load_model(
     device: &Device,
     dtype: DType,
 ) -> Result<Model> {
+    match (&folder.weights, arch.gguf()) {
+        (Weights::Gguf(path), Some(config)) => {
+            return gguf::load(path, config, device, dtype).map(Model::Gguf)
+        }
+        (Weights::Gguf(_), None) | (_, Some(_)) => {
+            return Err(Error::weights(
+                &folder.root,
+                "the settings were not read from this folder's weights (GGUF or SafeTensors)",
+            ))
+        }
+        _ => {}
+    }
     let tensors = read_all(folder, device, dtype)?;
     let root = folder.root.as_path();
     check_output_layer(root, arch, &tensors)?;
@@ -310,7 +325,8 @@ fn check_output_layer(
     Ok(())
 }
 
-fn summarize_list(items: &[String]) -> String {
+/// The first few items, and how many more there are.
+pub(crate) fn summarize_list(items: &[String]) -> String {
     const SHOWN: usize = 8;
     let mut text = items
         .iter()

@@ -8,13 +8,13 @@ use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use serde::Serialize;
 
-use crate::arch::{ArchConfig, Architecture, Dims, Model, Window};
+use crate::arch::{gguf, ArchConfig, Architecture, Dims, Model, Window};
 use crate::backend::{Backend, Dtype};
 use crate::config::{HfConfig, Rope};
 use crate::error::{Error, Result};
-use crate::folder::ModelFolder;
+use crate::folder::{ModelFolder, Weights, WeightsFormat};
 use crate::generate::{Generation, GenerationTimings, Prompt, Request, StopReason, TokenEvent};
-use crate::tokens::{IncrementalText, TextCodec};
+use crate::tokens::{IncrementalText, ModelSpecials, TextCodec};
 use crate::weights::{self, CheckpointSummary};
 
 #[derive(Clone, Debug)]
@@ -39,6 +39,8 @@ impl Default for LoadOptions {
 #[derive(Clone, Debug, Serialize)]
 pub struct ModelInfo {
     pub model_dir: PathBuf,
+    /// SafeTensors (settings from config.json) or GGUF (settings from the file's metadata).
+    pub format: WeightsFormat,
     pub architecture: Architecture,
     pub dims: Dims,
     /// The longest prompt plus generation the worker runs.
@@ -50,12 +52,14 @@ pub struct ModelInfo {
     pub eos_token_ids: Vec<u32>,
     pub tokenizer_vocab_size: usize,
     pub checkpoint: CheckpointSummary,
-    /// Keys of config.json that nothing read and that are not known to be harmless.
+    /// Keys of config.json that nothing read and that are not known to be harmless; for GGUF,
+    /// the keys of the architecture's metadata namespace (`llama.*`, ...) that nothing read.
     pub unrecognized_config_keys: Vec<String>,
 }
 
 impl ModelInfo {
-    /// Reads config, tokenizer and checkpoint headers, without loading any weights.
+    /// Reads config (or GGUF metadata), tokenizer and checkpoint headers, without loading any
+    /// weights.
     pub fn inspect(model_dir: &Path) -> Result<ModelInfo> {
         open(model_dir).map(|opened| opened.info)
     }
@@ -69,14 +73,49 @@ struct Opened {
     folder: ModelFolder,
 }
 
-fn open(model_dir: &Path) -> Result<Opened> {
-    let folder = ModelFolder::open(model_dir)?;
+/// What the model's settings say: config.json, or the metadata of a GGUF file.
+struct Settings {
+    arch: ArchConfig,
+    specials: ModelSpecials,
+    unread_keys: Vec<String>,
+}
+
+fn read_settings(folder: &ModelFolder) -> Result<Settings> {
+    if let Weights::Gguf(path) = &folder.weights {
+        let header = gguf::Header::read(path)?;
+        let arch = gguf::parse(&header)?;
+        let specials = header.special_tokens()?;
+        return Ok(Settings {
+            arch,
+            specials,
+            unread_keys: header.unread_keys(),
+        });
+    }
     let config = HfConfig::load(&folder.config())?;
     let arch = ArchConfig::parse(&config)?;
-    let codec = TextCodec::load(&folder, &config)?;
+    let specials = ModelSpecials {
+        eos_ids: config.token_ids("eos_token_id")?,
+        explicit: None,
+    };
+    Ok(Settings {
+        arch,
+        specials,
+        unread_keys: config.unread_keys(),
+    })
+}
+
+fn open(model_dir: &Path) -> Result<Opened> {
+    let folder = ModelFolder::open(model_dir)?;
+    let Settings {
+        arch,
+        specials,
+        unread_keys,
+    } = read_settings(&folder)?;
+    let codec = TextCodec::load(&folder, &specials)?;
     let checkpoint = weights::summarize(&folder)?;
     let info = ModelInfo {
         model_dir: model_dir.to_path_buf(),
+        format: folder.weights.format(),
         architecture: arch.architecture,
         dims: arch.dims.clone(),
         context_length: arch.context_length(),
@@ -87,7 +126,7 @@ fn open(model_dir: &Path) -> Result<Opened> {
         eos_token_ids: codec.eos_ids().to_vec(),
         tokenizer_vocab_size: codec.vocab_size(),
         checkpoint,
-        unrecognized_config_keys: config.unread_keys(),
+        unrecognized_config_keys: unread_keys,
     };
     Ok(Opened {
         info,
@@ -128,8 +167,8 @@ impl Worker {
         for key in &info.unrecognized_config_keys {
             tracing::warn!(
                 key = key.as_str(),
-                "config.json has a key the worker does not know; check that it does not change \
-                 the model's math"
+                "the model's settings have a key the worker does not know; check that it does \
+                 not change the model's math"
             );
         }
         let model = weights::load_model(&folder, &arch, &device, options.dtype.candle())?;
@@ -357,7 +396,9 @@ impl Worker {
     }
 
     /// Empties the KV cache. With the `fault-injection` feature it does nothing: requests then
-    /// reuse each other's cache, the bug the conformance suite must catch.
+    /// reuse each other's cache, the bug the conformance suite must catch (except on GGUF
+    /// models, whose quantized modules start a new cache whenever a forward starts at position
+    /// 0).
     fn reset_cache(&mut self) -> Result<()> {
         if cfg!(feature = "fault-injection") {
             return Ok(());

@@ -1,6 +1,7 @@
-//! `cargo xtask fixtures`: the tiny random-weight models the tests run on.
+//! `cargo xtask fixtures`: the tiny random-weight models the tests run on, and the GGUF models
+//! quantized from some of them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -55,11 +56,20 @@ pub fn run(args: &Args) -> Result<()> {
         return search_seed(id, args.from, &cases);
     }
     let out = args.out.clone().unwrap_or_else(default_dir);
-    let specs = synth::fixtures();
+    let specs = synth::safetensors_fixtures();
+    let ggufs = synth::gguf_fixtures();
     for spec in &specs {
         synth::write_fixture(spec, &out.join(spec.id))?;
     }
-    let lock = lock_lines(&out, &specs)?;
+    for spec in &ggufs {
+        synth::write_gguf_fixture(spec, &out.join(spec.source), &out.join(spec.id))?;
+    }
+    let ids: Vec<&str> = specs
+        .iter()
+        .map(|s| s.id)
+        .chain(ggufs.iter().map(|g| g.id))
+        .collect();
+    let lock = lock_lines(&out, &ids)?;
     if args.update_lock {
         std::fs::write(lock_path(), &lock)
             .with_context(|| format!("cannot write {}", lock_path().display()))?;
@@ -68,7 +78,7 @@ pub fn run(args: &Args) -> Result<()> {
         verify_lock(&lock)?;
         eprintln!(
             "{} fixtures in {}: bytes match {}",
-            specs.len(),
+            ids.len(),
             out.display(),
             lock_path().display()
         );
@@ -79,25 +89,40 @@ pub fn run(args: &Args) -> Result<()> {
         "fixture", "seed", "min margin", "at", "distinct"
     );
     let mut short = Vec::new();
+    let mut reports = HashMap::new();
     for spec in &specs {
         let report = check(&out.join(spec.id), &cases)
             .with_context(|| format!("checking fixture `{}`", spec.id))?;
-        println!(
-            "{:<16} {:>5}  {:>10.4}  {:<22} {:>8}  {}",
-            spec.id,
-            spec.seed,
-            report.min_margin,
-            report.min_margin_at,
-            report.min_distinct,
-            if report.eos_hits.is_empty() {
-                "none".to_string()
-            } else {
-                report.eos_hits.join(",")
-            },
-        );
+        println!("{:<16} {:>5}  {}", spec.id, spec.seed, report.columns());
         if !report.passes() {
             short.push(spec.id);
         }
+        reports.insert(spec.id, report);
+    }
+    // GGUF fixtures are reported, not held to the margin, distinct-token and EOS checks: their
+    // weights are their source's, whose seed the lock fixes, and quantizing moves the logits by
+    // up to about 0.5 (Q8_0) or 8 (4-bit) against the source's, so where the source nears a tie
+    // the quantized model has ties and flips of its own. Each greedy token must still be the
+    // top logit (`check` fails otherwise).
+    println!(
+        "\n{:<16} {:<10}  {:>10}  {:<22} {:>8}  {:<4}  steps equal to the source's, per prompt",
+        "gguf fixture", "source", "min margin", "at", "distinct", "eos"
+    );
+    for spec in &ggufs {
+        let report = check(&out.join(spec.id), &cases)
+            .with_context(|| format!("checking fixture `{}`", spec.id))?;
+        let agreement = agreement(&reports[spec.source], &report);
+        println!(
+            "{:<16} {:<10}  {}  {}",
+            spec.id,
+            spec.source,
+            report.columns(),
+            agreement
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
     }
     if !short.is_empty() {
         bail!(
@@ -111,10 +136,10 @@ pub fn run(args: &Args) -> Result<()> {
 }
 
 /// `sha256sum` lines for every file of every fixture, so `sha256sum -c` can check them too.
-fn lock_lines(out: &Path, specs: &[FixtureSpec]) -> Result<String> {
+fn lock_lines(out: &Path, ids: &[&str]) -> Result<String> {
     let mut lines = String::new();
-    for spec in specs {
-        let dir = out.join(spec.id);
+    for id in ids {
+        let dir = out.join(id);
         let mut names: Vec<String> = std::fs::read_dir(&dir)?
             .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
             .collect::<Result<_, _>>()?;
@@ -122,7 +147,7 @@ fn lock_lines(out: &Path, specs: &[FixtureSpec]) -> Result<String> {
         for name in names {
             let bytes = std::fs::read(dir.join(&name))?;
             let digest = Sha256::digest(&bytes);
-            writeln!(lines, "{}  {}/{name}", hex(&digest), spec.id)?;
+            writeln!(lines, "{}  {id}/{name}", hex(&digest))?;
         }
     }
     Ok(lines)
@@ -165,6 +190,8 @@ struct Report {
     min_distinct: usize,
     /// Prompts whose greedy tokens include an EOS id.
     eos_hits: Vec<String>,
+    /// The greedy tokens of each prompt.
+    tokens: Vec<Vec<u32>>,
 }
 
 impl Report {
@@ -173,6 +200,31 @@ impl Report {
             && self.min_distinct >= MIN_DISTINCT
             && self.eos_hits.is_empty()
     }
+
+    /// Margin, where, distinct tokens and EOS hits, as table columns.
+    fn columns(&self) -> String {
+        format!(
+            "{:>10.4}  {:<22} {:>8}  {:<4}",
+            self.min_margin,
+            self.min_margin_at,
+            self.min_distinct,
+            if self.eos_hits.is_empty() {
+                "none".to_string()
+            } else {
+                self.eos_hits.join(",")
+            },
+        )
+    }
+}
+
+/// Per prompt, how many greedy steps of `quantized` give the tokens of `source`.
+fn agreement(source: &Report, quantized: &Report) -> Vec<usize> {
+    source
+        .tokens
+        .iter()
+        .zip(&quantized.tokens)
+        .map(|(a, b)| a.iter().zip(b).take_while(|(x, y)| x == y).count())
+        .collect()
 }
 
 /// Greedy decoding of every prompt, with the top-1/top-2 margin of each step.
@@ -183,6 +235,7 @@ fn check(dir: &Path, cases: &Cases) -> Result<Report> {
         min_margin_at: String::new(),
         min_distinct: usize::MAX,
         eos_hits: Vec::new(),
+        tokens: Vec::new(),
     };
     for case in &cases.prompts {
         let mut request = Request::greedy(case.prompt(), cases.max_tokens);
@@ -208,6 +261,7 @@ fn check(dir: &Path, cases: &Cases) -> Result<Report> {
         if tokens.iter().any(|t| worker.codec().eos_ids().contains(t)) {
             report.eos_hits.push(case.id.clone());
         }
+        report.tokens.push(generation.token_ids);
     }
     Ok(report)
 }

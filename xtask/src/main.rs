@@ -5,6 +5,8 @@ mod bundle;
 mod ci;
 mod cuda;
 mod fixtures;
+mod models;
+mod reference;
 mod results;
 mod snapshots;
 mod support_matrix;
@@ -38,6 +40,18 @@ enum Command {
     Build(build::Args),
     /// Make one archive that runs the suite on a GPU machine without Rust or network.
     Bundle(bundle::Args),
+    /// Download models of conformance/models.toml into the Hugging Face cache (HF_HOME,
+    /// HF_ENDPOINT and HF_TOKEN honoured), resuming interrupted downloads, and verify each file's
+    /// sha256 against conformance/models.lock (the first fetch of a file records it there).
+    /// Verified models are what `llm-worker-rbee --model ID` and `cargo xtask test --model ID`
+    /// load.
+    FetchModels(models::fetch::Args),
+    /// List the models of the manifest and whether each is verified, present in the cache or
+    /// absent here; reads no network.
+    Models(models::Args),
+    /// Write the transformers reference (golden/reference/) of the fixtures, or of one fetched
+    /// model with --model ID; installs torch and transformers into target/ci-venvs/ first.
+    Reference(reference::Args),
     /// Take in a results archive from a bundle's run.sh.
     Results(results::Args),
     /// Review the pending snapshots (.snap.new) under golden/snapshots/.
@@ -55,6 +69,9 @@ fn main() -> Result<()> {
         Command::Test(args) => test::run(&args),
         Command::Build(args) => build::run(&args),
         Command::Bundle(args) => bundle::run(&args),
+        Command::FetchModels(args) => models::fetch::run(&args),
+        Command::Models(args) => models::run(&args),
+        Command::Reference(args) => reference::run(&args),
         Command::Results(args) => results::run(&args),
         Command::Snapshots(args) => snapshots::run(&args),
         Command::SupportMatrix(args) => support_matrix::run(&args),

@@ -75,7 +75,7 @@ pub fn run(args: &Args) -> Result<()> {
         );
         failed += report.failed();
         if args.record {
-            test::record(&report, &report_file)?;
+            test::record(&report, &report_file, &[])?;
         }
     }
 

@@ -24,6 +24,10 @@ pub struct Args {
     /// `cargo xtask support-matrix` reads.
     #[arg(long)]
     pub record: bool,
+    /// Run these models fetched and verified by `cargo xtask fetch-models` instead of the
+    /// fixtures (repeatable). Their snapshots are new: review them with `cargo xtask snapshots`.
+    #[arg(long = "model", value_name = "ID")]
+    pub models: Vec<String>,
     /// Trial-name filters for the harness, e.g. `-- qwen2/` or `-- --exact NAME`.
     #[arg(last = true, value_name = "FILTER")]
     pub filters: Vec<String>,
@@ -36,6 +40,7 @@ impl Args {
             dtype: Dtype::F32,
             host_label: None,
             record: false,
+            models: Vec::new(),
             filters: Vec::new(),
         }
     }
@@ -48,7 +53,14 @@ pub fn conformance_dir() -> PathBuf {
 pub fn run(args: &Args) -> Result<()> {
     let sh = Shell::new()?;
     sh.change_dir(project_root());
-    write_missing_fixtures()?;
+    let models = args
+        .models
+        .iter()
+        .map(|id| Ok((id.clone(), crate::models::verified_folder(id)?)))
+        .collect::<Result<Vec<_>>>()?;
+    if models.is_empty() {
+        write_missing_fixtures()?;
+    }
 
     let out = conformance_dir();
     let records = out.join("records");
@@ -58,9 +70,19 @@ pub fn run(args: &Args) -> Result<()> {
     };
     let (git_commit, git_dirty) = git_state(&sh);
     let run = RunInfo::starting_now(host, args.backend, args.dtype, git_commit, git_dirty);
-    let harness = harness(&sh, args, &records, &[])?.run();
+    let listed: String = models
+        .iter()
+        .map(|(id, folder)| format!("{id}={}\n", folder.display()))
+        .collect();
+    let harness = harness(&sh, args, &records, &[])?
+        .env("CONFORMANCE_MODELS", listed)
+        .run();
     let cases = conformance::Cases::load(&conformance::cases::default_path())?;
-    let report = match Report::from_records(run, &records, &cases.models.fixtures) {
+    let ids = match models.is_empty() {
+        true => cases.models.ids(),
+        false => args.models.clone(),
+    };
+    let report = match Report::from_records(run, &records, &ids) {
         Ok(report) if !report.trials.is_empty() => report,
         _ => {
             harness.context("the conformance harness failed")?;
@@ -78,7 +100,7 @@ pub fn run(args: &Args) -> Result<()> {
         out.join("junit.xml").display()
     );
     if args.record {
-        record(&report, &out.join("report.json"))?;
+        record(&report, &out.join("report.json"), &args.models)?;
     }
     if report.failed() > 0 {
         bail!("{} conformance trials failed", report.failed());
@@ -86,12 +108,20 @@ pub fn run(args: &Args) -> Result<()> {
     harness.context("the conformance harness failed")
 }
 
-/// Copies a report into golden/reports/, the evidence the support matrix is made from.
-pub fn record(report: &Report, file: &Path) -> Result<()> {
-    let name = format!(
-        "{}-{}-{}.json",
-        report.run.host, report.run.backend, report.run.dtype
-    );
+/// Copies a report into golden/reports/, the evidence the support matrix is made from; a run
+/// of real models is named after them too.
+pub fn record(report: &Report, file: &Path, models: &[String]) -> Result<()> {
+    let run = &report.run;
+    let name = match models {
+        [] => format!("{}-{}-{}.json", run.host, run.backend, run.dtype),
+        _ => format!(
+            "{}-{}-{}-{}.json",
+            run.host,
+            run.backend,
+            run.dtype,
+            models.join("+")
+        ),
+    };
     let recorded = project_root().join("golden/reports").join(name);
     std::fs::create_dir_all(recorded.parent().unwrap())?;
     std::fs::copy(file, &recorded)?;
@@ -147,13 +177,8 @@ pub fn harness<'a>(
 /// Writes the fixtures whose folder is missing (`cargo xtask fixtures` checks their bytes).
 pub fn write_missing_fixtures() -> Result<()> {
     let dir = crate::fixtures::default_dir();
-    for spec in synth::fixtures() {
-        let folder = dir.join(spec.id);
-        if !folder.join("model.safetensors").is_file() {
-            synth::write_fixture(&spec, &folder)
-                .with_context(|| format!("writing fixture `{}`", spec.id))?;
-        }
-    }
+    synth::write_missing(&dir)
+        .with_context(|| format!("writing fixtures into {}", dir.display()))?;
     Ok(())
 }
 

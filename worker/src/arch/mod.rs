@@ -1,8 +1,10 @@
 //! The supported architectures: one [`Model`] variant each, with each architecture's config
-//! keys, tensor names and cache handling in its own file.
+//! keys, tensor names and cache handling in its own file; GGUF files of some of them through
+//! candle's quantized modules ([`gguf`]).
 
 mod gemma;
 mod gemma2;
+pub mod gguf;
 mod llama;
 mod mask;
 mod mistral;
@@ -140,7 +142,7 @@ pub enum Window {
     LimitsContext { size: usize },
 }
 
-/// The sizes of a decoder-only transformer, read from `config.json`.
+/// The sizes of a decoder-only transformer, read from `config.json` or the GGUF metadata.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Dims {
     pub vocab_size: usize,
@@ -278,7 +280,7 @@ fn positive(cfg: &HfConfig, key: &str) -> Result<usize> {
     }
 }
 
-/// Everything the worker derived from `config.json`.
+/// Everything the worker derived from `config.json`, or from a GGUF file's metadata.
 #[derive(Clone, Debug)]
 pub struct ArchConfig {
     pub architecture: Architecture,
@@ -301,6 +303,7 @@ enum ModuleConfig {
     Gemma2(gemma2::Config),
     Starcoder2(starcoder2::Config),
     StableLm(stablelm::Config),
+    Gguf(gguf::Config),
 }
 
 impl ArchConfig {
@@ -321,9 +324,21 @@ impl ArchConfig {
 
     /// The longest sequence (prompt plus generated tokens) the worker runs for this model.
     pub fn context_length(&self) -> usize {
-        match self.window {
+        let context = match self.window {
             Window::LimitsContext { size } => size.min(self.dims.max_position_embeddings),
             _ => self.dims.max_position_embeddings,
+        };
+        match &self.module {
+            ModuleConfig::Gguf(c) => context.min(c.table_positions),
+            _ => context,
+        }
+    }
+
+    /// The settings only a model read from a GGUF file has.
+    pub fn gguf(&self) -> Option<&gguf::Config> {
+        match &self.module {
+            ModuleConfig::Gguf(c) => Some(c),
+            _ => None,
         }
     }
 
@@ -345,7 +360,8 @@ impl ArchConfig {
     }
 }
 
-/// A loaded model: one variant per architecture, each owning its KV cache.
+/// A loaded model: one variant per architecture, each owning its KV cache, and one for the
+/// quantized modules of GGUF files.
 pub enum Model {
     Llama(llama::Model),
     Mistral(mistral::Model),
@@ -357,10 +373,12 @@ pub enum Model {
     Gemma2(gemma2::Model),
     Starcoder2(starcoder2::Model),
     StableLm(stablelm::Model),
+    Gguf(gguf::Model),
 }
 
 impl Model {
-    /// Builds the model from tensors already on the device.
+    /// Builds the model from SafeTensors tensors already on the device (GGUF models are built
+    /// by [`gguf::load`]).
     pub fn load(config: &ArchConfig, vb: VarBuilder<'static>) -> CandleResult<Self> {
         Ok(match &config.module {
             ModuleConfig::Llama(c) => Model::Llama(llama::Model::load(c, vb)?),
@@ -375,6 +393,9 @@ impl Model {
             ModuleConfig::Gemma2(c) => Model::Gemma2(gemma2::Model::load(c, vb)?),
             ModuleConfig::Starcoder2(c) => Model::Starcoder2(starcoder2::Model::load(c, vb)?),
             ModuleConfig::StableLm(c) => Model::StableLm(stablelm::Model::load(c, vb)?),
+            ModuleConfig::Gguf(_) => {
+                candle_core::bail!("a GGUF model is built from its file, not from SafeTensors")
+            }
         })
     }
 
@@ -392,6 +413,7 @@ impl Model {
             Model::Gemma2(m) => m.forward(ids, offset)?,
             Model::Starcoder2(m) => m.forward(ids, offset)?,
             Model::StableLm(m) => m.forward(ids, offset)?,
+            Model::Gguf(m) => m.forward(ids, offset)?,
         };
         logits.flatten_all()?.to_dtype(DType::F32)
     }
@@ -409,6 +431,7 @@ impl Model {
             Model::Gemma2(m) => m.reset(),
             Model::Starcoder2(m) => m.reset(),
             Model::StableLm(m) => m.reset()?,
+            Model::Gguf(m) => m.reset(),
         }
         Ok(())
     }

@@ -69,3 +69,59 @@ pub fn run(worker: &mut Worker, request: &Request) -> Generation {
         .generate(request, |_| ControlFlow::Continue(()))
         .unwrap_or_else(|e| panic!("generation succeeds: {e}"))
 }
+
+/// A GGUF fixture and its SafeTensors source, written into one temporary folder, removed when
+/// dropped.
+pub struct GgufFixture {
+    dir: tempfile::TempDir,
+    pub id: &'static str,
+    pub source: &'static str,
+}
+
+impl GgufFixture {
+    pub fn new(id: &str) -> Self {
+        let spec = synth::gguf_fixture(id).unwrap_or_else(|| panic!("no GGUF fixture `{id}`"));
+        let source = synth::fixture(spec.source).expect("the source fixture exists");
+        let dir = tempfile::tempdir().expect("temporary folder");
+        synth::write_fixture(&source, &dir.path().join(source.id)).expect("source written");
+        synth::write_gguf_fixture(
+            &spec,
+            &dir.path().join(source.id),
+            &dir.path().join(spec.id),
+        )
+        .expect("GGUF fixture written");
+        Self {
+            dir,
+            id: spec.id,
+            source: spec.source,
+        }
+    }
+
+    /// The GGUF model folder.
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join(self.id)
+    }
+
+    /// The SafeTensors folder it was made from.
+    pub fn source_path(&self) -> PathBuf {
+        self.dir.path().join(self.source)
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path().join(name)
+    }
+
+    pub fn load(&self) -> Worker {
+        Worker::load(&self.path(), LoadOptions::default())
+            .unwrap_or_else(|e| panic!("GGUF fixture `{}` loads: {e}", self.id))
+    }
+
+    pub fn load_source(&self) -> Worker {
+        Worker::load(&self.source_path(), LoadOptions::default())
+            .unwrap_or_else(|e| panic!("fixture `{}` loads: {e}", self.source))
+    }
+}
+
+pub fn all_gguf_fixture_ids() -> Vec<&'static str> {
+    synth::gguf_fixtures().iter().map(|f| f.id).collect()
+}

@@ -1,0 +1,219 @@
+//! A SafeTensors model folder of llama, qwen2 or phi3 written as one GGUF file, laid out as
+//! llama.cpp's `convert_hf_to_gguf.py` lays it out: its tensor names and order, llama's q/k rows
+//! permuted for the interleaved rotation, its metadata keys. 2-D weights are quantized to the
+//! type asked for, norms and biases stay f32. No vocabulary is written: the worker reads
+//! tokenizer.json. This makes the GGUF fixtures.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use serde_json::Value as Json;
+
+use super::{expected_tensors, Kind, ARCHITECTURE_KEY, EMBEDDINGS, OUTPUT, OUTPUT_NORM};
+use crate::arch::ArchConfig;
+use crate::config::HfConfig;
+use crate::error::{Error, Result};
+use crate::folder;
+use crate::weights::LM_HEAD;
+
+/// Block tensor names: GGUF's, then transformers'.
+const LAYER_NAMES: [(&str, &str); 13] = [
+    ("attn_norm.weight", "input_layernorm.weight"),
+    ("attn_q.weight", "self_attn.q_proj.weight"),
+    ("attn_q.bias", "self_attn.q_proj.bias"),
+    ("attn_k.weight", "self_attn.k_proj.weight"),
+    ("attn_k.bias", "self_attn.k_proj.bias"),
+    ("attn_v.weight", "self_attn.v_proj.weight"),
+    ("attn_v.bias", "self_attn.v_proj.bias"),
+    ("attn_qkv.weight", "self_attn.qkv_proj.weight"),
+    ("attn_output.weight", "self_attn.o_proj.weight"),
+    ("ffn_norm.weight", "post_attention_layernorm.weight"),
+    ("ffn_gate.weight", "mlp.gate_proj.weight"),
+    ("ffn_up.weight", "mlp.up_proj.weight"),
+    ("ffn_down.weight", "mlp.down_proj.weight"),
+];
+
+/// Writes the model of the SafeTensors folder `source` (config.json and model.safetensors) to
+/// the GGUF file `out`, its 2-D weights quantized to `quantization`.
+pub fn write_gguf(source: &Path, quantization: GgmlDType, out: &Path) -> Result<()> {
+    let config = HfConfig::load(&source.join(folder::CONFIG))?;
+    let arch = ArchConfig::parse(&config)?;
+    let kind = Kind::of(arch.architecture).ok_or_else(|| {
+        config.error(
+            "model_type",
+            format!(
+                "no quantized candle module for `{}`: it has no GGUF form here",
+                arch.architecture
+            ),
+        )
+    })?;
+    let weights_path = source.join(folder::WEIGHTS);
+    let mut tensors = candle_core::safetensors::load(&weights_path, &Device::Cpu)
+        .map_err(|e| Error::weights(&weights_path, format!("cannot read: {e}")))?;
+    if arch.tie_word_embeddings {
+        // A copy of the embeddings at most (the loader checks it); GGUF leaves it out.
+        tensors.remove(LM_HEAD);
+    }
+
+    let mut quantized = Vec::new();
+    for (name, shape) in expected_tensors(kind, &arch.dims, arch.tie_word_embeddings) {
+        let source_name = source_name(kind, &name);
+        let tensor = tensors
+            .remove(&source_name)
+            .ok_or_else(|| Error::weights(&weights_path, format!("`{source_name}` is missing")))?;
+        let tensor = match name.rsplit('.').nth(1) {
+            Some("attn_q") if kind == Kind::Llama => {
+                permute_for_interleaved_rope(&tensor, arch.dims.num_heads)?
+            }
+            Some("attn_k") if kind == Kind::Llama => {
+                permute_for_interleaved_rope(&tensor, arch.dims.num_kv_heads)?
+            }
+            _ => tensor,
+        };
+        if tensor.dims() != shape.as_slice() {
+            return Err(Error::weights(
+                &weights_path,
+                format!(
+                    "`{source_name}` has shape {:?}, expected {shape:?}",
+                    tensor.dims()
+                ),
+            ));
+        }
+        let dtype = if shape.len() == 2 {
+            quantization
+        } else {
+            GgmlDType::F32
+        };
+        let qtensor = QTensor::quantize(&tensor, dtype).map_err(|e| {
+            Error::weights(
+                &weights_path,
+                format!("cannot quantize `{source_name}`: {e}"),
+            )
+        })?;
+        quantized.push((name, qtensor));
+    }
+    let unused: BTreeSet<&String> = tensors
+        .keys()
+        .filter(|name| !arch.harmless_tensors().iter().any(|s| name.ends_with(s)))
+        .collect();
+    if !unused.is_empty() {
+        return Err(Error::weights(
+            &weights_path,
+            format!("tensors without a GGUF counterpart: {unused:?}"),
+        ));
+    }
+
+    let metadata = metadata(source, &config, &arch, kind)?;
+    let metadata: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let quantized: Vec<(&str, &QTensor)> = quantized.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let file = File::create(out).map_err(|e| Error::file(out, format!("cannot create: {e}")))?;
+    let mut writer = BufWriter::new(file);
+    gguf_file::write(&mut writer, &metadata, &quantized)
+        .map_err(|e| Error::file(out, format!("cannot write: {e}")))?;
+    writer
+        .into_inner()
+        .map_err(|e| Error::file(out, format!("cannot write: {e}")))?;
+    Ok(())
+}
+
+/// The transformers name of a GGUF tensor.
+fn source_name(kind: Kind, gguf_name: &str) -> String {
+    match gguf_name {
+        EMBEDDINGS => return "model.embed_tokens.weight".into(),
+        OUTPUT_NORM => return "model.norm.weight".into(),
+        OUTPUT => return LM_HEAD.into(),
+        _ => {}
+    }
+    let rest = gguf_name.strip_prefix("blk.").unwrap_or(gguf_name);
+    let (layer, block_name) = rest.split_once('.').unwrap_or(("", rest));
+    let hf_name = match (kind, block_name) {
+        // Phi-3's gate and up projections, fused.
+        (Kind::Phi3, "ffn_up.weight") => "mlp.gate_up_proj.weight",
+        _ => LAYER_NAMES
+            .iter()
+            .find(|(gguf, _)| *gguf == block_name)
+            .map_or(block_name, |(_, hf)| *hf),
+    };
+    format!("model.layers.{layer}.{hf_name}")
+}
+
+/// llama.cpp's `permute` for llama's q/k projections: within each head, the row of the `i`-th
+/// rotated pair's first half moves to `2i` and its second half to `2i + 1`.
+fn permute_for_interleaved_rope(weight: &Tensor, heads: usize) -> Result<Tensor> {
+    let (rows, cols) = weight.dims2()?;
+    Ok(weight
+        .reshape((heads, 2, rows / heads / 2, cols))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((rows, cols))?)
+}
+
+fn metadata(
+    source: &Path,
+    config: &HfConfig,
+    arch: &ArchConfig,
+    kind: Kind,
+) -> Result<Vec<(String, Value)>> {
+    let name = kind.name();
+    let dims = &arch.dims;
+    let u32_of = |n: usize| Value::U32(n as u32);
+    let key = |k: &str| format!("{name}.{k}");
+    let mut metadata = vec![
+        (
+            ARCHITECTURE_KEY.to_string(),
+            Value::String(name.to_string()),
+        ),
+        (key("context_length"), u32_of(dims.max_position_embeddings)),
+        (key("embedding_length"), u32_of(dims.hidden_size)),
+        (key("block_count"), u32_of(dims.num_layers)),
+        (key("feed_forward_length"), u32_of(dims.intermediate_size)),
+        (key("attention.head_count"), u32_of(dims.num_heads)),
+        (key("attention.head_count_kv"), u32_of(dims.num_kv_heads)),
+        (
+            key("attention.layer_norm_rms_epsilon"),
+            Value::F32(config.f64("rms_norm_eps")? as f32),
+        ),
+        (key("rope.freq_base"), Value::F32(arch.rope.theta as f32)),
+    ];
+    // As llama.cpp: the rotated dimensions for llama and phi3, the window for phi3.
+    if kind != Kind::Qwen2 {
+        metadata.push((key("rope.dimension_count"), u32_of(dims.head_dim)));
+    }
+    if kind == Kind::Phi3 {
+        let window = config.opt_usize("sliding_window")?.unwrap_or(0);
+        metadata.push((key("attention.sliding_window"), u32_of(window)));
+    }
+    let add_bos = read_json(&source.join(folder::TOKENIZER_CONFIG))?
+        .and_then(|tc| tc.get("add_bos_token").and_then(Json::as_bool))
+        .unwrap_or(false);
+    let first_id = |key: &str| -> Result<Option<Value>> {
+        Ok(config.token_ids(key)?.first().map(|id| Value::U32(*id)))
+    };
+    metadata.extend(
+        [
+            ("tokenizer.ggml.bos_token_id", first_id("bos_token_id")?),
+            ("tokenizer.ggml.eos_token_id", first_id("eos_token_id")?),
+            ("tokenizer.ggml.add_bos_token", Some(Value::Bool(add_bos))),
+            ("tokenizer.ggml.add_eos_token", Some(Value::Bool(false))),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k.to_string(), v))),
+    );
+    Ok(metadata)
+}
+
+fn read_json(path: &Path) -> Result<Option<Json>> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| Error::file(path, format!("not valid JSON: {e}")))
+}

@@ -1,0 +1,387 @@
+//! `conformance/models.toml` (what to fetch) and `conformance/models.lock` (what the first real
+//! fetch of each file read, trusted on first use).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::project_root;
+
+pub fn default_manifest() -> PathBuf {
+    project_root().join("conformance/models.toml")
+}
+
+/// The lock beside a manifest: `models.toml` -> `models.lock`.
+pub fn lock_path(manifest: &Path) -> PathBuf {
+    manifest.with_extension("lock")
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub models: Vec<Model>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Model {
+    pub id: String,
+    pub architecture: String,
+    pub format: Format,
+    /// The hub repo of the files that do not name their own.
+    pub repo: String,
+    /// A pinned commit for the files that do not pin their own; empty: the first fetch takes
+    /// `main` and records the commit in the lock.
+    #[serde(default)]
+    pub revision: String,
+    /// Anything a user must know to fetch it (a gated repo, a licence).
+    #[serde(default)]
+    pub note: Option<String>,
+    pub files: Vec<ManifestFile>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Safetensors,
+    Gguf,
+}
+
+impl Format {
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Safetensors => "safetensors",
+            Format::Gguf => "gguf",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestFile {
+    /// The path in the repo.
+    pub path: String,
+    /// Another repo than the model's (a GGUF's tokenizer).
+    #[serde(default)]
+    pub repo: Option<String>,
+    #[serde(default)]
+    pub revision: String,
+    #[serde(default)]
+    pub size: Option<u64>,
+    #[serde(default)]
+    pub sha256: String,
+}
+
+/// One file of one model with everything that pins it, from the manifest or else the lock.
+#[derive(Clone, Debug)]
+pub struct FileSpec {
+    pub model: String,
+    pub repo: String,
+    pub path: String,
+    /// The file's name in the model folder.
+    pub name: String,
+    pub revision: Option<String>,
+    pub size: Option<u64>,
+    pub sha256: Option<String>,
+}
+
+impl FileSpec {
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.repo, self.path)
+    }
+}
+
+impl Manifest {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the models manifest {}", path.display()))?;
+        let manifest: Manifest = toml::from_str(&text)
+            .with_context(|| format!("{}: not a valid models manifest", path.display()))?;
+        manifest
+            .validate()
+            .with_context(|| format!("{}: invalid", path.display()))?;
+        Ok(manifest)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let mut ids = BTreeSet::new();
+        for model in &self.models {
+            let id = &model.id;
+            if id.is_empty()
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+            {
+                bail!("model id `{id}`: use lowercase letters, digits, `.`, `_` and `-`");
+            }
+            if !ids.insert(id.as_str()) {
+                bail!("model id `{id}` is used twice");
+            }
+            check_revision(id, &model.revision)?;
+            let mut names = BTreeSet::new();
+            for file in &model.files {
+                check_revision(id, &file.revision)?;
+                if !file.sha256.is_empty() && !is_hex(&file.sha256, 64) {
+                    bail!(
+                        "model `{id}`, file `{}`: sha256 must be 64 hex digits or empty",
+                        file.path
+                    );
+                }
+                let name = file_name(&file.path);
+                if !names.insert(name) {
+                    bail!("model `{id}`: two files are named `{name}` in the model folder");
+                }
+            }
+            let has = |wanted: &dyn Fn(&str) -> bool| names.iter().filter(|n| wanted(n)).count();
+            match model.format {
+                Format::Safetensors => {
+                    for required in ["config.json", "tokenizer.json"] {
+                        if !names.contains(required) {
+                            bail!("model `{id}`: a safetensors model needs `{required}`");
+                        }
+                    }
+                    if has(&|n| n.ends_with(".safetensors")) == 0 {
+                        bail!("model `{id}`: a safetensors model needs a .safetensors file");
+                    }
+                }
+                Format::Gguf => {
+                    if has(&|n| n.ends_with(".gguf")) != 1 || !names.contains("tokenizer.json") {
+                        bail!("model `{id}`: a gguf model needs exactly one .gguf file and tokenizer.json");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The models `ids` names (all of them for `all`), in manifest order.
+    pub fn select(&self, ids: &[String], all: bool) -> Result<Vec<&Model>> {
+        if all {
+            return Ok(self.models.iter().collect());
+        }
+        if ids.is_empty() {
+            bail!(
+                "name the models to fetch, or pass --all; the manifest has: {}",
+                self.ids()
+            );
+        }
+        ids.iter()
+            .map(|id| {
+                self.models.iter().find(|m| &m.id == id).with_context(|| {
+                    format!("no model `{id}` in the manifest; it has: {}", self.ids())
+                })
+            })
+            .collect()
+    }
+
+    fn ids(&self) -> String {
+        self.models
+            .iter()
+            .map(|m| m.id.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl Model {
+    /// Its files with their pins: what the manifest says, else what the lock recorded. A
+    /// manifest pin that disagrees with the lock is an error.
+    pub fn files(&self, lock: &Lock) -> Result<Vec<FileSpec>> {
+        self.files
+            .iter()
+            .map(|file| {
+                let repo = file.repo.clone().unwrap_or_else(|| self.repo.clone());
+                let locked = lock.find(&self.id, &repo, &file.path);
+                let label = format!("model `{}`, {repo}/{}", self.id, file.path);
+                let revision = pin(
+                    &label,
+                    "revision",
+                    &[&file.revision, &self.revision],
+                    locked.map(|l| &l.revision),
+                )?;
+                let sha256 = pin(&label, "sha256", &[&file.sha256], locked.map(|l| &l.sha256))?;
+                let size = match (file.size, locked.map(|l| l.size)) {
+                    (Some(a), Some(b)) if a != b => {
+                        bail!("{label}: the manifest says {a} bytes, models.lock recorded {b}")
+                    }
+                    (a, b) => a.or(b),
+                };
+                Ok(FileSpec {
+                    model: self.id.clone(),
+                    name: file_name(&file.path).to_string(),
+                    path: file.path.clone(),
+                    repo,
+                    revision,
+                    size,
+                    sha256,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The first non-empty value the manifest states, else the locked one; both must agree.
+fn pin(
+    label: &str,
+    what: &str,
+    stated: &[&String],
+    locked: Option<&String>,
+) -> Result<Option<String>> {
+    let stated = stated.iter().copied().find(|v| !v.is_empty());
+    match (stated, locked) {
+        (Some(m), Some(l)) if m != l => bail!(
+            "{label}: the manifest pins {what} {m}, models.lock recorded {l}; if the manifest \
+             change is deliberate, delete that entry of models.lock"
+        ),
+        (Some(v), _) | (None, Some(v)) => Ok(Some(v.clone())),
+        (None, None) => Ok(None),
+    }
+}
+
+fn check_revision(id: &str, revision: &str) -> Result<()> {
+    if !revision.is_empty() && !is_hex(revision, 40) {
+        bail!(
+            "model `{id}`: revision `{revision}` is not a commit hash (40 hex digits); a branch \
+             or tag is not a pin, leave it empty to record the commit on first fetch"
+        );
+    }
+    Ok(())
+}
+
+fn is_hex(text: &str, len: usize) -> bool {
+    text.len() == len && text.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+fn file_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// What the first real fetch of each file read: `trust = "first-use"` says nobody pinned it
+/// by hand, the fetch that recorded it was trusted.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lock {
+    #[serde(default)]
+    pub files: Vec<LockedFile>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LockedFile {
+    pub model: String,
+    pub repo: String,
+    pub path: String,
+    pub revision: String,
+    pub size: u64,
+    pub sha256: String,
+    pub trust: String,
+    pub recorded: String,
+}
+
+const LOCK_HEADER: &str = "\
+# Written by `cargo xtask fetch-models`; commit it. Each entry is what the first real download
+# of a file read (trust = \"first-use\"): its commit, size and sha256. Later fetches must match.
+# To re-pin a file deliberately, delete its entry and fetch again.
+";
+
+impl Lock {
+    pub fn load(path: &Path) -> Result<Self> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => toml::from_str(&text)
+                .with_context(|| format!("{}: not a valid models lock", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    pub fn find(&self, model: &str, repo: &str, path: &str) -> Option<&LockedFile> {
+        self.files
+            .iter()
+            .find(|f| f.model == model && f.repo == repo && f.path == path)
+    }
+
+    /// Records a first fetch (never replaces an entry: pins only change by hand).
+    pub fn record(&mut self, entry: LockedFile) {
+        if self.find(&entry.model, &entry.repo, &entry.path).is_none() {
+            self.files.push(entry);
+        }
+    }
+
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let text = format!("{LOCK_HEADER}\n{}", toml::to_string(self)?);
+        let partial = path.with_extension("lock.partial");
+        std::fs::write(&partial, text)
+            .and_then(|()| std::fs::rename(&partial, path))
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(extra: &str) -> Result<Manifest> {
+        let text = format!(
+            r#"
+            [[models]]
+            id = "m"
+            architecture = "llama"
+            format = "safetensors"
+            repo = "o/m"
+            files = [{{ path = "config.json" }}, {{ path = "tokenizer.json" }}, {{ path = "model.safetensors" {extra} }}]
+            "#
+        );
+        let manifest: Manifest = toml::from_str(&text)?;
+        manifest.validate()?;
+        Ok(manifest)
+    }
+
+    #[test]
+    fn committed_manifest_is_valid_and_pins_nothing_by_hand() {
+        let manifest = Manifest::load(&default_manifest()).unwrap();
+        assert!(manifest.models.len() >= 7);
+        for model in &manifest.models {
+            assert!(model.revision.is_empty(), "{}", model.id);
+            for file in &model.files {
+                // Only a real download may pin a file (models.lock).
+                assert!(file.sha256.is_empty() && file.revision.is_empty() && file.size.is_none());
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_branch_names_and_bad_hashes() {
+        let err = manifest(r#", revision = "main""#).unwrap_err();
+        assert!(err.to_string().contains("not a commit hash"), "{err}");
+        let err = manifest(r#", sha256 = "abc""#).unwrap_err();
+        assert!(err.to_string().contains("64 hex digits"), "{err}");
+        assert!(manifest("").is_ok());
+    }
+
+    #[test]
+    fn the_lock_pins_what_the_manifest_leaves_empty_and_must_agree_with_it() {
+        let sha = "a".repeat(64);
+        let mut lock = Lock::default();
+        lock.record(LockedFile {
+            model: "m".into(),
+            repo: "o/m".into(),
+            path: "model.safetensors".into(),
+            revision: "1".repeat(40),
+            size: 10,
+            sha256: sha.clone(),
+            trust: "first-use".into(),
+            recorded: "now".into(),
+        });
+        let files = manifest("").unwrap().models[0].files(&lock).unwrap();
+        assert_eq!(files[2].sha256.as_deref(), Some(sha.as_str()));
+        assert_eq!(files[2].size, Some(10));
+        assert_eq!(files[0].sha256, None);
+        let other = format!(r#", sha256 = "{}""#, "b".repeat(64));
+        let err = manifest(&other).unwrap().models[0]
+            .files(&lock)
+            .unwrap_err();
+        assert!(err.to_string().contains("models.lock recorded"), "{err}");
+    }
+}
