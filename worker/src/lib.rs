@@ -1,5 +1,5 @@
-//! llm-worker-rbee: load a SafeTensors model folder, detect its architecture, and generate
-//! tokens deterministically on cpu, cuda or metal.
+//! llm-worker-rbee: load a model folder (SafeTensors, or GGUF with its tokenizer), detect its
+//! architecture, and generate tokens deterministically on cpu, cuda or metal.
 //!
 //! ```no_run
 //! use llm_worker_rbee::{LoadOptions, Prompt, Request, Worker};
