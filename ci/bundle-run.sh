@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the conformance suite from this bundle, on a machine with no Rust and no network, and
+# Makes the fixture models (checked against their lock) and runs the conformance suite from this
+# bundle, on a machine with no Rust and no network, and
 # packs what a reviewer needs into one results archive: per dtype report.json, junit.xml, the
 # harness log, and every pending snapshot (.snap.new); never accepts a snapshot.
 #
@@ -72,6 +73,14 @@ export CONFORMANCE_CASES="$here/conformance/cases.toml" CONFORMANCE_FIXTURES="$h
 export CONFORMANCE_GOLDEN="$here/golden" CONFORMANCE_BACKENDS="$BACKEND"
 export CONFORMANCE_HOST="$host" CONFORMANCE_GIT_COMMIT="$GIT_COMMIT" CONFORMANCE_GIT_DIRTY="$GIT_DIRTY"
 find "$here/golden/snapshots" -name '*.snap.new' -delete
+
+# The fixtures are made here by the harness (deterministic bytes) and must match the lock.
+CONFORMANCE_WRITE_FIXTURES=1 "$here/bin/conformance" --list > /dev/null
+if ! (cd "$here/fixtures" && sha256sum --quiet -c "$here/conformance/fixtures.lock"); then
+  echo "run.sh: the fixtures made here differ from conformance/fixtures.lock" >&2
+  exit 1
+fi
+echo "fixtures: $(wc -l < "$here/conformance/fixtures.lock") files match conformance/fixtures.lock"
 
 status=0
 run_harness() { # binary, dtype, results subfolder

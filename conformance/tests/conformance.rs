@@ -3,6 +3,8 @@
 //! filters and `cargo nextest run -p conformance` lists and runs them. Every trial writes its
 //! record for `cargo xtask test` to aggregate.
 //!
+//! `CONFORMANCE_WRITE_FIXTURES` makes it write the missing fixture models first.
+//!
 //! Where no cargo is at hand (a bundle on a GPU machine), setting `CONFORMANCE_REPORT_DIR` makes
 //! the harness write report.json and junit.xml there itself, for one backend and dtype, with
 //! `CONFORMANCE_HOST`, `CONFORMANCE_GIT_COMMIT` and `CONFORMANCE_GIT_DIRTY` in the run info.
@@ -19,6 +21,13 @@ use libtest_mimic::{Arguments, Completion, Failed, Trial};
 fn main() -> ExitCode {
     let args = Arguments::from_args();
     let paths = Paths::from_env();
+    // A bundle carries the means to make the fixtures rather than their bytes.
+    if std::env::var_os("CONFORMANCE_WRITE_FIXTURES").is_some() {
+        if let Err(e) = llm_worker_rbee::synth::write_missing(&paths.fixtures) {
+            eprintln!("error: cannot write the fixtures into {}: {e}", paths.fixtures.display());
+            return ExitCode::FAILURE;
+        }
+    }
     let setup = Cases::load(&paths.cases)
         .map_err(|e| e.to_string())
         .and_then(|cases| Ok((cases, Selection::from_env()?)))

@@ -38,8 +38,6 @@ pub fn run(args: &Args) -> Result<()> {
     };
     let built = build::build(&build_args, &[])?;
     let faulty = build::build(&build_args, &["fault-injection"])?;
-    test::write_missing_fixtures()?;
-
     let name = format!("llm-worker-rbee-{}", args.backend);
     let stage = target_dir().join("bundle").join(&name);
     if stage.exists() {
@@ -57,7 +55,6 @@ pub fn run(args: &Args) -> Result<()> {
         cmd!(sh, "strip {dest}").run()?;
     }
     let root = project_root();
-    copy_tree(&crate::fixtures::default_dir(), &stage.join("fixtures"))?;
     copy_tree(
         &root.join("golden/snapshots"),
         &stage.join("golden/snapshots"),
@@ -67,10 +64,14 @@ pub fn run(args: &Args) -> Result<()> {
         &stage.join("golden/reference"),
     )?;
     std::fs::create_dir_all(stage.join("conformance"))?;
-    std::fs::copy(
-        root.join("conformance/cases.toml"),
-        stage.join("conformance/cases.toml"),
-    )?;
+    // The fixtures' random weights do not compress: run.sh has the harness make them and
+    // checks them against the lock.
+    for file in ["cases.toml", "fixtures.lock"] {
+        std::fs::copy(
+            root.join("conformance").join(file),
+            stage.join("conformance").join(file),
+        )?;
+    }
     let run_sh = stage.join("run.sh");
     std::fs::write(&run_sh, include_str!("../../ci/bundle-run.sh"))?;
     std::fs::set_permissions(&run_sh, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
