@@ -392,7 +392,11 @@ impl Cell {
         if failed > 0 {
             return format!("FAILED {failed}/{}", self.total());
         }
-        let ran = self.get(Outcome::Passed) + self.get(Outcome::ExpectedFailure);
+        let expected = self.get(Outcome::ExpectedFailure);
+        if expected > 0 && expected == self.total() {
+            return format!("expected to fail ({expected}/{expected})");
+        }
+        let ran = self.get(Outcome::Passed) + expected;
         let mut text = if ran == 0 { "ignored" } else { "passed" }.to_string();
         if self.get(Outcome::ExpectedFailure) > 0 {
             write!(
@@ -525,6 +529,14 @@ mod tests {
                 }),
                 ..record("d", Outcome::Passed)
             },
+            record("e", Outcome::ExpectedFailure),
+            TrialRecord {
+                differential: Some(Differential {
+                    source_agreement: Some(SourceAgreement::of("s", &[1, 2], &[1, 3])),
+                    ..Differential::default()
+                }),
+                ..record("f", Outcome::Passed)
+            },
         ];
         let table = table(&records);
         let lines: Vec<&str> = table.lines().collect();
@@ -536,6 +548,8 @@ mod tests {
         assert!(lines[2].contains("passed, 1 expected failures"), "{table}");
         assert!(lines[3].contains("ignored"), "{table}");
         assert!(lines[4].contains("passed, 1 diverged"), "{table}");
+        assert!(lines[5].contains("expected to fail (1/1)"), "{table}");
+        assert!(lines[6].contains("passed, source 1/2"), "{table}");
     }
 
     #[test]

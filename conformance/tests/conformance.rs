@@ -24,7 +24,10 @@ fn main() -> ExitCode {
     // A bundle carries the means to make the fixtures rather than their bytes.
     if std::env::var_os("CONFORMANCE_WRITE_FIXTURES").is_some() {
         if let Err(e) = llm_worker_rbee::synth::write_missing(&paths.fixtures) {
-            eprintln!("error: cannot write the fixtures into {}: {e}", paths.fixtures.display());
+            eprintln!(
+                "error: cannot write the fixtures into {}: {e}",
+                paths.fixtures.display()
+            );
             return ExitCode::FAILURE;
         }
     }
