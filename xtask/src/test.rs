@@ -15,6 +15,8 @@ pub struct Args {
     /// The backend to run on; not `cpu` needs that backend compiled in and a device.
     #[arg(long, value_enum, default_value_t = Backend::Cpu)]
     pub backend: Backend,
+    /// The dtype of weights and activations (GGUF models run in f32 only; cases.toml lists
+    /// their bf16/f16 trials as expected failures).
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
     pub dtype: Dtype,
     /// The host name recorded in the report [default: the hostname].
