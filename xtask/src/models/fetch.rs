@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use llm_worker_rbee::model_id::{self, VerifiedFile, VerifiedModel};
 
 use super::hub::{FetchError, Fetched, Hub};
-use super::manifest::{self, FileSpec, Lock, LockedFile, Manifest, Model};
+use super::manifest::{self, FileSpec, Lock, LockedFile, Model};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -24,13 +24,7 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    let manifest_path = args
-        .manifest
-        .clone()
-        .unwrap_or_else(manifest::default_manifest);
-    let manifest = Manifest::load(&manifest_path)?;
-    let lock_path = manifest::lock_path(&manifest_path);
-    let mut lock = Lock::load(&lock_path)?;
+    let (manifest, mut lock, lock_path) = manifest::load(args.manifest.as_deref())?;
     let models = manifest.select(&args.ids, args.all)?;
     let hub = Hub::new()?;
     let models_dir = model_id::models_dir();

@@ -18,6 +18,17 @@ pub fn lock_path(manifest: &Path) -> PathBuf {
     manifest.with_extension("lock")
 }
 
+/// The manifest given (else the committed one), its lock, and where the lock lives.
+pub fn load(manifest: Option<&Path>) -> Result<(Manifest, Lock, PathBuf)> {
+    let manifest = manifest.map_or_else(default_manifest, Path::to_path_buf);
+    let lock_path = lock_path(&manifest);
+    Ok((
+        Manifest::load(&manifest)?,
+        Lock::load(&lock_path)?,
+        lock_path,
+    ))
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {

@@ -55,12 +55,7 @@ pub struct Listed {
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    let manifest_path = args
-        .manifest
-        .clone()
-        .unwrap_or_else(manifest::default_manifest);
-    let manifest = Manifest::load(&manifest_path)?;
-    let lock = Lock::load(&manifest::lock_path(&manifest_path))?;
+    let (manifest, lock, _) = manifest::load(args.manifest.as_deref())?;
     let listed = list(
         &manifest,
         &lock,
