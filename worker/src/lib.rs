@@ -21,6 +21,7 @@ pub mod error;
 pub mod folder;
 pub mod generate;
 pub mod model_id;
+pub mod serve;
 pub mod synth;
 pub mod tokens;
 pub mod weights;

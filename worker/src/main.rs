@@ -1,10 +1,12 @@
 use std::io::Write;
+use std::net::IpAddr;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use llm_worker_rbee::serve::ServeOptions;
 use llm_worker_rbee::{
     Architecture, Backend, Dtype, LoadOptions, ModelInfo, Prompt, Request, StopReason, Worker,
 };
@@ -26,6 +28,11 @@ enum Command {
     Generate(GenerateArgs),
     /// Print what was detected in a model folder, without loading the weights.
     Inspect(InspectArgs),
+    /// Serve generations over HTTP: `POST /execute` streams tokens as server-sent events,
+    /// `GET /health` and `GET /metrics` report the state. Prints `listening on http://ADDR`
+    /// once listening; `/health` says `ready` once the model is loaded. Logs JSON lines to
+    /// stderr. SIGTERM or ctrl-c cancels the running generation and exits.
+    Serve(ServeArgs),
 }
 
 #[derive(Args)]
@@ -104,6 +111,23 @@ struct InspectArgs {
     format: Format,
 }
 
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// Address to listen on; the loopback interface unless told otherwise.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    /// Port to listen on; 0 picks a free one (see the `listening on` line).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// How many requests may wait while one generates; more get 503 with Retry-After.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    queue: usize,
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Format {
     Text,
@@ -111,17 +135,12 @@ enum Format {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
     let cli = Cli::parse();
+    init_logging(matches!(cli.command, Command::Serve(_)));
     let outcome = match cli.command {
         Command::Generate(args) => generate(args),
         Command::Inspect(args) => inspect(args),
+        Command::Serve(args) => serve(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -130,6 +149,47 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs go to stderr (`RUST_LOG` filters them): for `serve`, JSON lines from level info, each
+/// line of a job carrying its `job_id`; otherwise text from level warn.
+fn init_logging(serving: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(if serving { "info" } else { "warn" })
+    });
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    if serving {
+        logs.json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
+    } else {
+        logs.init();
+    }
+}
+
+impl DeviceArgs {
+    fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            backend: self.backend,
+            device: self.device,
+            dtype: self.dtype,
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    llm_worker_rbee::serve::run(ServeOptions {
+        model_dir: args.model.folder()?,
+        model: args.model.model.display().to_string(),
+        load: args.device.load_options(),
+        host: args.host,
+        port: args.port,
+        queue: args.queue,
+    })
 }
 
 fn generate(args: GenerateArgs) -> Result<()> {
@@ -150,11 +210,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
     };
     // Parameter errors are reported before the model is loaded.
     request.validate()?;
-    let options = LoadOptions {
-        backend: args.device.backend,
-        device: args.device.device,
-        dtype: args.device.dtype,
-    };
+    let options = args.device.load_options();
     let model_dir = &args.model.folder()?;
     let mut worker = Worker::load(model_dir, options)
         .with_context(|| format!("cannot load the model in {}", model_dir.display()))?;

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)] // Each test binary uses a different subset.
 
+pub mod http;
+
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
@@ -16,7 +18,11 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new(id: &str) -> Self {
-        let spec = synth::fixture(id).unwrap_or_else(|| panic!("no fixture `{id}`"));
+        Self::of(synth::fixture(id).unwrap_or_else(|| panic!("no fixture `{id}`")))
+    }
+
+    /// A fixture of another spec, e.g. one of the fixtures made larger.
+    pub fn of(spec: synth::FixtureSpec) -> Self {
         let dir = tempfile::tempdir().expect("temporary folder");
         synth::write_fixture(&spec, dir.path()).expect("fixture written");
         Self { dir, id: spec.id }

@@ -1,0 +1,215 @@
+//! The wire format of `serve`: the `/execute` body, its validation, the streamed events and the
+//! JSON errors.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::generate::{Prompt, Request, StopReason};
+
+/// The fields `/execute` accepts; any other is refused, so that a misspelt parameter is never
+/// silently ignored.
+const FIELDS: &[&str] = &[
+    "job_id",
+    "prompt",
+    "prompt_ids",
+    "messages",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "repeat_penalty",
+    "ignore_eos",
+];
+
+/// A refused request: its HTTP status, the field at fault (`body` for the body as a whole) and
+/// the rule it breaks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub field: String,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn bad_request(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The server's fault, not the request's.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            field: "body".into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"field": self.field, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// One chat message; `messages` is rendered with the model's chat template.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+/// The prompt as the client gave it: chat messages still need the template.
+#[derive(Clone, Debug)]
+pub enum Input {
+    Prompt(Prompt),
+    Messages(Vec<Message>),
+}
+
+/// A parsed `/execute` body. `request.prompt` is a placeholder until `input` is resolved.
+#[derive(Clone, Debug)]
+pub struct Execute {
+    pub job_id: Option<String>,
+    pub input: Input,
+    pub request: Request,
+}
+
+/// Parses and checks an `/execute` body, everything that does not need the tokenizer:
+/// `context` is the model's context length, the most `max_tokens` can be.
+pub fn parse_execute(body: &[u8], context: usize) -> Result<Execute, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("body", format!("is not valid JSON: {e}")))?;
+    let Value::Object(mut object) = value else {
+        return Err(ApiError::bad_request("body", "must be a JSON object"));
+    };
+    if let Some(unknown) = object.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(ApiError::bad_request(
+            unknown.clone(),
+            format!("is not a known field (known: {})", FIELDS.join(", ")),
+        ));
+    }
+    let job_id: Option<String> = take(&mut object, "job_id")?;
+    let prompt: Option<String> = take(&mut object, "prompt")?;
+    let prompt_ids: Option<Vec<u32>> = take(&mut object, "prompt_ids")?;
+    let messages: Option<Vec<Message>> = take(&mut object, "messages")?;
+    let input = match (prompt, prompt_ids, messages) {
+        (Some(text), None, None) => Input::Prompt(Prompt::Text(text)),
+        (None, Some(ids), None) => Input::Prompt(Prompt::Ids(ids)),
+        (None, None, Some(messages)) if messages.is_empty() => {
+            return Err(ApiError::bad_request("messages", "is empty"))
+        }
+        (None, None, Some(messages)) => Input::Messages(messages),
+        (None, None, None) => {
+            return Err(ApiError::bad_request(
+                "prompt",
+                "is missing: give one of prompt, prompt_ids or messages",
+            ))
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "prompt",
+                "give only one of prompt, prompt_ids or messages",
+            ))
+        }
+    };
+    let max_tokens: usize = take(&mut object, "max_tokens")?
+        .ok_or_else(|| ApiError::bad_request("max_tokens", "is missing"))?;
+    if max_tokens > context {
+        return Err(ApiError::bad_request(
+            "max_tokens",
+            format!("is {max_tokens}, more than the model's context of {context} tokens"),
+        ));
+    }
+    let request = Request {
+        // Checked by `validate` below like any prompt; messages are checked once rendered.
+        prompt: match &input {
+            Input::Prompt(prompt) => prompt.clone(),
+            Input::Messages(_) => Prompt::Ids(vec![0]),
+        },
+        max_tokens,
+        temperature: take(&mut object, "temperature")?.unwrap_or(0.0),
+        top_p: take(&mut object, "top_p")?,
+        top_k: take(&mut object, "top_k")?,
+        seed: take(&mut object, "seed")?.unwrap_or(0),
+        repeat_penalty: take(&mut object, "repeat_penalty")?,
+        ignore_eos: take(&mut object, "ignore_eos")?.unwrap_or(false),
+    };
+    request.validate().map_err(from_worker_error)?;
+    Ok(Execute {
+        job_id,
+        input,
+        request,
+    })
+}
+
+/// Removes `field` from `object` and reads it as a `T`; `null` counts as absent.
+fn take<T: DeserializeOwned>(
+    object: &mut Map<String, Value>,
+    field: &'static str,
+) -> Result<Option<T>, ApiError> {
+    match object.remove(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => serde_json::from_value(value)
+            .map(Some)
+            .map_err(|e| ApiError::bad_request(field, format!("has the wrong type: {e}"))),
+    }
+}
+
+/// A worker error about a request becomes a 400 naming its field; anything else is the
+/// server's fault.
+pub fn from_worker_error(error: crate::Error) -> ApiError {
+    match error {
+        crate::Error::Request { field, message } => ApiError::bad_request(field, message),
+        other => ApiError::internal(other.to_string()),
+    }
+}
+
+/// One event of an `/execute` stream; the SSE event name is its `type`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    Started {
+        job_id: String,
+        model: String,
+        backend: String,
+        /// The prompt as the model sees it: tokenized, or rendered with the chat template.
+        prompt_ids: Vec<u32>,
+    },
+    Token {
+        t: String,
+        i: usize,
+        id: u32,
+    },
+    End {
+        job_id: String,
+        tokens_out: usize,
+        stop_reason: StopReason,
+        prefill_ms: f64,
+        decode_ms: f64,
+        tokens_per_s: f64,
+    },
+    Error {
+        message: String,
+    },
+}
+
+impl Event {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Started { .. } => "started",
+            Event::Token { .. } => "token",
+            Event::End { .. } => "end",
+            Event::Error { .. } => "error",
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! `llm-worker-rbee serve`: an HTTP worker. `POST /execute` streams a generation as server-sent
+//! events, `GET /health` and `GET /metrics` tell its state. One generation runs at a time; the
+//! others wait in a bounded queue.
+
+mod api;
+mod chat;
+mod generation;
+mod metrics;
+
+use std::convert::Infallible;
+use std::future::IntoFuture;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, StatusCode};
+use axum::response::sse::{self, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::{Stream, StreamExt};
+use serde_json::json;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::oneshot;
+
+use self::api::{ApiError, Event, Input};
+use self::chat::ChatTemplate;
+use self::generation::{Generator, Reply};
+use self::metrics::{Metrics, Outcome};
+use crate::generate::Prompt;
+use crate::worker::{LoadOptions, ModelInfo};
+
+/// The largest `/execute` body accepted; larger ones get 413.
+pub const BODY_LIMIT: usize = 1 << 20;
+
+pub struct ServeOptions {
+    pub model_dir: PathBuf,
+    /// The model as given on the command line, reported by `/health` and in `started` events.
+    pub model: String,
+    pub load: LoadOptions,
+    pub host: IpAddr,
+    /// 0 picks a free port.
+    pub port: u16,
+    /// How many requests may wait while one generates; more get 503.
+    pub queue: usize,
+}
+
+struct AppState {
+    generator: Generator,
+    chat: Option<ChatTemplate>,
+    info: ModelInfo,
+    load: LoadOptions,
+    model: String,
+    metrics: Arc<Metrics>,
+    next_job: AtomicU64,
+}
+
+/// How long open streams may take to end after SIGTERM before the server exits anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Reads the model's settings, starts listening while the weights load, and serves until
+/// SIGTERM or ctrl-c; then returns once the open streams ended (at most `SHUTDOWN_GRACE`
+/// later). A model that fails to load is an error, after which nothing is served.
+pub fn run(options: ServeOptions) -> anyhow::Result<()> {
+    // Settings, tokenizer and chat template are read before listening, so that a bad folder
+    // fails at once; `/execute` checks requests against them while the weights load.
+    let info = ModelInfo::inspect(&options.model_dir)
+        .with_context(|| format!("cannot read the model in {}", options.model_dir.display()))?;
+    let chat = ChatTemplate::load(&options.model_dir)?;
+    let metrics = Arc::new(Metrics::default());
+    let (generator, loaded) = Generator::start(
+        options.model_dir.clone(),
+        options.model.clone(),
+        options.load.clone(),
+        options.queue,
+        metrics.clone(),
+    )?;
+    let state = Arc::new(AppState {
+        generator,
+        chat,
+        info,
+        load: options.load,
+        model: options.model,
+        metrics,
+        next_job: AtomicU64::new(1),
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(
+        state,
+        SocketAddr::new(options.host, options.port),
+        loaded,
+    ))
+}
+
+async fn serve(
+    state: Arc<AppState>,
+    address: SocketAddr,
+    loaded: oneshot::Receiver<anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address}"))?;
+    let app = Router::new()
+        .route("/execute", post(execute))
+        .route("/health", get(health))
+        .route("/metrics", get(serve_metrics))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state.clone());
+    // Clients (and the tests) read the port from this line.
+    let local = listener.local_addr()?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "listening on http://{local}")?;
+    stdout.flush()?;
+    drop(stdout);
+    tracing::info!(address = %local, model = state.model, "listening; loading the model");
+
+    let (stop, stopped) = oneshot::channel::<()>();
+    let mut server = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .into_future(),
+    );
+    let load_failure = async {
+        match loaded.await {
+            Ok(Err(error)) => error,
+            // Loaded (or the thread is gone, which the requests report): keep serving.
+            _ => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        error = load_failure => return Err(error),
+        result = &mut server => return finished(result),
+        () = shutdown_signal() => {}
+    }
+    tracing::info!("shutting down: cancelling the generation, refusing new requests");
+    state.generator.shut_down();
+    let _ = stop.send(());
+    match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+        Ok(result) => finished(result),
+        Err(_) => {
+            tracing::warn!(
+                grace_s = SHUTDOWN_GRACE.as_secs(),
+                "open streams did not end in time; exiting anyway"
+            );
+            Ok(())
+        }
+    }
+}
+
+fn finished(result: Result<std::io::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
+    result
+        .context("the server task failed")?
+        .context("the server failed")
+}
+
+/// Resolves at SIGTERM or ctrl-c.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
+
+async fn execute(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let arrived = Instant::now();
+    let refuse = |error: ApiError| {
+        state.metrics.request(Outcome::Invalid);
+        error.into_response()
+    };
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            return refuse(ApiError {
+                status: rejection.status(),
+                field: "body".into(),
+                message: rejection.body_text(),
+            })
+        }
+    };
+    let parsed = match api::parse_execute(&body, state.info.context_length) {
+        Ok(parsed) => parsed,
+        Err(error) => return refuse(error),
+    };
+    let mut request = parsed.request;
+    if let Input::Messages(messages) = &parsed.input {
+        let Some(chat) = &state.chat else {
+            return refuse(ApiError::bad_request(
+                "messages",
+                "the model has no chat template (no chat_template in tokenizer_config.json); \
+                 send prompt or prompt_ids",
+            ));
+        };
+        match chat.prompt_ids(messages) {
+            Ok(ids) => request.prompt = Prompt::Ids(ids),
+            Err(error) => return refuse(error),
+        }
+    }
+    let job_id = parsed
+        .job_id
+        .unwrap_or_else(|| format!("job-{}", state.next_job.fetch_add(1, Ordering::Relaxed)));
+    let Some(mut replies) = state.generator.submit(job_id, request, arrived) else {
+        state.metrics.request(Outcome::Overloaded);
+        return unavailable("the queue is full; retry later");
+    };
+    // The generation thread counts what it answers itself.
+    match replies.recv().await {
+        Some(Reply::Event(started)) => Sse::new(events(started, replies)).into_response(),
+        Some(Reply::Refused(error)) => error.into_response(),
+        None => unavailable("the server is shutting down"),
+    }
+}
+
+/// A 503 that asks the client to come back.
+fn unavailable(message: &str) -> Response {
+    let body = json!({"error": {"field": "body", "message": message}});
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, "1")],
+        Json(body),
+    )
+        .into_response()
+}
+
+/// The SSE stream of a job: `started`, then what the generation thread sends until it drops
+/// its sender. Dropping this stream (the client left) closes the channel, which cancels the
+/// generation at its next token.
+fn events(
+    started: Event,
+    replies: UnboundedReceiver<Reply>,
+) -> impl Stream<Item = Result<sse::Event, Infallible>> {
+    let rest = futures::stream::unfold(replies, |mut replies| async move {
+        match replies.recv().await {
+            Some(Reply::Event(event)) => Some((event, replies)),
+            Some(Reply::Refused(error)) => Some((
+                Event::Error {
+                    message: error.message,
+                },
+                replies,
+            )),
+            None => None,
+        }
+    });
+    futures::stream::once(std::future::ready(started))
+        .chain(rest)
+        .map(|event| Ok(to_sse(&event)))
+}
+
+fn to_sse(event: &Event) -> sse::Event {
+    let data = serde_json::to_string(event).expect("events serialize");
+    sse::Event::default().event(event.name()).data(data)
+}
+
+/// 200 once the model is loaded (`ready`, or `busy` while it generates), 503 while it loads.
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    let (code, status) = match (state.generator.loaded(), state.generator.busy()) {
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "loading"),
+        (true, true) => (StatusCode::OK, "busy"),
+        (true, false) => (StatusCode::OK, "ready"),
+    };
+    let body = Json(json!({
+        "status": status,
+        "model": state.model,
+        "architecture": state.info.architecture,
+        "backend": state.load.backend,
+        "device": state.load.device,
+        "dtype": state.load.dtype,
+    }));
+    (code, body).into_response()
+}
+
+async fn serve_metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let text = state
+        .metrics
+        .render(state.generator.queued(), state.generator.busy());
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text)
+}
