@@ -3,6 +3,7 @@
 //! support matrix produced from those runs.
 
 pub mod cases;
+pub mod http;
 pub mod matrix;
 pub mod reference;
 pub mod report;
@@ -46,6 +47,8 @@ pub struct Paths {
     /// `CONFORMANCE_MODELS`: lines of `id=folder`. When set, the suite runs these models (real
     /// models fetched by `cargo xtask fetch-models`) instead of the fixtures.
     pub models: Vec<(String, PathBuf)>,
+    /// `CONFORMANCE_WORKER`: the `llm-worker-rbee` binary the http transport starts.
+    pub worker_binary: Option<PathBuf>,
 }
 
 impl Paths {
@@ -68,6 +71,7 @@ impl Paths {
                 .filter_map(|line| line.split_once('='))
                 .map(|(id, folder)| (id.trim().to_string(), PathBuf::from(folder.trim())))
                 .collect(),
+            worker_binary: std::env::var_os("CONFORMANCE_WORKER").map(PathBuf::from),
         }
     }
 

@@ -166,7 +166,7 @@ pub struct RunInfo {
     pub host: String,
     pub backend: Backend,
     pub dtype: Dtype,
-    /// How trials reached the worker: `library`.
+    /// How trials reached the worker: `library` or `http`.
     pub transport: String,
     pub git_commit: String,
     /// Whether the working tree had uncommitted changes.
@@ -290,8 +290,12 @@ impl Report {
         }
         write!(
             out,
-            "\n{} trials: {} passed, {} failed, {} ignored, {} expected failures",
+            "\n{} trials ({} {} via {}): {} passed, {} failed, {} ignored, {} expected \
+             failures",
             self.trials.len(),
+            self.run.backend,
+            self.run.dtype,
+            self.run.transport,
             self.count(Outcome::Passed),
             self.count(Outcome::Failed),
             self.count(Outcome::Ignored),

@@ -8,28 +8,76 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use llm_worker_rbee::folder::WeightsFormat;
-use llm_worker_rbee::{Backend, Dtype, Generation, LoadOptions, Request, StopReason, Worker};
+use llm_worker_rbee::{
+    Backend, Dtype, Generation, LoadOptions, ModelInfo, Request, StopReason, Worker,
+};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::cases::{Cases, PromptCase, Seed, Tolerance};
+use crate::http::HttpWorker;
 use crate::reference::Reference;
 use crate::report::{Differential, Latency, Outcome, SourceAgreement, TrialRecord};
 use crate::Paths;
 
+/// How trials reach the worker: the library in this process, or a `llm-worker-rbee serve`
+/// process per model over HTTP.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Transport {
+    #[default]
+    Library,
+    Http,
+}
+
+impl Transport {
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Library => "library",
+            Transport::Http => "http",
+        }
+    }
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "library" => Ok(Transport::Library),
+            "http" => Ok(Transport::Http),
+            other => Err(format!("unknown transport `{other}` (library or http)")),
+        }
+    }
+}
+
 /// The backends and dtypes a run covers: `CONFORMANCE_BACKENDS` and `CONFORMANCE_DTYPES`
-/// (comma-separated), by default `cpu` and `f32`.
+/// (comma-separated), by default `cpu` and `f32`; and the transport, `CONFORMANCE_TRANSPORT`
+/// (`library` by default).
 #[derive(Clone, Debug)]
 pub struct Selection {
     pub backends: Vec<Backend>,
     pub dtypes: Vec<Dtype>,
+    pub transport: Transport,
 }
 
 impl Selection {
     pub fn from_env() -> Result<Self, String> {
+        let transport = match std::env::var("CONFORMANCE_TRANSPORT") {
+            Ok(value) => value
+                .parse()
+                .map_err(|e| format!("CONFORMANCE_TRANSPORT: {e}"))?,
+            Err(_) => Transport::Library,
+        };
         Ok(Self {
             backends: list("CONFORMANCE_BACKENDS", Backend::Cpu)?,
             dtypes: list("CONFORMANCE_DTYPES", Dtype::F32)?,
+            transport,
         })
     }
 }
@@ -52,6 +100,7 @@ pub struct TrialSpec {
     pub model: String,
     pub backend: Backend,
     pub dtype: Dtype,
+    pub transport: Transport,
     pub seed: Seed,
     pub prompt: PromptCase,
 }
@@ -69,6 +118,7 @@ pub fn expand(cases: &Cases, selection: &Selection, models: &[String]) -> Vec<Tr
                             model: model.clone(),
                             backend,
                             dtype,
+                            transport: selection.transport,
                             seed,
                             prompt: prompt.clone(),
                         });
@@ -110,9 +160,35 @@ struct SnapshotPrompt<'a> {
     ids: &'a [u32],
 }
 
-/// A model loaded once per backend and dtype, shared by its trials.
+/// What runs a model's requests: the library, or a server over HTTP.
+enum Engine {
+    Library(Box<Worker>),
+    Http(HttpWorker),
+}
+
+impl Engine {
+    fn generate(&mut self, request: &Request) -> Result<Generation, String> {
+        match self {
+            Engine::Library(worker) => worker
+                .generate(request, |_| ControlFlow::Continue(()))
+                .map_err(|e| e.to_string()),
+            Engine::Http(server) => server.generate(request),
+        }
+    }
+
+    /// The worker itself, for the checks that need logits; not over HTTP.
+    fn worker(&mut self) -> Option<&mut Worker> {
+        match self {
+            Engine::Library(worker) => Some(worker),
+            Engine::Http(_) => None,
+        }
+    }
+}
+
+/// A model loaded once per backend, dtype and transport, shared by its trials.
 struct Loaded {
-    worker: Worker,
+    engine: Engine,
+    format: WeightsFormat,
     weights_sha256: String,
 }
 
@@ -123,7 +199,7 @@ type SharedReference = Arc<Result<Option<Reference>, String>>;
 pub struct Suite {
     pub cases: Cases,
     pub paths: Paths,
-    workers: Mutex<HashMap<(String, Backend, Dtype), Slot>>,
+    workers: Mutex<HashMap<(String, Backend, Dtype, Transport), Slot>>,
     references: Mutex<HashMap<String, SharedReference>>,
 }
 
@@ -227,17 +303,51 @@ impl Suite {
         }
         let slot = self.slot(spec);
         let mut guard = slot.lock().unwrap_or_else(PoisonError::into_inner);
-        let loaded = guard.get_or_insert_with(|| load(&dir, spec.backend, spec.dtype));
+        let loaded = guard.get_or_insert_with(|| self.load(&dir, spec));
         match loaded {
             Ok(loaded) => self.check_loaded(spec, loaded),
             Err(e) => Verdict::failed(e.clone()),
         }
     }
 
+    /// Loads the model of `spec` in `dir`: into this process, or into a server of its own.
+    fn load(&self, dir: &Path, spec: &TrialSpec) -> Result<Loaded, String> {
+        let (engine, info) = match spec.transport {
+            Transport::Library => {
+                let options = LoadOptions {
+                    backend: spec.backend,
+                    device: 0,
+                    dtype: spec.dtype,
+                };
+                let worker = Worker::load(dir, options)
+                    .map_err(|e| format!("cannot load the model: {e}"))?;
+                let info = worker.info().clone();
+                (Engine::Library(Box::new(worker)), info)
+            }
+            Transport::Http => {
+                let binary = self.paths.worker_binary.as_ref().ok_or(
+                    "the http transport needs the worker binary in CONFORMANCE_WORKER \
+                     (`cargo xtask test --via http` builds it)",
+                )?;
+                let info =
+                    ModelInfo::inspect(dir).map_err(|e| format!("cannot read the model: {e}"))?;
+                let server = HttpWorker::start(binary, dir, spec.backend, spec.dtype)?;
+                (Engine::Http(server), info)
+            }
+        };
+        let weights_sha256 = weights_sha256(&info.checkpoint.files)
+            .map_err(|e| format!("cannot hash the weights: {e}"))?;
+        Ok(Loaded {
+            engine,
+            format: info.format,
+            weights_sha256,
+        })
+    }
+
     fn slot(&self, spec: &TrialSpec) -> Slot {
         let mut workers = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
         workers
-            .entry((spec.model.clone(), spec.backend, spec.dtype))
+            .entry((spec.model.clone(), spec.backend, spec.dtype, spec.transport))
             .or_default()
             .clone()
     }
@@ -270,11 +380,13 @@ impl Suite {
         let slot = self.slot(&source_spec);
         let mut guard = slot.lock().unwrap_or_else(PoisonError::into_inner);
         let dir = self.paths.model_dir(source);
-        let loaded = guard.get_or_insert_with(|| load(&dir, spec.backend, spec.dtype));
+        let loaded = guard.get_or_insert_with(|| self.load(&dir, &source_spec));
         let loaded = loaded
             .as_mut()
             .map_err(|e| format!("source fixture `{source}`: {e}"))?;
-        generate(&mut loaded.worker, request)
+        loaded
+            .engine
+            .generate(request)
             .map(|g| g.token_ids)
             .map_err(|e| format!("source fixture `{source}`: generation failed: {e}"))
     }
@@ -295,9 +407,9 @@ impl Suite {
 
     fn check_loaded(&self, spec: &TrialSpec, loaded: &mut Loaded) -> Verdict {
         let request = self.request(spec);
-        let worker = &mut loaded.worker;
+        let engine = &mut loaded.engine;
         let started = Instant::now();
-        let generation = match generate(worker, &request) {
+        let generation = match engine.generate(&request) {
             Ok(g) => g,
             Err(e) => return Verdict::failed(format!("generation failed: {e}")),
         };
@@ -339,7 +451,7 @@ impl Suite {
         };
 
         let started = Instant::now();
-        let again = generate(worker, &request);
+        let again = engine.generate(&request);
         let latency = Latency {
             first_ms,
             repeat_ms: started.elapsed().as_secs_f64() * 1000.0,
@@ -355,14 +467,9 @@ impl Suite {
         }
 
         if spec.seed.is_greedy() {
-            let gguf = worker.info().format == WeightsFormat::Gguf;
+            let gguf = loaded.format == WeightsFormat::Gguf;
             let tolerance = self.cases.tolerance(spec.backend, spec.dtype, gguf);
-            failures.extend(greedy_equivalents(worker, &request, &generation));
-            if let Err(message) = recompute(worker, &generation, tolerance, &mut differential) {
-                failures.push(message);
-            }
-            let transformers_reference =
-                !gguf && self.cases.models.source_of(&spec.model).is_none();
+            failures.extend(greedy_equivalents(engine, &request, &generation));
             if let Some(source) = self.cases.models.source_of(&spec.model) {
                 match self.source_tokens(source, spec, &request) {
                     Ok(tokens) => {
@@ -372,15 +479,26 @@ impl Suite {
                     Err(e) => failures.push(e),
                 }
             }
-            if let Some(tolerance) = tolerance.filter(|_| transformers_reference) {
-                let reference = self.reference(&spec.model);
-                let check = ReferenceCheck {
-                    reference: &reference,
-                    max_tokens: self.cases.max_tokens,
-                    tolerance,
-                };
-                if let Err(message) = check.compare(worker, spec, &generation, &mut differential) {
+            // Logits are the library's alone: over HTTP, the goldens (reviewed against the
+            // reference) and the sampling checks are what a client is held to.
+            if let Some(worker) = engine.worker() {
+                if let Err(message) = recompute(worker, &generation, tolerance, &mut differential) {
                     failures.push(message);
+                }
+                let transformers_reference =
+                    !gguf && self.cases.models.source_of(&spec.model).is_none();
+                if let Some(tolerance) = tolerance.filter(|_| transformers_reference) {
+                    let reference = self.reference(&spec.model);
+                    let check = ReferenceCheck {
+                        reference: &reference,
+                        max_tokens: self.cases.max_tokens,
+                        tolerance,
+                    };
+                    if let Err(message) =
+                        check.compare(worker, spec, &generation, &mut differential)
+                    {
+                        failures.push(message);
+                    }
                 }
             }
         }
@@ -391,21 +509,6 @@ impl Suite {
             latency: Some(latency),
         }
     }
-}
-
-fn load(dir: &Path, backend: Backend, dtype: Dtype) -> Result<Loaded, String> {
-    let options = LoadOptions {
-        backend,
-        device: 0,
-        dtype,
-    };
-    let worker = Worker::load(dir, options).map_err(|e| format!("cannot load the model: {e}"))?;
-    let weights_sha256 = weights_sha256(&worker.info().checkpoint.files)
-        .map_err(|e| format!("cannot hash the weights: {e}"))?;
-    Ok(Loaded {
-        worker,
-        weights_sha256,
-    })
 }
 
 /// The sha256 of a single weight file, or of the `sha256sum` listing of several.
@@ -430,10 +533,6 @@ fn weights_sha256(files: &[PathBuf]) -> std::io::Result<String> {
 
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn generate(worker: &mut Worker, request: &Request) -> llm_worker_rbee::Result<Generation> {
-    worker.generate(request, |_| ControlFlow::Continue(()))
 }
 
 /// The golden snapshot of `name` must equal `contents`. Returns the sha256 of the golden file.
@@ -480,7 +579,7 @@ fn check_snapshot(dir: &Path, name: &str, contents: &str) -> Result<String, Stri
 
 /// top_k = 1 and a tiny top_p leave only the greedy token, whatever the temperature and seed.
 fn greedy_equivalents(
-    worker: &mut Worker,
+    engine: &mut Engine,
     greedy: &Request,
     generation: &Generation,
 ) -> Vec<String> {
@@ -506,7 +605,7 @@ fn greedy_equivalents(
     ];
     variants
         .into_iter()
-        .filter_map(|(what, request)| match generate(worker, &request) {
+        .filter_map(|(what, request)| match engine.generate(&request) {
             Ok(g) if g.token_ids == generation.token_ids => None,
             Ok(g) => Some(format!(
                 "{what} gave {:?}, greedy gave {:?}",

@@ -4,6 +4,8 @@
 //! record for `cargo xtask test` to aggregate.
 //!
 //! `CONFORMANCE_WRITE_FIXTURES` makes it write the missing fixture models first.
+//! `CONFORMANCE_TRANSPORT=http` runs the trials through a `serve` process per model, the binary
+//! `CONFORMANCE_WORKER` names (`cargo xtask test --via http` sets both).
 //!
 //! Where no cargo is at hand (a bundle on a GPU machine), setting `CONFORMANCE_REPORT_DIR` makes
 //! the harness write report.json and junit.xml there itself, for one backend and dtype, with
@@ -97,8 +99,7 @@ fn report_run(selection: &Selection) -> Result<Option<(PathBuf, RunInfo)>, Strin
         .unwrap_or_else(|| "unknown-host".into());
     let commit = var("CONFORMANCE_GIT_COMMIT").unwrap_or_else(|| "unknown".into());
     let dirty = var("CONFORMANCE_GIT_DIRTY").is_none_or(|d| d != "false");
-    Ok(Some((
-        dir,
-        RunInfo::starting_now(host, *backend, *dtype, commit, dirty),
-    )))
+    let mut run = RunInfo::starting_now(host, *backend, *dtype, commit, dirty);
+    run.transport = selection.transport.name().into();
+    Ok(Some((dir, run)))
 }

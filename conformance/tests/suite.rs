@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use conformance::report::Outcome;
-use conformance::trial::{expand, Selection, Suite};
+use conformance::trial::{expand, Selection, Suite, Transport};
 use conformance::{Cases, Paths};
 use llm_worker_rbee::{synth, Backend, Dtype};
 
@@ -34,12 +34,14 @@ fn outcomes_on(root: &Path, extra: &str, backend: Backend) -> Vec<(String, Outco
         golden: root.join("golden"),
         records: root.join("records"),
         models: Vec::new(),
+        worker_binary: None,
     };
     std::fs::write(&paths.cases, format!("{CASES}\n{extra}")).unwrap();
     let cases = Cases::load(&paths.cases).unwrap();
     let selection = Selection {
         backends: vec![backend],
         dtypes: vec![Dtype::F32],
+        transport: Transport::Library,
     };
     let specs = expand(&cases, &selection, &cases.models.ids());
     let suite = Suite::new(cases, paths);

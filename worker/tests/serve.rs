@@ -237,6 +237,10 @@ fn a_full_queue_gets_503_with_retry_after() {
         "{metrics}"
     );
     assert!(metrics.contains("llm_worker_busy 1"), "{metrics}");
+    let (status, health) = server.get("/health");
+    assert_eq!(status, 200);
+    let health: Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(health["status"], "busy", "{health}");
 }
 
 #[test]

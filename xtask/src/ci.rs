@@ -21,6 +21,9 @@ const STEPS: &[(&str, Step)] = &[
     ("fixtures", |_| crate::fixtures::run(&Default::default())),
     ("tests", |sh| Ok(cmd!(sh, "cargo test --workspace").run()?)),
     ("conformance", |_| test::run(&test::Args::cpu())),
+    ("conformance over http", |_| {
+        test::run(&test::Args::cpu_http())
+    }),
     ("conformance under nextest", |sh| {
         Ok(cmd!(sh, "cargo nextest run -p conformance --no-fail-fast").run()?)
     }),
@@ -51,7 +54,7 @@ pub fn run() -> Result<()> {
 fn fault_injection(sh: &Shell) -> Result<()> {
     let records = test::conformance_dir().join("fault-injection-records");
     let args = test::Args::cpu();
-    let outcome = test::harness(sh, &args, &records, &["llm-worker-rbee/fault-injection"])?
+    let outcome = test::harness(sh, &args, &records, &["fault-injection"])?
         .env("INSTA_UPDATE", "no")
         .quiet()
         .ignore_stdout()

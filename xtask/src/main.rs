@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask <command>`. Each command is a plain function in its own module.
 
+mod bench;
 mod build;
 mod bundle;
 mod ci;
@@ -58,6 +59,9 @@ enum Command {
     Snapshots(snapshots::Args),
     /// Write MODEL_SUPPORT.md from the committed reports in golden/reports/.
     SupportMatrix(support_matrix::Args),
+    /// Measure speed and memory (figures, not tests): `bench http` loads the HTTP worker with
+    /// concurrent clients.
+    Bench(bench::Args),
     /// Run every check CI runs: formatting, clippy, fixtures, tests, the conformance suite
     /// (also under nextest and with the fault injected), and the support matrix.
     Ci,
@@ -75,6 +79,7 @@ fn main() -> Result<()> {
         Command::Results(args) => results::run(&args),
         Command::Snapshots(args) => snapshots::run(&args),
         Command::SupportMatrix(args) => support_matrix::run(&args),
+        Command::Bench(args) => bench::run(&args),
         Command::Ci => ci::run(),
     }
 }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use conformance::report::{Report, RunInfo};
+use conformance::trial::Transport;
 use llm_worker_rbee::{synth, Backend, Dtype};
 use xshell::{cmd, Shell};
 
@@ -30,6 +31,11 @@ pub struct Args {
     /// fixtures (repeatable). Their snapshots are new: review them with `cargo xtask snapshots`.
     #[arg(long = "model", value_name = "ID")]
     pub models: Vec<String>,
+    /// How trials reach the worker: `library` (in the harness's process) or `http` (a
+    /// `llm-worker-rbee serve` process per model, its SSE streams checked against the same
+    /// goldens; the logit checks are the library's alone).
+    #[arg(long, default_value = "library", value_name = "TRANSPORT", value_parser = transport)]
+    pub via: Transport,
     /// Trial-name filters for the harness, e.g. `-- qwen2/` or `-- --exact NAME`.
     #[arg(last = true, value_name = "FILTER")]
     pub filters: Vec<String>,
@@ -43,9 +49,22 @@ impl Args {
             host_label: None,
             record: false,
             models: Vec::new(),
+            via: Transport::Library,
             filters: Vec::new(),
         }
     }
+
+    /// The CPU f32 suite over HTTP.
+    pub fn cpu_http() -> Self {
+        Self {
+            via: Transport::Http,
+            ..Self::cpu()
+        }
+    }
+}
+
+fn transport(value: &str) -> Result<Transport, String> {
+    value.parse()
 }
 
 pub fn conformance_dir() -> PathBuf {
@@ -71,7 +90,8 @@ pub fn run(args: &Args) -> Result<()> {
         None => hostname(&sh),
     };
     let (git_commit, git_dirty) = git_state(&sh);
-    let run = RunInfo::starting_now(host, args.backend, args.dtype, git_commit, git_dirty);
+    let mut run = RunInfo::starting_now(host, args.backend, args.dtype, git_commit, git_dirty);
+    run.transport = args.via.name().into();
     let listed: String = models
         .iter()
         .map(|(id, folder)| format!("{id}={}\n", folder.display()))
@@ -111,19 +131,17 @@ pub fn run(args: &Args) -> Result<()> {
 }
 
 /// Copies a report into golden/reports/, the evidence the support matrix is made from; a run
-/// of real models is named after them too.
+/// of real models is named after them too, and one over HTTP says so.
 pub fn record(report: &Report, file: &Path, models: &[String]) -> Result<()> {
     let run = &report.run;
-    let name = match models {
-        [] => format!("{}-{}-{}.json", run.host, run.backend, run.dtype),
-        _ => format!(
-            "{}-{}-{}-{}.json",
-            run.host,
-            run.backend,
-            run.dtype,
-            models.join("+")
-        ),
-    };
+    let mut name = format!("{}-{}-{}", run.host, run.backend, run.dtype);
+    if !models.is_empty() {
+        name = format!("{name}-{}", models.join("+"));
+    }
+    if run.transport != Transport::Library.name() {
+        name = format!("{name}-{}", run.transport);
+    }
+    let name = format!("{name}.json");
     let recorded = project_root().join("golden/reports").join(name);
     std::fs::create_dir_all(recorded.parent().unwrap())?;
     std::fs::copy(file, &recorded)?;
@@ -146,17 +164,32 @@ pub fn git_state(sh: &Shell) -> (String, bool) {
 }
 
 /// The command that runs the harness so that it writes one record per trial into `records`
-/// (emptied first), with the worker built with `features` too.
+/// (emptied first), with the worker built with `worker_features` too (e.g. `fault-injection`).
+/// Over HTTP, the worker binary is built first, with the same features.
 pub fn harness<'a>(
     sh: &'a Shell,
     args: &Args,
     records: &Path,
-    features: &[&str],
+    worker_features: &[&str],
 ) -> Result<xshell::Cmd<'a>> {
     if records.exists() {
         std::fs::remove_dir_all(records)?;
     }
-    let mut features: Vec<String> = features.iter().map(|f| f.to_string()).collect();
+    let worker = match args.via {
+        Transport::Library => None,
+        Transport::Http => {
+            let build = crate::build::Args {
+                backend: args.backend,
+                release: false,
+                cuda_compute_cap: None,
+            };
+            Some(crate::build::build(&build, worker_features)?.worker)
+        }
+    };
+    let mut features: Vec<String> = worker_features
+        .iter()
+        .map(|f| format!("llm-worker-rbee/{f}"))
+        .collect();
     features.extend(crate::build::backend_feature(args.backend));
     let features = if features.is_empty() {
         vec![]
@@ -165,15 +198,20 @@ pub fn harness<'a>(
     };
     let target = crate::build::prepare(sh, args.backend, None)?;
     let filters = &args.filters;
-    Ok(cmd!(
+    let mut harness = cmd!(
         sh,
         "cargo test -p conformance --test conformance {features...} --target-dir {target} -- {filters...}"
-    )
-    .env("CONFORMANCE_BACKENDS", args.backend.name())
-    .env("CONFORMANCE_DTYPES", args.dtype.name())
-    .env("CONFORMANCE_RECORDS", records)
-    .env("CONFORMANCE_FIXTURES", crate::fixtures::default_dir())
-    .env("INSTA_WORKSPACE_ROOT", project_root()))
+    );
+    if let Some(worker) = worker {
+        harness = harness.env("CONFORMANCE_WORKER", worker);
+    }
+    Ok(harness
+        .env("CONFORMANCE_TRANSPORT", args.via.name())
+        .env("CONFORMANCE_BACKENDS", args.backend.name())
+        .env("CONFORMANCE_DTYPES", args.dtype.name())
+        .env("CONFORMANCE_RECORDS", records)
+        .env("CONFORMANCE_FIXTURES", crate::fixtures::default_dir())
+        .env("INSTA_WORKSPACE_ROOT", project_root()))
 }
 
 /// Writes the fixtures whose folder is missing (`cargo xtask fixtures` checks their bytes).

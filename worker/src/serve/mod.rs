@@ -24,6 +24,7 @@ use axum::http::{header, StatusCode};
 use axum::response::sse::{self, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use futures::{Stream, StreamExt};
 use serde_json::json;
@@ -110,6 +111,14 @@ async fn serve(
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("cannot listen on {address}"))?;
+    let local = listener.local_addr()?;
+    // Token events are small writes: without TCP_NODELAY, Nagle's algorithm holds each one
+    // until the client's delayed ACK, some 40 ms.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::warn!(%error, "cannot set TCP_NODELAY on a connection");
+        }
+    });
     let app = Router::new()
         .route("/execute", post(execute))
         .route("/health", get(health))
@@ -117,7 +126,6 @@ async fn serve(
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state.clone());
     // Clients (and the tests) read the port from this line.
-    let local = listener.local_addr()?;
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "listening on http://{local}")?;
     stdout.flush()?;
