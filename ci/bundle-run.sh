@@ -4,10 +4,12 @@
 # packs what a reviewer needs into one results archive: per dtype report.json, junit.xml, the
 # harness log, and every pending snapshot (.snap.new); never accepts a snapshot.
 #
-#   ./run.sh [--dtype f32|bf16|f16]... [--fault-injection] [--cuda-lib-dir DIR]
-#            [--host-label LABEL] [--out FILE] [-- FILTER...]
+#   ./run.sh [--dtype f32|bf16|f16]... [--via library|http]... [--fault-injection]
+#            [--cuda-lib-dir DIR] [--host-label LABEL] [--out FILE] [-- FILTER...]
 #
-# --dtype may repeat (default f32). --fault-injection also runs the harness built with the
+# --dtype may repeat (default f32), and so may --via (default library): `http` runs the trials
+# through a `llm-worker-rbee serve` process per model (bin/llm-worker-rbee) and checks the same
+# goldens. --fault-injection also runs the harness built with the
 # worker's fault-injection feature, which must fail. CUDA libraries are searched in
 # --cuda-lib-dir, $CUDA_HOME, /usr/local/cuda and any site-packages/nvidia/*/lib. Exits non-zero
 # when a trial failed or the fault-injection run passed.
@@ -18,6 +20,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 source "$here/bundle.env"
 
 dtypes=()
+transports=()
 fault=0
 lib_dir=""
 host="$(hostname 2>/dev/null || echo unknown-host)"
@@ -26,6 +29,7 @@ filters=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --dtype) dtypes+=("$2"); shift 2 ;;
+    --via) transports+=("$2"); shift 2 ;;
     --fault-injection) fault=1; shift ;;
     --cuda-lib-dir) lib_dir="$2"; shift 2 ;;
     --host-label) host="$2"; shift 2 ;;
@@ -36,6 +40,13 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ ${#dtypes[@]} -gt 0 ] || dtypes=(f32)
+[ ${#transports[@]} -gt 0 ] || transports=(library)
+for via in "${transports[@]}"; do
+  case "$via" in
+    library | http) ;;
+    *) echo "run.sh: --via takes library or http, not '$via'" >&2; exit 2 ;;
+  esac
+done
 
 # The CUDA libraries the binaries link to; the driver's libcuda.so.1 comes from the system.
 if [ "$BACKEND" = cuda ]; then
@@ -83,18 +94,23 @@ fi
 echo "fixtures: $(wc -l < "$here/conformance/fixtures.lock") files match conformance/fixtures.lock"
 
 status=0
-run_harness() { # binary, dtype, results subfolder
-  local dir="$results/$3"
+run_harness() { # binary, dtype, transport, results subfolder
+  local dir="$results/$4"
   mkdir -p "$dir"
-  CONFORMANCE_DTYPES="$2" CONFORMANCE_RECORDS="$dir/records" CONFORMANCE_REPORT_DIR="$dir" \
+  CONFORMANCE_DTYPES="$2" CONFORMANCE_TRANSPORT="$3" CONFORMANCE_WORKER="$here/bin/llm-worker-rbee" \
+    CONFORMANCE_RECORDS="$dir/records" CONFORMANCE_REPORT_DIR="$dir" \
     "$here/bin/$1" "${filters[@]}" 2>&1 | tee "$dir/log.txt"
   return "${PIPESTATUS[0]}"
 }
-for dtype in "${dtypes[@]}"; do
-  run_harness conformance "$dtype" "$BACKEND-$dtype" || status=1
+for via in "${transports[@]}"; do
+  for dtype in "${dtypes[@]}"; do
+    suffix=""
+    [ "$via" = library ] || suffix="-$via"
+    run_harness conformance "$dtype" "$via" "$BACKEND-$dtype$suffix" || status=1
+  done
 done
 if [ "$fault" = 1 ]; then
-  if INSTA_UPDATE=no run_harness conformance-fault-injection f32 "fault-injection-$BACKEND-f32" > /dev/null; then
+  if INSTA_UPDATE=no run_harness conformance-fault-injection f32 library "fault-injection-$BACKEND-f32" > /dev/null; then
     echo "run.sh: the fault-injection run passed; it must fail" >&2
     status=1
   else
