@@ -26,7 +26,8 @@ pub struct HttpWorker {
     runtime: tokio::runtime::Runtime,
 }
 
-/// The events of `/execute`, as the server writes them.
+/// The events of `/execute`, as README.md documents them; written apart from the server's own
+/// type, so that a change to the wire format fails the suite instead of following on both sides.
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum Event {

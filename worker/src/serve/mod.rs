@@ -198,6 +198,7 @@ async fn execute(
 ) -> Response {
     let arrived = Instant::now();
     let refuse = |error: ApiError| {
+        tracing::info!(field = error.field, reason = error.message, "refused");
         state.metrics.request(Outcome::Invalid);
         error.into_response()
     };
