@@ -94,8 +94,9 @@ pub fn render(cases: &Cases, reports: &[CommittedReport], snapshots: &Path) -> S
          to fail** (every trial failed as `cases.toml` expects, for the reason it gives), \
          **failed** (trials failed / trials run), with the number of greedy trials whose tokens left the \
          reference's at a near tie (**diverged**, allowed where `cases.toml` says so), **stale** (a golden snapshot changed after the \
-         run), **ignored** (the model was not present), or *not run*. The footnote says which \
-         host ran it, at which commit and when. Rows are the fixture models of \
+         run), **ignored** (the model was not present), or *not run*; **over http** when the trials \
+         went through `llm-worker-rbee serve` (`cargo xtask test --via http`) rather than the \
+         library. The footnote says which host ran it, at which commit and when. Rows are the fixture models of \
          `conformance/cases.toml`: tiny random-weight models that exercise each architecture's \
          code, not the released checkpoints. GGUF fixtures are quantized from a SafeTensors \
          fixture; **source e/s** says how many of their greedy steps (summed over prompts) \
@@ -182,7 +183,7 @@ fn table(
                 let Some(showing) = showing(&committed.report, model, snapshots) else {
                     continue;
                 };
-                let text = match showing {
+                let mut text = match showing {
                     Showing::Passed {
                         expected_failures,
                         ignored,
@@ -209,6 +210,10 @@ fn table(
                     Showing::Ignored => "ignored".into(),
                     Showing::ExpectedToFail(n) => format!("expected to fail ({n}/{n})"),
                 };
+                // The library transport is the default; another one is named in the cell.
+                if run.transport != "library" {
+                    write!(text, " over {}", run.transport).unwrap();
+                }
                 shown.push(format!("{text} [{}]", i + 1));
             }
             let cell = if shown.is_empty() {
@@ -298,9 +303,12 @@ mod tests {
             }),
             ..trial("a", Outcome::Passed, "A")
         };
+        let mut over_http = report("box", vec![trial("a", Outcome::Passed, "A")]);
+        over_http.report.run.transport = "http".into();
         let reports = [
             report("box", vec![diverged, trial("b", Outcome::Passed, "B")]),
             report("laptop", vec![trial("a", Outcome::Failed, "A")]),
+            over_http,
         ];
         let text = render(&cases(), &reports, snapshots.path());
         let row = |model: &str| {
@@ -311,7 +319,7 @@ mod tests {
         };
         assert_eq!(
             row("a"),
-            "| a | passed, 1 diverged [1]; failed 1/1 [2] | *not run* |"
+            "| a | passed, 1 diverged [1]; failed 1/1 [2]; passed over http [3] | *not run* |"
         );
         assert_eq!(row("b"), "| b | stale [1] | *not run* |");
         assert_eq!(row("c"), "| c | *not run* | *not run* |");
