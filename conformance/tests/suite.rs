@@ -24,10 +24,15 @@ ids = [300]
 "#;
 
 fn outcomes(root: &Path, extra: &str) -> Vec<(String, Outcome, String)> {
-    outcomes_on(root, extra, Backend::Cpu)
+    outcomes_on(root, extra, Backend::Cpu, Transport::Library)
 }
 
-fn outcomes_on(root: &Path, extra: &str, backend: Backend) -> Vec<(String, Outcome, String)> {
+fn outcomes_on(
+    root: &Path,
+    extra: &str,
+    backend: Backend,
+    transport: Transport,
+) -> Vec<(String, Outcome, String)> {
     let paths = Paths {
         cases: root.join("cases.toml"),
         fixtures: root.join("fixtures"),
@@ -41,7 +46,7 @@ fn outcomes_on(root: &Path, extra: &str, backend: Backend) -> Vec<(String, Outco
     let selection = Selection {
         backends: vec![backend],
         dtypes: vec![Dtype::F32],
-        transport: Transport::Library,
+        transport,
     };
     let specs = expand(&cases, &selection, &cases.models.ids());
     let suite = Suite::new(cases, paths);
@@ -127,7 +132,7 @@ fn trials_pass_fail_are_expected_to_fail_or_are_ignored_as_the_goldens_say() {
 
     // A backend this binary was built without fails with the reason, it is not skipped.
     if !Backend::Cuda.is_compiled_in() {
-        let cuda = outcomes_on(root.path(), "", Backend::Cuda);
+        let cuda = outcomes_on(root.path(), "", Backend::Cuda, Transport::Library);
         assert_eq!(cuda[0].0, "qwen2/cuda-f32/greedy/single-token");
         assert_eq!(cuda[0].1, Outcome::Failed);
         assert!(
@@ -138,4 +143,15 @@ fn trials_pass_fail_are_expected_to_fail_or_are_ignored_as_the_goldens_say() {
             cuda[0].2
         );
     }
+
+    // Over HTTP without the worker binary: a failure that says how to get it.
+    let http = outcomes_on(root.path(), "", Backend::Cpu, Transport::Http);
+    assert_eq!(http[0].1, Outcome::Failed);
+    assert!(
+        http[0]
+            .2
+            .contains("needs the worker binary in CONFORMANCE_WORKER"),
+        "{}",
+        http[0].2
+    );
 }
