@@ -94,7 +94,7 @@ pub fn render(cases: &Cases, reports: &[CommittedReport], snapshots: &Path) -> S
          to fail** (every trial failed as `cases.toml` expects, for the reason it gives), \
          **failed** (trials failed / trials run), with the number of greedy trials whose tokens left the \
          reference's at a near tie (**diverged**, allowed where `cases.toml` says so), **stale** (a golden snapshot changed after the \
-         run), **ignored** (the model was not present), or *not run*; **over http** when the trials \
+         run), **ignored** (the model was not present), or *not run*; **over http:** when the trials \
          went through `llm-worker-rbee serve` (`cargo xtask test --via http`) rather than the \
          library. The footnote says which host ran it, at which commit and when. Rows are the fixture models of \
          `conformance/cases.toml`: tiny random-weight models that exercise each architecture's \
@@ -212,7 +212,7 @@ fn table(
                 };
                 // The library transport is the default; another one is named in the cell.
                 if run.transport != "library" {
-                    write!(text, " over {}", run.transport).unwrap();
+                    text = format!("over {}: {text}", run.transport);
                 }
                 shown.push(format!("{text} [{}]", i + 1));
             }
@@ -319,7 +319,7 @@ mod tests {
         };
         assert_eq!(
             row("a"),
-            "| a | passed, 1 diverged [1]; failed 1/1 [2]; passed over http [3] | *not run* |"
+            "| a | passed, 1 diverged [1]; failed 1/1 [2]; over http: passed [3] | *not run* |"
         );
         assert_eq!(row("b"), "| b | stale [1] | *not run* |");
         assert_eq!(row("c"), "| c | *not run* | *not run* |");
