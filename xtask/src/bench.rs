@@ -32,8 +32,10 @@ struct HttpArgs {
     /// A model folder, or the id of a fixture in target/fixtures (written if missing).
     #[arg(long, value_name = "DIR|FIXTURE", default_value = "llama")]
     model: String,
+    /// Where the server runs; not `cpu` needs that backend compiled in and a device.
     #[arg(long, value_enum, default_value_t = Backend::Cpu)]
     backend: Backend,
+    /// The dtype of weights and activations.
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
     dtype: Dtype,
     /// Requests measured, after the warm-up.

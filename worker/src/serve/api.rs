@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
+use super::chat::ChatTemplate;
 use crate::generate::{Prompt, Request, StopReason};
 
 /// The fields `/execute` accepts; any other is refused, so that a misspelt parameter is never
@@ -70,23 +71,26 @@ pub struct Message {
 }
 
 /// The prompt as the client gave it: chat messages still need the template.
-#[derive(Clone, Debug)]
-pub enum Input {
+enum Input {
     Prompt(Prompt),
     Messages(Vec<Message>),
 }
 
-/// A parsed `/execute` body. `request.prompt` is a placeholder until `input` is resolved.
+/// A parsed `/execute` body.
 #[derive(Clone, Debug)]
 pub struct Execute {
     pub job_id: Option<String>,
-    pub input: Input,
     pub request: Request,
 }
 
-/// Parses and checks an `/execute` body, everything that does not need the tokenizer:
-/// `context` is the model's context length, the most `max_tokens` can be.
-pub fn parse_execute(body: &[u8], context: usize) -> Result<Execute, ApiError> {
+/// Parses and checks an `/execute` body, everything that does not need the model's tokenizer
+/// beyond the chat template: `context` is the model's context length, the most `max_tokens` can
+/// be; `chat` renders `messages`.
+pub fn parse_execute(
+    body: &[u8],
+    context: usize,
+    chat: Option<&ChatTemplate>,
+) -> Result<Execute, ApiError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request("body", format!("is not valid JSON: {e}")))?;
     let Value::Object(mut object) = value else {
@@ -130,26 +134,38 @@ pub fn parse_execute(body: &[u8], context: usize) -> Result<Execute, ApiError> {
             format!("is {max_tokens}, more than the model's context of {context} tokens"),
         ));
     }
+    let temperature = take(&mut object, "temperature")?.unwrap_or(0.0);
+    let top_p = take(&mut object, "top_p")?;
+    let top_k = take(&mut object, "top_k")?;
+    let seed = take(&mut object, "seed")?.unwrap_or(0);
+    let repeat_penalty = take(&mut object, "repeat_penalty")?;
+    let ignore_eos = take(&mut object, "ignore_eos")?.unwrap_or(false);
+    // Rendered last: every other field is checked first.
+    let prompt = match input {
+        Input::Prompt(prompt) => prompt,
+        Input::Messages(messages) => {
+            let chat = chat.ok_or_else(|| {
+                ApiError::bad_request(
+                    "messages",
+                    "the model has no chat template (no chat_template in tokenizer_config.json); \
+                     send prompt or prompt_ids",
+                )
+            })?;
+            Prompt::Ids(chat.prompt_ids(&messages)?)
+        }
+    };
     let request = Request {
-        // Checked by `validate` below like any prompt; messages are checked once rendered.
-        prompt: match &input {
-            Input::Prompt(prompt) => prompt.clone(),
-            Input::Messages(_) => Prompt::Ids(vec![0]),
-        },
+        prompt,
         max_tokens,
-        temperature: take(&mut object, "temperature")?.unwrap_or(0.0),
-        top_p: take(&mut object, "top_p")?,
-        top_k: take(&mut object, "top_k")?,
-        seed: take(&mut object, "seed")?.unwrap_or(0),
-        repeat_penalty: take(&mut object, "repeat_penalty")?,
-        ignore_eos: take(&mut object, "ignore_eos")?.unwrap_or(false),
+        temperature,
+        top_p,
+        top_k,
+        seed,
+        repeat_penalty,
+        ignore_eos,
     };
     request.validate().map_err(from_worker_error)?;
-    Ok(Execute {
-        job_id,
-        input,
-        request,
-    })
+    Ok(Execute { job_id, request })
 }
 
 /// Removes `field` from `object` and reads it as a `T`; `null` counts as absent.

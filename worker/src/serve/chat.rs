@@ -89,6 +89,12 @@ impl ChatTemplate {
             .tokenizer
             .encode(text, false)
             .map_err(|e| ApiError::bad_request("messages", format!("cannot be tokenized: {e}")))?;
+        if encoding.get_ids().is_empty() {
+            return Err(ApiError::bad_request(
+                "messages",
+                "the model's chat template renders them as no tokens",
+            ));
+        }
         Ok(encoding.get_ids().to_vec())
     }
 }

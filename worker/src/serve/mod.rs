@@ -31,11 +31,10 @@ use serde_json::json;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::oneshot;
 
-use self::api::{ApiError, Event, Input};
+use self::api::{ApiError, Event};
 use self::chat::ChatTemplate;
 use self::generation::{Generator, Reply};
 use self::metrics::{Metrics, Outcome};
-use crate::generate::Prompt;
 use crate::worker::{LoadOptions, ModelInfo};
 
 /// The largest `/execute` body accepted; larger ones get 413.
@@ -212,28 +211,14 @@ async fn execute(
             })
         }
     };
-    let parsed = match api::parse_execute(&body, state.info.context_length) {
+    let parsed = match api::parse_execute(&body, state.info.context_length, state.chat.as_ref()) {
         Ok(parsed) => parsed,
         Err(error) => return refuse(error),
     };
-    let mut request = parsed.request;
-    if let Input::Messages(messages) = &parsed.input {
-        let Some(chat) = &state.chat else {
-            return refuse(ApiError::bad_request(
-                "messages",
-                "the model has no chat template (no chat_template in tokenizer_config.json); \
-                 send prompt or prompt_ids",
-            ));
-        };
-        match chat.prompt_ids(messages) {
-            Ok(ids) => request.prompt = Prompt::Ids(ids),
-            Err(error) => return refuse(error),
-        }
-    }
     let job_id = parsed
         .job_id
         .unwrap_or_else(|| format!("job-{}", state.next_job.fetch_add(1, Ordering::Relaxed)));
-    let Some(mut replies) = state.generator.submit(job_id, request, arrived) else {
+    let Some(mut replies) = state.generator.submit(job_id, parsed.request, arrived) else {
         state.metrics.request(Outcome::Overloaded);
         return unavailable("the queue is full; retry later");
     };
