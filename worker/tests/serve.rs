@@ -364,3 +364,37 @@ fn logs_are_json_lines_that_carry_the_job_id() {
     assert_eq!(finished["stop_reason"], "max_tokens");
     assert!(lines.iter().any(|line| line["message"] == "model loaded"));
 }
+
+#[test]
+fn a_request_whose_client_left_while_it_waited_is_not_run() {
+    let fixture = long_fixture();
+    let server = Server::start(fixture.path());
+    let mut running = server.execute(&json!({"job_id": "running", "prompt": "hello",
+        "max_tokens": 4000, "ignore_eos": true}));
+    assert_eq!(running.event().unwrap().0, "started");
+    // Queued behind the running job; its client leaves before it starts.
+    let mut waiting = server.connect();
+    let body = json!({"job_id": "left-waiting", "prompt": "hello", "max_tokens": 4}).to_string();
+    let head = format!(
+        "POST /execute HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    std::io::Write::write_all(&mut waiting, head.as_bytes()).unwrap();
+    // Both ends are on loopback: the server sees the close long before the running job ends.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    drop(waiting);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    drop(running);
+
+    let output = server.generate(&json!({"prompt": "hello", "max_tokens": 8, "ignore_eos": true}));
+    assert_eq!(output.ids.len(), 8);
+    let metrics = server.metrics();
+    assert!(
+        metrics.contains("job_id=\"running\",stop_reason=\"cancelled\""),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("left-waiting"), "{metrics}");
+    assert_eq!(server.requests("cancelled"), 2, "{metrics}");
+    assert_eq!(server.requests("completed"), 1, "{metrics}");
+}
