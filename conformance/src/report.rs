@@ -432,10 +432,11 @@ struct Grid {
 }
 
 impl Grid {
-    fn new(records: &[TrialRecord]) -> Self {
+    /// Records with the column each belongs to.
+    fn new(records: &[(String, &TrialRecord)]) -> Self {
         let mut grid = Grid::default();
-        for record in records {
-            let column = format!("{}-{}", record.backend, record.dtype);
+        for (column, record) in records {
+            let column = column.clone();
             if !grid.models.contains(&record.model) {
                 grid.models.push(record.model.clone());
             }
@@ -468,6 +469,15 @@ impl Grid {
 
 /// The terminal table of a run: rows = models, columns = backend-dtype.
 pub fn table(records: &[TrialRecord]) -> String {
+    let columns: Vec<(String, &TrialRecord)> = records
+        .iter()
+        .map(|r| (format!("{}-{}", r.backend, r.dtype), r))
+        .collect();
+    table_by_column(&columns)
+}
+
+/// A terminal table with the columns given: rows = models, in first-seen order.
+pub fn table_by_column(records: &[(String, &TrialRecord)]) -> String {
     let grid = Grid::new(records);
     let width = grid
         .models

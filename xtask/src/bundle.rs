@@ -31,14 +31,47 @@ pub struct Args {
 pub fn run(args: &Args) -> Result<()> {
     let sh = Shell::new()?;
     sh.change_dir(project_root());
+    let (name, stage) = stage(&sh, args.backend, args.cuda_compute_cap)?;
+
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| target_dir().join("bundle").join(format!("{name}.tar.gz")));
+    let file = File::create(&out).with_context(|| format!("creating {}", out.display()))?;
+    let mut archive = tar::Builder::new(GzEncoder::new(file, flate2::Compression::best()));
+    archive.append_dir_all(&name, &stage)?;
+    archive.into_inner()?.finish()?;
+    let size = std::fs::metadata(&out)?.len();
+    if size > MAX_BYTES {
+        bail!(
+            "{} is {size} bytes, over the {MAX_BYTES} a bundle may have",
+            out.display()
+        );
+    }
+    println!(
+        "{} ({:.1} MB): on the GPU machine, `tar xzf {} && {name}/run.sh --dtype f32 --dtype bf16 --fault-injection`",
+        out.display(),
+        size as f64 / 1e6,
+        out.file_name().unwrap_or_default().to_string_lossy(),
+    );
+    Ok(())
+}
+
+/// Builds the release binaries for `backend` and lays out the bundle's folder,
+/// target/bundle/llm-worker-rbee-<backend>/; returns its name and path.
+pub fn stage(
+    sh: &Shell,
+    backend: Backend,
+    cuda_compute_cap: Option<u32>,
+) -> Result<(String, PathBuf)> {
     let build_args = build::Args {
-        backend: args.backend,
+        backend,
         release: true,
-        cuda_compute_cap: args.cuda_compute_cap,
+        cuda_compute_cap,
     };
     let built = build::build(&build_args, &[])?;
     let faulty = build::build(&build_args, &["fault-injection"])?;
-    let name = format!("llm-worker-rbee-{}", args.backend);
+    let name = format!("llm-worker-rbee-{backend}");
     let stage = target_dir().join("bundle").join(&name);
     if stage.exists() {
         std::fs::remove_dir_all(&stage)?;
@@ -75,37 +108,16 @@ pub fn run(args: &Args) -> Result<()> {
     let run_sh = stage.join("run.sh");
     std::fs::write(&run_sh, include_str!("../../ci/bundle-run.sh"))?;
     std::fs::set_permissions(&run_sh, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    let (commit, dirty) = test::git_state(&sh);
+    let (commit, dirty) = test::git_state(sh);
     std::fs::write(
         stage.join("bundle.env"),
         format!(
             "BACKEND={}\nGIT_COMMIT={commit}\nGIT_DIRTY={dirty}\n",
-            args.backend
+            backend
         ),
     )?;
 
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| target_dir().join("bundle").join(format!("{name}.tar.gz")));
-    let file = File::create(&out).with_context(|| format!("creating {}", out.display()))?;
-    let mut archive = tar::Builder::new(GzEncoder::new(file, flate2::Compression::best()));
-    archive.append_dir_all(&name, &stage)?;
-    archive.into_inner()?.finish()?;
-    let size = std::fs::metadata(&out)?.len();
-    if size > MAX_BYTES {
-        bail!(
-            "{} is {size} bytes, over the {MAX_BYTES} a bundle may have",
-            out.display()
-        );
-    }
-    println!(
-        "{} ({:.1} MB): on the GPU machine, `tar xzf {} && {name}/run.sh --dtype f32 --dtype bf16 --fault-injection`",
-        out.display(),
-        size as f64 / 1e6,
-        out.file_name().unwrap_or_default().to_string_lossy(),
-    );
-    Ok(())
+    Ok((name, stage))
 }
 
 fn copy_tree(from: &Path, to: &Path) -> Result<()> {

@@ -3,11 +3,12 @@
 
 use anyhow::{bail, Context, Result};
 use conformance::report::{Report, RunInfo};
+use conformance::trial::Transport;
 use conformance::Cases;
 use llm_worker_rbee::{Backend, Dtype};
 use xshell::{cmd, Shell};
 
-use crate::{project_root, test};
+use crate::{hosts, project_root, test};
 
 type Step = fn(&Shell) -> Result<()>;
 
@@ -28,6 +29,7 @@ const STEPS: &[(&str, Step)] = &[
         Ok(cmd!(sh, "cargo nextest run -p conformance --no-fail-fast").run()?)
     }),
     ("fault injection", fault_injection),
+    ("remote hosts", remote_hosts),
     ("support matrix", |_| {
         crate::support_matrix::run(&crate::support_matrix::Args { check: true })
     }),
@@ -79,5 +81,101 @@ fn fault_injection(sh: &Shell) -> Result<()> {
         "fault injection: all {caught} greedy trials of {} fixtures failed with the cache reset skipped",
         cases.models.fixtures.len()
     );
+    Ok(())
+}
+
+/// The suite on two throwaway ssh hosts of this machine (ci/test-hosts.sh), in bundle mode: both
+/// pass, a second run sends no bundle bytes, a host stopped before the run and a host killed
+/// during it are that host's errors while the other's results come back.
+fn remote_hosts(sh: &Shell) -> Result<()> {
+    cmd!(sh, "bash ci/test-hosts.sh start").run()?;
+    let checked = remote_host_checks(sh);
+    let stopped = cmd!(sh, "bash ci/test-hosts.sh stop").run();
+    checked?;
+    Ok(stopped?)
+}
+
+fn remote_host_checks(sh: &Shell) -> Result<()> {
+    let all = hosts::load(&hosts::hosts_file())?;
+    let pair = hosts::select(&all, &["test-a".into(), "test-b".into()])?;
+    let run = || hosts::run(&pair, Some(Backend::Cpu), Transport::Library, &[]);
+    let passed = |runs: &[hosts::HostRun], name: &str| -> Result<u64> {
+        let run = runs
+            .iter()
+            .find(|r| r.host.name == name)
+            .expect("a run per host");
+        let results = run
+            .outcome
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        let failed: usize = results.reports.iter().map(|(_, r)| r.failed()).sum();
+        if results.reports.is_empty() || failed > 0 {
+            bail!(
+                "{name}: {} reports, {failed} failed trials",
+                results.reports.len()
+            );
+        }
+        Ok(results.sent_bytes)
+    };
+
+    let first = run()?;
+    passed(&first, "test-a")?;
+    passed(&first, "test-b")?;
+    let second = run()?;
+    for name in ["test-a", "test-b"] {
+        let sent = passed(&second, name)?;
+        if sent != 0 {
+            bail!("{name}: the second run sent {sent} bundle bytes; it must send none");
+        }
+    }
+    eprintln!("remote hosts: both passed, and the second run sent no bundle bytes");
+
+    cmd!(sh, "bash ci/test-hosts.sh stop test-b").run()?;
+    let stopped = run()?;
+    passed(&stopped, "test-a")?;
+    expect_host_error(&stopped, "test-b", "unreachable")?;
+    cmd!(sh, "bash ci/test-hosts.sh start").run()?;
+
+    // Killed once its run has begun: run.sh prints `fixtures:` after making them.
+    let log = hosts::results_dir("test-b")
+        .with_extension("incoming")
+        .join("run-cpu.log");
+    let _ = std::fs::remove_file(&log);
+    let killed = std::thread::scope(|scope| {
+        let runs = scope.spawn(run);
+        let started = std::time::Instant::now();
+        while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains("fixtures:")) {
+            if started.elapsed() > std::time::Duration::from_secs(600) || runs.is_finished() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let kill = cmd!(sh, "bash ci/test-hosts.sh kill test-b").run();
+        (runs.join().expect("the host runs"), kill)
+    });
+    let (runs, kill) = killed;
+    kill?;
+    let runs = runs?;
+    passed(&runs, "test-a")?;
+    expect_host_error(&runs, "test-b", "no results came back")?;
+    eprintln!(
+        "remote hosts: a stopped host and a host killed mid-run are errors; the other passed"
+    );
+    Ok(())
+}
+
+fn expect_host_error(runs: &[hosts::HostRun], name: &str, what: &str) -> Result<()> {
+    let run = runs
+        .iter()
+        .find(|r| r.host.name == name)
+        .expect("a run per host");
+    match &run.outcome {
+        Err(error) if error.contains(what) => {}
+        Err(error) => bail!("{name}: error `{error}`, expected one saying `{what}`"),
+        Ok(_) => bail!("{name}: results came back; expected an error saying `{what}`"),
+    }
+    if hosts::results_dir(name).exists() {
+        bail!("{name} failed but has a results folder");
+    }
     Ok(())
 }

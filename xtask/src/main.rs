@@ -6,6 +6,7 @@ mod bundle;
 mod ci;
 mod cuda;
 mod fixtures;
+mod hosts;
 mod models;
 mod reference;
 mod results;

@@ -3,7 +3,7 @@
 //! `--record` keep its reports as evidence.
 
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use conformance::report::Report;
@@ -79,6 +79,19 @@ pub fn run(args: &Args) -> Result<()> {
         }
     }
 
+    take_snapshots(&results)?;
+    if failed > 0 {
+        bail!(
+            "{failed} trials or checks failed in {}",
+            args.archive.display()
+        );
+    }
+    Ok(())
+}
+
+/// Copies the pending snapshots of an unpacked results folder (`snapshots/*.snap.new`) beside
+/// the goldens, for `cargo xtask snapshots` to review.
+pub fn take_snapshots(results: &Path) -> Result<usize> {
     let snapshots = project_root().join("golden/snapshots");
     let mut pending = 0;
     if let Ok(entries) = std::fs::read_dir(results.join("snapshots")) {
@@ -89,14 +102,9 @@ pub fn run(args: &Args) -> Result<()> {
         }
     }
     println!(
-        "\n{pending} pending snapshots copied to {}; review them with `cargo xtask snapshots`",
+        "{pending} pending snapshots from {} copied to {}; review them with `cargo xtask snapshots`",
+        results.display(),
         snapshots.display()
     );
-    if failed > 0 {
-        bail!(
-            "{failed} trials or checks failed in {}",
-            args.archive.display()
-        );
-    }
-    Ok(())
+    Ok(pending)
 }

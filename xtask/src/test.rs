@@ -13,9 +13,10 @@ use crate::{project_root, target_dir};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The backend to run on; not `cpu` needs that backend compiled in and a device.
-    #[arg(long, value_enum, default_value_t = Backend::Cpu)]
-    pub backend: Backend,
+    /// The backend to run on; not `cpu` needs that backend compiled in and a device [default:
+    /// cpu; with --host, each host's backends from ci/hosts.toml].
+    #[arg(long, value_enum)]
+    pub backend: Option<Backend>,
     /// The dtype of weights and activations (GGUF models run in f32 only; cases.toml lists
     /// their bf16/f16 trials as expected failures).
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
@@ -36,6 +37,11 @@ pub struct Args {
     /// goldens; the logit checks are the library's alone).
     #[arg(long, default_value = "library", value_name = "TRANSPORT", value_parser = transport)]
     pub via: Transport,
+    /// Run on this host of ci/hosts.toml over ssh instead of here (repeatable; `--host all` for
+    /// every host): in parallel, with the dtypes ci/hosts.toml gives it, results into
+    /// target/conformance/hosts/<name>/, one table.
+    #[arg(long = "host", visible_alias = "hosts", value_name = "NAME")]
+    pub hosts: Vec<String>,
     /// Trial-name filters for the harness, e.g. `-- qwen2/` or `-- --exact NAME`.
     #[arg(last = true, value_name = "FILTER")]
     pub filters: Vec<String>,
@@ -44,12 +50,13 @@ pub struct Args {
 impl Args {
     pub fn cpu() -> Self {
         Self {
-            backend: Backend::Cpu,
+            backend: None,
             dtype: Dtype::F32,
             host_label: None,
             record: false,
             models: Vec::new(),
             via: Transport::Library,
+            hosts: Vec::new(),
             filters: Vec::new(),
         }
     }
@@ -63,6 +70,13 @@ impl Args {
     }
 }
 
+impl Args {
+    /// The backend to run on here.
+    pub fn backend(&self) -> Backend {
+        self.backend.unwrap_or(Backend::Cpu)
+    }
+}
+
 fn transport(value: &str) -> Result<Transport, String> {
     value.parse()
 }
@@ -72,6 +86,9 @@ pub fn conformance_dir() -> PathBuf {
 }
 
 pub fn run(args: &Args) -> Result<()> {
+    if !args.hosts.is_empty() {
+        return crate::hosts::test(args);
+    }
     let sh = Shell::new()?;
     sh.change_dir(project_root());
     let models = args
@@ -90,7 +107,7 @@ pub fn run(args: &Args) -> Result<()> {
         None => hostname(&sh),
     };
     let (git_commit, git_dirty) = git_state(&sh);
-    let mut run = RunInfo::starting_now(host, args.backend, args.dtype, git_commit, git_dirty);
+    let mut run = RunInfo::starting_now(host, args.backend(), args.dtype, git_commit, git_dirty);
     run.transport = args.via.name().into();
     let listed: String = models
         .iter()
@@ -179,7 +196,7 @@ pub fn harness<'a>(
         Transport::Library => None,
         Transport::Http => {
             let build = crate::build::Args {
-                backend: args.backend,
+                backend: args.backend(),
                 release: false,
                 cuda_compute_cap: None,
             };
@@ -190,13 +207,13 @@ pub fn harness<'a>(
         .iter()
         .map(|f| format!("llm-worker-rbee/{f}"))
         .collect();
-    features.extend(crate::build::backend_feature(args.backend));
+    features.extend(crate::build::backend_feature(args.backend()));
     let features = if features.is_empty() {
         vec![]
     } else {
         vec!["--features".to_string(), features.join(",")]
     };
-    let target = crate::build::prepare(sh, args.backend, None)?;
+    let target = crate::build::prepare(sh, args.backend(), None)?;
     let filters = &args.filters;
     let mut harness = cmd!(
         sh,
@@ -207,7 +224,7 @@ pub fn harness<'a>(
     }
     Ok(harness
         .env("CONFORMANCE_TRANSPORT", args.via.name())
-        .env("CONFORMANCE_BACKENDS", args.backend.name())
+        .env("CONFORMANCE_BACKENDS", args.backend().name())
         .env("CONFORMANCE_DTYPES", args.dtype.name())
         .env("CONFORMANCE_RECORDS", records)
         .env("CONFORMANCE_FIXTURES", crate::fixtures::default_dir())
