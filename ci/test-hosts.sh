@@ -59,6 +59,13 @@ EOF
     return
   fi
   /usr/sbin/sshd -f "$dir/sshd_config" -E "$dir/sshd.log"
+  # sshd writes its pid file once it listens; it goes to the background before that.
+  for _ in $(seq 20); do
+    [ -f "$dir/sshd.pid" ] && return
+    sleep 0.1
+  done
+  echo "test-hosts: sshd for $name did not start: $(tail -n 1 "$dir/sshd.log")" >&2
+  exit 1
 }
 
 write_client_config() {
