@@ -304,15 +304,14 @@ fn run_host(
     std::fs::rename(&incoming, &dir).map_err(|e| e.to_string())?;
     let mut reports = Vec::new();
     let results = dir.join("results");
-    for entry in std::fs::read_dir(&results).map_err(|e| e.to_string())? {
-        let path = entry.map_err(|e| e.to_string())?.path().join("report.json");
-        let label = path.parent().and_then(Path::file_name).unwrap_or_default();
-        if path.is_file() && !label.to_string_lossy().starts_with("fault-injection") {
+    for run in crate::results::run_dirs(&results).map_err(|e| format!("{e:#}"))? {
+        let label = run.file_name().unwrap_or_default().to_string_lossy();
+        if !label.starts_with("fault-injection") {
+            let path = run.join("report.json");
             let report = Report::load(&path).map_err(|e| e.to_string())?;
             reports.push((path, report));
         }
     }
-    reports.sort_by(|a, b| a.0.cmp(&b.0));
     let pending_snapshots = std::fs::read_dir(results.join("snapshots"))
         .map(|entries| entries.count())
         .unwrap_or(0);

@@ -42,12 +42,7 @@ pub fn run(args: &Args) -> Result<()> {
     let cases = Cases::load(&conformance::cases::default_path())?;
 
     let mut failed = 0;
-    let mut runs: Vec<PathBuf> = std::fs::read_dir(&results)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("report.json").is_file())
-        .collect();
-    runs.sort();
-    for run in runs {
+    for run in run_dirs(&results)? {
         let report_file = run.join("report.json");
         let report = Report::load(&report_file)?;
         let label = run
@@ -107,4 +102,16 @@ pub fn take_snapshots(results: &Path) -> Result<usize> {
         snapshots.display()
     );
     Ok(pending)
+}
+
+/// The folders of an unpacked results folder that hold a report.json (one per backend-dtype,
+/// and `fault-injection-*`), sorted.
+pub fn run_dirs(results: &Path) -> Result<Vec<PathBuf>> {
+    let mut runs: Vec<PathBuf> = std::fs::read_dir(results)
+        .with_context(|| format!("reading {}", results.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("report.json").is_file())
+        .collect();
+    runs.sort();
+    Ok(runs)
 }
