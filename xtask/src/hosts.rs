@@ -1,8 +1,10 @@
 //! `cargo xtask test --host NAME`: the suite on the hosts of ci/hosts.toml, in parallel, over
-//! the system's ssh and rsync. Each host gets the bundle it lacks (rsync by checksum: a second
-//! run moves nothing), runs the bundle's run.sh, and its results archive comes back into
+//! the system's ssh and rsync. A bundle host gets the bundle it lacks (rsync by checksum: a
+//! second run moves nothing); a source host gets the source of the current commit and builds the
+//! bundle's folder there. Either runs the bundle's run.sh, and its results archive comes back into
 //! target/conformance/hosts/<name>/ only when its sha256 matches the host's. A host that cannot
-//! be reached, fails, or runs past its timeout is that host's error; the others still report.
+//! be reached, fails to build, fails, or runs past its timeout is that host's error; the others
+//! still report.
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -23,6 +25,18 @@ use crate::{project_root, test};
 
 /// How long a host may take to answer ssh at all.
 const CONNECT_TIMEOUT_S: u32 = 10;
+
+/// How long stopping a timed-out run on its host may take.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The file of a source tree that names its commit, for a tree without `.git`.
+pub const SOURCE_COMMIT_FILE: &str = ".source-commit";
+
+/// Makes cargo findable by a non-interactive ssh shell (rustup's env file), or stops with what
+/// to do.
+const CARGO_ON_PATH: &str = "{ [ ! -f \"$HOME/.cargo/env\" ] || . \"$HOME/.cargo/env\"; } && \
+     { command -v cargo > /dev/null || { echo 'no cargo on the PATH there: install Rust \
+     (rustup), or give the host binaries = \"bundle\"' >&2; exit 1; }; }";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -110,6 +124,14 @@ pub fn select(hosts: &[Host], names: &[String]) -> Result<Vec<Host>> {
 }
 
 impl Host {
+    /// This host building from source instead of receiving the bundle.
+    pub fn building_from_source(&self) -> Host {
+        Host {
+            binaries: Binaries::Source,
+            ..self.clone()
+        }
+    }
+
     fn timeout(&self) -> Result<Duration> {
         Ok(humantime::parse_duration(
             self.timeout.as_deref().unwrap_or("30m"),
@@ -164,7 +186,7 @@ pub struct HostResults {
     /// Where its results were unpacked: target/conformance/hosts/<name>/.
     pub dir: PathBuf,
     pub reports: Vec<(PathBuf, Report)>,
-    /// Bytes of the bundle rsync sent to the host.
+    /// Bytes of the bundle (or source) rsync sent to the host.
     pub sent_bytes: u64,
     pub pending_snapshots: usize,
 }
@@ -182,13 +204,7 @@ pub fn run(
     filters: &[String],
 ) -> Result<Vec<HostRun>> {
     let mut backends: Vec<Backend> = Vec::new();
-    for host in hosts {
-        if host.binaries == Binaries::Source {
-            bail!(
-                "host `{}`: `binaries = \"source\"` is not implemented yet; use \"bundle\"",
-                host.name
-            );
-        }
+    for host in hosts.iter().filter(|h| h.binaries == Binaries::Bundle) {
         for backend in host_backends(host, only) {
             if !backends.contains(&backend) {
                 backends.push(backend);
@@ -197,18 +213,26 @@ pub fn run(
     }
     let sh = Shell::new()?;
     sh.change_dir(project_root());
-    let mut stages = Vec::new();
+    let mut staged = Staged {
+        bundles: Vec::new(),
+        source: None,
+    };
     for backend in backends {
-        stages.push((backend, crate::bundle::stage(&sh, backend, None)?.1));
+        staged
+            .bundles
+            .push((backend, crate::bundle::stage(&sh, backend, None)?.1));
+    }
+    if hosts.iter().any(|h| h.binaries == Binaries::Source) {
+        staged.source = Some(stage_source(&sh)?);
     }
     let runs: Vec<HostRun> = std::thread::scope(|scope| {
         let handles: Vec<_> = hosts
             .iter()
             .map(|host| {
-                let stages = &stages;
+                let staged = &staged;
                 scope.spawn(move || HostRun {
                     host: host.clone(),
-                    outcome: run_host(host, only, via, stages, filters).map_err(|e| {
+                    outcome: run_host(host, only, via, staged, filters).map_err(|e| {
                         let logs = results_dir(&host.name).with_extension("incoming");
                         format!("{e} (logs in {})", logs.display())
                     }),
@@ -222,6 +246,36 @@ pub fn run(
     });
     println!("\n{}", table(&runs));
     Ok(runs)
+}
+
+/// What was laid out here for the hosts: a bundle folder per backend, and the source tree.
+struct Staged {
+    bundles: Vec<(Backend, PathBuf)>,
+    source: Option<PathBuf>,
+}
+
+/// The source of the current commit, as `git archive` gives it, in target/hosts-source/ with
+/// its commit named in SOURCE_COMMIT_FILE. Uncommitted changes are not in it.
+fn stage_source(sh: &Shell) -> Result<PathBuf> {
+    let (commit, dirty) = test::git_state(sh);
+    if dirty {
+        eprintln!(
+            "hosts: the working tree has uncommitted changes; source hosts build commit {commit} without them"
+        );
+    }
+    let tree = xshell::cmd!(sh, "git archive --format=tar HEAD")
+        .output()
+        .context("git archive of the current commit")?
+        .stdout;
+    let dir = crate::target_dir().join("hosts-source");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    tar::Archive::new(tree.as_slice())
+        .unpack(&dir)
+        .with_context(|| format!("unpacking the source into {}", dir.display()))?;
+    std::fs::write(dir.join(SOURCE_COMMIT_FILE), format!("{commit}\n"))?;
+    Ok(dir)
 }
 
 fn host_backends(host: &Host, only: Option<Backend>) -> Vec<Backend> {
@@ -240,7 +294,7 @@ fn run_host(
     host: &Host,
     only: Option<Backend>,
     via: Transport,
-    stages: &[(Backend, PathBuf)],
+    staged: &Staged,
     filters: &[String],
 ) -> Result<HostResults, String> {
     let dir = results_dir(&host.name);
@@ -263,24 +317,47 @@ fn run_host(
         ));
     }
     let deadline = Instant::now() + host.timeout().map_err(|e| e.to_string())?;
-    ssh(host, "true", &incoming.join("ssh.log"), deadline)
-        .map_err(|e| format!("unreachable: {e}"))?;
+    let ssh_log = incoming.join("ssh.log");
+    let mut reach = Command::new("ssh");
+    reach.args(host.ssh_args()).arg("true");
+    run_logged(reach, &ssh_log, deadline).map_err(|e| format!("unreachable: {e}"))?;
     let mut sent_bytes = 0;
+    let source = format!("{}/source", host.workdir);
+    if host.binaries == Binaries::Source {
+        let tree = staged.source.as_ref().expect("the source is staged");
+        ssh(host, &format!("mkdir -p '{source}'"), &ssh_log, deadline)?;
+        // The host's target/ keeps its build between runs.
+        sent_bytes += sync(host, tree, &source, "/target/", &incoming, deadline)
+            .map_err(|e| format!("cannot sync the source: {e}"))?;
+    }
     for backend in backends {
-        let stage = &stages
-            .iter()
-            .find(|(b, _)| *b == backend)
-            .expect("staged")
-            .1;
-        let bundle = format!("{}/llm-worker-rbee-{backend}", host.workdir);
         let archive = format!("{}/results-{backend}.tar.gz", host.workdir);
-        ssh(
-            host,
-            &format!("mkdir -p '{bundle}' && rm -f '{archive}'"),
-            &incoming.join("ssh.log"),
-            deadline,
-        )?;
-        sent_bytes += sync_bundle(host, stage, &bundle, &incoming.join("rsync.log"), deadline)?;
+        ssh(host, &format!("rm -f '{archive}'"), &ssh_log, deadline)?;
+        let bundle = match host.binaries {
+            Binaries::Bundle => {
+                let stage = &staged
+                    .bundles
+                    .iter()
+                    .find(|(b, _)| *b == backend)
+                    .expect("staged")
+                    .1;
+                let bundle = format!("{}/llm-worker-rbee-{backend}", host.workdir);
+                ssh(host, &format!("mkdir -p '{bundle}'"), &ssh_log, deadline)?;
+                // The fixtures the host made are kept.
+                sent_bytes += sync(host, stage, &bundle, "/fixtures/", &incoming, deadline)
+                    .map_err(|e| format!("cannot sync the bundle: {e}"))?;
+                bundle
+            }
+            Binaries::Source => {
+                let build = format!(
+                    "cd '{source}' && {CARGO_ON_PATH} && cargo xtask bundle --backend {backend} --folder-only"
+                );
+                let log = incoming.join(format!("build-{backend}.log"));
+                ssh(host, &build, &log, deadline)
+                    .map_err(|e| format!("the build there failed: {e}"))?;
+                format!("{source}/target/bundle/llm-worker-rbee-{backend}")
+            }
+        };
         let mut command = format!("cd '{bundle}' && ./run.sh --host-label '{}'", host.name);
         for dtype in &host.dtypes {
             command.push_str(&format!(" --dtype {dtype}"));
@@ -323,11 +400,37 @@ fn run_host(
     })
 }
 
-/// Runs `command` on the host, its output appended to `log`; an error past `deadline`.
+/// Runs `command` on the host as a run does, its output appended to `log`; past `within`, it is
+/// stopped here and there.
+pub fn run_remote(host: &Host, command: &str, log: &Path, within: Duration) -> Result<(), String> {
+    ssh(host, command, log, Instant::now() + within)
+}
+
+/// Runs `command` on the host, its output appended to `log`; an error past `deadline`, when
+/// what it started there is stopped too.
 fn ssh(host: &Host, command: &str, log: &Path, deadline: Instant) -> Result<(), String> {
+    // sshd starts the remote shell as a session (and so process group) leader: its pid names
+    // every process the command started.
+    let pid_file = format!("{}/remote.pid", host.workdir);
     let mut ssh = Command::new("ssh");
-    ssh.args(host.ssh_args()).arg(command);
-    run_logged(ssh, log, deadline)
+    ssh.args(host.ssh_args()).arg(format!(
+        "mkdir -p '{}' && echo $$ > '{pid_file}' && {command}",
+        host.workdir
+    ));
+    let ran = run_logged(ssh, log, deadline);
+    if ran.is_err() && Instant::now() > deadline {
+        let mut stop = Command::new("ssh");
+        stop.args(host.ssh_args()).arg(format!(
+            "kill -TERM -- -$(cat '{pid_file}') 2> /dev/null; rm -f '{pid_file}'"
+        ));
+        let stopped = run_logged(stop, log, Instant::now() + STOP_TIMEOUT);
+        return Err(match (ran, stopped) {
+            (Err(e), Ok(())) => format!("{e}, here and there"),
+            (Err(e), Err(stop)) => format!("{e} here; stopping it there failed: {stop}"),
+            (Ok(()), _) => unreachable!(),
+        });
+    }
+    ran
 }
 
 /// Runs `command` with stdout and stderr appended to `log`, killed at `deadline`.
@@ -374,31 +477,26 @@ fn program(command: &Command) -> String {
     command.get_program().to_string_lossy().into_owned()
 }
 
-/// Syncs the bundle's folder to `remote` by checksum (the fixtures the host made are kept);
-/// returns the bytes of file data sent.
-fn sync_bundle(
+/// Syncs the folder `local` to `remote` by checksum, deleting what `local` lacks except under
+/// `keep` (an rsync pattern); returns the bytes of file data sent.
+fn sync(
     host: &Host,
-    stage: &Path,
+    local: &Path,
     remote: &str,
-    log: &Path,
+    keep: &str,
+    incoming: &Path,
     deadline: Instant,
 ) -> Result<u64, String> {
+    let log = incoming.join("rsync.log");
     let mut rsync = Command::new("rsync");
     rsync
-        .args([
-            "-a",
-            "--checksum",
-            "--delete",
-            "--exclude",
-            "/fixtures/",
-            "--stats",
-        ])
+        .args(["-a", "--checksum", "--delete", "--exclude", keep, "--stats"])
         .arg("-e")
         .arg(host.rsync_shell())
-        .arg(format!("{}/", stage.display()))
+        .arg(format!("{}/", local.display()))
         .arg(format!("{}:{remote}/", host.destination()));
-    run_logged(rsync, log, deadline).map_err(|e| format!("cannot sync the bundle: {e}"))?;
-    let text = std::fs::read_to_string(log).unwrap_or_default();
+    run_logged(rsync, &log, deadline)?;
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
     // The last run's figure: "Total transferred file size: 1,234 bytes".
     text.lines()
         .rev()
@@ -457,7 +555,7 @@ fn table(runs: &[HostRun]) -> String {
                     columns.extend(report.trials.iter().map(|t| (label.clone(), t)));
                 }
                 notes.push_str(&format!(
-                    "{}: {} reports, {} pending snapshots, {} bundle bytes sent; {}\n",
+                    "{}: {} reports, {} pending snapshots, {} bytes sent; {}\n",
                     run.host.name,
                     results.reports.len(),
                     results.pending_snapshots,
@@ -473,7 +571,8 @@ fn table(runs: &[HostRun]) -> String {
 
 /// `cargo xtask test --host ...`: run, keep what came back, and fail if any host did.
 pub fn test(args: &test::Args) -> Result<()> {
-    let hosts = select(&load(&hosts_file())?, &args.hosts)?;
+    let file = args.hosts_file.clone().unwrap_or_else(hosts_file);
+    let hosts = select(&load(&file)?, &args.hosts)?;
     let runs = run(&hosts, args.backend, args.via, &args.filters)?;
     let mut failed = Vec::new();
     for run in &runs {

@@ -42,6 +42,9 @@ pub struct Args {
     /// target/conformance/hosts/<name>/, one table.
     #[arg(long = "host", visible_alias = "hosts", value_name = "NAME")]
     pub hosts: Vec<String>,
+    /// The hosts file --host reads [default: ci/hosts.toml].
+    #[arg(long, value_name = "FILE", requires = "hosts")]
+    pub hosts_file: Option<PathBuf>,
     /// Trial-name filters for the harness, e.g. `-- qwen2/` or `-- --exact NAME`.
     #[arg(last = true, value_name = "FILTER")]
     pub filters: Vec<String>,
@@ -57,6 +60,7 @@ impl Args {
             models: Vec::new(),
             via: Transport::Library,
             hosts: Vec::new(),
+            hosts_file: None,
             filters: Vec::new(),
         }
     }
@@ -167,11 +171,16 @@ pub fn record(report: &Report, file: &Path, models: &[String]) -> Result<()> {
 }
 
 /// The commit checked out, and whether the working tree has uncommitted changes.
+/// The commit and whether the tree differs from it; a source tree synced to a host has no
+/// `.git`, only the commit it was made from, and no changes.
 pub fn git_state(sh: &Shell) -> (String, bool) {
-    let commit = cmd!(sh, "git rev-parse HEAD")
-        .ignore_stderr()
-        .read()
-        .unwrap_or_else(|_| "unknown".into());
+    let Ok(commit) = cmd!(sh, "git rev-parse HEAD").ignore_stderr().read() else {
+        let synced = std::fs::read_to_string(project_root().join(crate::hosts::SOURCE_COMMIT_FILE));
+        return match synced {
+            Ok(commit) => (commit.trim().to_string(), false),
+            Err(_) => ("unknown".into(), true),
+        };
+    };
     let dirty = cmd!(sh, "git status --porcelain")
         .ignore_stderr()
         .read()
