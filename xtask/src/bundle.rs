@@ -1,6 +1,7 @@
-//! `cargo xtask bundle`: one compressed archive that runs the conformance suite on a machine
-//! with no Rust and no network: stripped binaries, fixtures, cases, goldens, reference, and
-//! `run.sh` (ci/bundle-run.sh).
+//! `cargo xtask bundle`: one compressed archive that runs the conformance suite and the bench on
+//! a machine with no Rust and no network: stripped binaries, fixtures, cases, goldens,
+//! reference, `run.sh` (ci/bundle-run.sh), `bench.sh` (ci/bundle-bench.sh) and the bench
+//! targets.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -24,14 +25,22 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     cuda_compute_cap: Option<u32>,
     /// Where to write the archive [default: target/bundle/llm-worker-rbee-<backend>.tar.gz].
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "folder_only")]
     out: Option<PathBuf>,
+    /// Only lay out the bundle's folder, target/bundle/llm-worker-rbee-<backend>/, without
+    /// packing it (what a `binaries = "source"` host of `cargo xtask test --host` runs from).
+    #[arg(long)]
+    folder_only: bool,
 }
 
 pub fn run(args: &Args) -> Result<()> {
     let sh = Shell::new()?;
     sh.change_dir(project_root());
     let (name, stage) = stage(&sh, args.backend, args.cuda_compute_cap)?;
+    if args.folder_only {
+        println!("{}: run.sh in it runs the suite", stage.display());
+        return Ok(());
+    }
 
     let out = args
         .out
@@ -69,24 +78,25 @@ pub fn stage(
         release: true,
         cuda_compute_cap,
     };
-    let built = build::build(&build_args, &[])?;
-    let faulty = build::build(&build_args, &["fault-injection"])?;
     let name = format!("llm-worker-rbee-{backend}");
     let stage = target_dir().join("bundle").join(&name);
     if stage.exists() {
         std::fs::remove_dir_all(&stage)?;
     }
     std::fs::create_dir_all(stage.join("bin"))?;
-    let Built { worker, harness } = built;
-    for (from, to) in [
-        (worker, "llm-worker-rbee"),
-        (harness, "conformance"),
-        (faulty.harness, "conformance-fault-injection"),
-    ] {
+    let copy = |from: &Path, to: &str| -> Result<()> {
         let dest = stage.join("bin").join(to);
-        std::fs::copy(&from, &dest).with_context(|| format!("copying {}", from.display()))?;
+        std::fs::copy(from, &dest).with_context(|| format!("copying {}", from.display()))?;
         cmd!(sh, "strip {dest}").run()?;
-    }
+        Ok(())
+    };
+    // The fault-injection build writes its worker binary over the same path, so the plain
+    // binaries are copied before it runs.
+    let Built { worker, harness } = build::build(&build_args, &[])?;
+    copy(&worker, "llm-worker-rbee")?;
+    copy(&harness, "conformance")?;
+    let faulty = build::build(&build_args, &["fault-injection"])?;
+    copy(&faulty.harness, "conformance-fault-injection")?;
     let root = project_root();
     copy_tree(
         &root.join("golden/snapshots"),
@@ -105,9 +115,19 @@ pub fn stage(
             stage.join("conformance").join(file),
         )?;
     }
-    let run_sh = stage.join("run.sh");
-    std::fs::write(&run_sh, include_str!("../../ci/bundle-run.sh"))?;
-    std::fs::set_permissions(&run_sh, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    for (script, text) in [
+        ("run.sh", include_str!("../../ci/bundle-run.sh")),
+        ("bench.sh", include_str!("../../ci/bundle-bench.sh")),
+        ("cuda-env.sh", include_str!("../../ci/bundle-cuda-env.sh")),
+    ] {
+        let path = stage.join(script);
+        std::fs::write(&path, text)?;
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    }
+    std::fs::copy(
+        root.join("ci/bench/targets.toml"),
+        stage.join("targets.toml"),
+    )?;
     let (commit, dirty) = test::git_state(sh);
     std::fs::write(
         stage.join("bundle.env"),
