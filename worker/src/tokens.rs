@@ -186,21 +186,34 @@ fn special_token_id(
 /// Turns a growing list of ids into text pieces that are each valid UTF-8 and that together
 /// equal the decode of all the ids.
 ///
-/// Each step decodes all ids and emits what is new. A byte-level token can end inside a
+/// Each step decodes a window of the last ids (so a token costs the same at any length) and
+/// emits what is new. A byte-level token can end inside a
 /// multi-byte character, which the decoder shows as U+FFFD: trailing U+FFFD are held back until
 /// a later token completes the character, or until the last token, which emits them as U+FFFD. So bytes that never form valid UTF-8 appear as U+FFFD, exactly as in the decode of
 /// all ids.
 pub struct IncrementalText<'a> {
     codec: &'a TextCodec,
     ids: Vec<u32>,
+    /// Where the decoded window starts: a few tokens back, so each token decodes a short window
+    /// instead of the whole sequence.
+    start: usize,
+    /// The decode of `ids[start..]` up to the last token whose text is all emitted.
+    consumed: String,
     emitted: String,
 }
+
+/// Tokens of context the window keeps behind the text emitted: decoders treat the first token
+/// of a sequence apart (Metaspace drops its leading space), so the window never starts at the
+/// token whose text is wanted.
+const WINDOW_CONTEXT: usize = 4;
 
 impl<'a> IncrementalText<'a> {
     pub fn new(codec: &'a TextCodec) -> Self {
         Self {
             codec,
             ids: Vec::new(),
+            start: 0,
+            consumed: String::new(),
             emitted: String::new(),
         }
     }
@@ -209,13 +222,13 @@ impl<'a> IncrementalText<'a> {
     /// held back.
     pub fn push(&mut self, id: u32, last: bool) -> Result<String> {
         self.ids.push(id);
-        let full = self.codec.decode(&self.ids)?;
-        let Some(new) = full.strip_prefix(self.emitted.as_str()) else {
+        let window = self.codec.decode(&self.ids[self.start..])?;
+        let Some(new) = window.strip_prefix(self.consumed.as_str()) else {
             // The decoders of supported tokenizers only ever extend their output; one that
             // rewrites earlier text cannot be streamed.
             return Err(Error::Decode(format!(
                 "the tokenizer's decoder rewrote text already streamed ({:?} became {:?})",
-                self.emitted, full
+                self.consumed, window
             )));
         };
         let piece = if last {
@@ -224,7 +237,14 @@ impl<'a> IncrementalText<'a> {
             new.trim_end_matches('\u{FFFD}')
         }
         .to_string();
+        let held_back = piece.len() < new.len();
+        self.consumed.push_str(&piece);
         self.emitted.push_str(&piece);
+        // With nothing held back, the window moves up: what it drops is all streamed.
+        if !held_back && self.ids.len() - self.start > 2 * WINDOW_CONTEXT {
+            self.start = self.ids.len() - WINDOW_CONTEXT;
+            self.consumed = self.codec.decode(&self.ids[self.start..])?;
+        }
         Ok(piece)
     }
 

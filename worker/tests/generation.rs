@@ -84,6 +84,35 @@ fn a_character_split_across_tokens_is_streamed_once_complete() {
 }
 
 #[test]
+fn a_long_stream_of_any_tokens_adds_up_to_the_decode_of_all_ids() {
+    let worker = Fixture::new("qwen2").load();
+    let codec = worker.codec();
+    let vocab = codec.vocab_size() as u64;
+    // Arbitrary ids, special and lone byte tokens among them, with runs of a split "€".
+    let euro = codec.encode("€").unwrap();
+    let mut state = 7u64;
+    let mut ids = Vec::new();
+    for i in 0..600 {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        if i % 37 == 0 {
+            ids.extend(&euro);
+        }
+        ids.push(((state >> 33) % vocab) as u32);
+    }
+    let mut text = IncrementalText::new(codec);
+    let last = ids.len() - 1;
+    let streamed: String = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| text.push(*id, i == last).unwrap())
+        .collect();
+    assert_eq!(streamed, codec.decode(&ids).unwrap());
+    assert!(streamed.contains('€') && streamed.contains('\u{FFFD}'));
+}
+
+#[test]
 fn generation_stops_at_any_eos_id_unless_told_to_ignore_it() {
     let fixture = Fixture::new("qwen2");
     let request = Request::greedy(Prompt::Text("hello".into()), TOKENS);
