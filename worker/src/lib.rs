@@ -16,6 +16,7 @@
 
 pub mod arch;
 pub mod backend;
+pub mod bench;
 pub mod config;
 pub mod error;
 pub mod folder;

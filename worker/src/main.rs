@@ -33,6 +33,13 @@ enum Command {
     /// once listening; `/health` says `ready` once the model is loaded. Logs JSON lines to
     /// stderr. SIGTERM or ctrl-c cancels the running generation and exits.
     Serve(ServeArgs),
+    /// Write a random-weight model with the shape of a real one (its config's sizes, a made-up
+    /// tokenizer of its vocabulary size), for measuring speed and memory without downloads.
+    Synth(SynthArgs),
+    /// Measure load time, prefill and decode speed, memory and the memory-bandwidth roofline
+    /// of a model, and the same decode as a plain candle loop; `--check` compares the figures
+    /// with targets. Figures, not tests.
+    Bench(BenchArgs),
 }
 
 #[derive(Args)]
@@ -128,11 +135,62 @@ struct ServeArgs {
     queue: usize,
 }
 
+#[derive(Args)]
+struct SynthArgs {
+    /// The real model whose shape to copy.
+    #[arg(long, value_enum)]
+    shape: llm_worker_rbee::synth::shape::Shape,
+    /// The dtype of the stored weights.
+    #[arg(long, value_enum, default_value_t = Dtype::Bf16)]
+    dtype: Dtype,
+    /// The folder to write (created; files in it are replaced).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// Prompt lengths to measure, one set of runs each.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "128,512",
+        value_name = "N,.."
+    )]
+    prompt_len: Vec<usize>,
+    /// Tokens to generate per run (EOS is ignored).
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    gen: usize,
+    /// Measured runs per prompt length, after one that is not measured.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    reps: usize,
+    /// Skip the plain candle loop.
+    #[arg(long)]
+    no_baseline: bool,
+    /// Also write the figures as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Compare the figures with the targets of this file (ci/bench/targets.toml) that apply to
+    /// this backend, dtype and shape; exit 1 if one is missed.
+    #[arg(long, value_name = "FILE")]
+    check: Option<PathBuf>,
+    /// `text`: progress on stderr, a table on stdout; `json`: the figures on stdout.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Format {
     Text,
     Json,
 }
+
+#[path = "cli/bench.rs"]
+mod bench;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -141,6 +199,8 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate(args),
         Command::Inspect(args) => inspect(args),
         Command::Serve(args) => serve(args),
+        Command::Synth(args) => synth(args),
+        Command::Bench(args) => bench::run(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -179,6 +239,27 @@ impl DeviceArgs {
             dtype: self.dtype,
         }
     }
+}
+
+fn synth(args: SynthArgs) -> Result<()> {
+    let total = args.shape.weight_bytes(args.dtype);
+    eprintln!(
+        "writing the {} shape in {} ({:.2} GB of weights) into {}",
+        args.shape.name(),
+        args.dtype,
+        total as f64 / 1e9,
+        args.out.display()
+    );
+    let last_tenth = std::sync::atomic::AtomicU64::new(0);
+    let progress = |done: u64, total: u64| {
+        let tenth = done * 10 / total.max(1);
+        if tenth > last_tenth.swap(tenth, std::sync::atomic::Ordering::Relaxed) {
+            eprintln!("  {}%", tenth * 10);
+        }
+    };
+    llm_worker_rbee::synth::shape::write_shape(args.shape, args.dtype, &args.out, &progress)?;
+    println!("{}", args.out.display());
+    Ok(())
 }
 
 fn serve(args: ServeArgs) -> Result<()> {

@@ -17,7 +17,7 @@ use crate::generate::{Generation, GenerationTimings, Prompt, Request, StopReason
 use crate::tokens::{IncrementalText, ModelSpecials, TextCodec};
 use crate::weights::{self, CheckpointSummary};
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct LoadOptions {
     pub backend: Backend,
     /// Device ordinal for `cuda`/`metal`.
@@ -55,6 +55,12 @@ pub struct ModelInfo {
     /// Keys of config.json that nothing read and that are not known to be harmless; for GGUF,
     /// the keys of the architecture's metadata namespace (`llama.*`, ...) that nothing read.
     pub unrecognized_config_keys: Vec<String>,
+}
+
+/// The settings of a model folder and its folder, as the worker reads them (for the plain
+/// candle baseline of `bench`).
+pub(crate) fn settings(model_dir: &Path) -> Result<(ArchConfig, ModelFolder)> {
+    open(model_dir).map(|opened| (opened.arch, opened.folder))
 }
 
 impl ModelInfo {
@@ -202,6 +208,10 @@ impl Worker {
 
     pub fn info(&self) -> &ModelInfo {
         &self.info
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     pub fn options(&self) -> &LoadOptions {

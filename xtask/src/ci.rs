@@ -30,21 +30,42 @@ const STEPS: &[(&str, Step)] = &[
     }),
     ("fault injection", fault_injection),
     ("remote hosts", remote_hosts),
+    ("workflow", crate::ci_workflow::ci_step),
     ("support matrix", |_| {
         crate::support_matrix::run(&crate::support_matrix::Args { check: true })
     }),
 ];
 
-pub fn run() -> Result<()> {
+#[derive(clap::Args)]
+pub struct Args {
+    /// Run only this step (repeatable), e.g. `--step "remote hosts"`; the steps, in order:
+    /// formatting, clippy, fixtures, tests, conformance, "conformance over http", "conformance
+    /// under nextest", "fault injection", "remote hosts", workflow, "support matrix".
+    #[arg(long = "step", value_name = "NAME")]
+    steps: Vec<String>,
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    for name in &args.steps {
+        if !STEPS.iter().any(|(step, _)| step == name) {
+            let known: Vec<&str> = STEPS.iter().map(|(step, _)| *step).collect();
+            bail!("no ci step `{name}` (the steps: {})", known.join(", "));
+        }
+    }
     // CI mode for insta: a missing or different snapshot fails, and nothing is written.
     std::env::set_var("CI", "true");
     let sh = Shell::new()?;
     sh.change_dir(project_root());
-    for (name, step) in STEPS {
+    let chosen = |name: &str| args.steps.is_empty() || args.steps.iter().any(|s| s == name);
+    for (name, step) in STEPS.iter().filter(|(name, _)| chosen(name)) {
         eprintln!("==> ci: {name}");
         step(&sh).with_context(|| format!("ci step `{name}` failed"))?;
     }
-    eprintln!("==> ci: all steps passed");
+    if args.steps.is_empty() {
+        eprintln!("==> ci: all steps passed");
+    } else {
+        eprintln!("==> ci: the chosen steps passed");
+    }
     Ok(())
 }
 
@@ -161,6 +182,47 @@ fn remote_host_checks(sh: &Shell) -> Result<()> {
     eprintln!(
         "remote hosts: a stopped host and a host killed mid-run are errors; the other passed"
     );
+    cmd!(sh, "bash ci/test-hosts.sh start").run()?;
+
+    // A command past the host's timeout is stopped here and there: nothing of it stays there.
+    let log = hosts::results_dir("test-a").with_extension("hung.log");
+    let within = std::time::Duration::from_secs(3);
+    let hung = hosts::run_remote(&pair[0], "sleep 120; echo woke", &log, within);
+    match hung {
+        Err(error) if error.contains("timeout; stopped, here and there") => {}
+        other => bail!("test-a: `sleep 120` within 3 s gave {other:?}, not a stopped timeout"),
+    }
+    let user = "rbee-test-a";
+    let mut left = String::new();
+    for _ in 0..50 {
+        left = cmd!(sh, "pgrep -u {user} -a").ignore_status().read()?;
+        if left.trim().is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    if !left.trim().is_empty() {
+        bail!("test-a: processes of its timed-out command are still there:\n{left}");
+    }
+    eprintln!(
+        "remote hosts: a command past the timeout is an error, and nothing of it is left there"
+    );
+
+    // Source mode syncs the commit's source and builds there; a host without Rust is that
+    // host's build error. (A host with Rust would rebuild candle: that is tested by hand.)
+    let source = [pair[1].building_from_source()];
+    let config = project_root().join("target/test-hosts/ssh_config");
+    let cargo = cmd!(sh, "ssh -F {config} test-b command -v cargo")
+        .ignore_status()
+        .read()?;
+    if cargo.trim().is_empty() {
+        let runs = hosts::run(&source, Some(Backend::Cpu), Transport::Library, &[])?;
+        expect_host_error(&runs, "test-b", "the build there failed")?;
+        expect_host_error(&runs, "test-b", "no cargo on the PATH there")?;
+        eprintln!("remote hosts: a source host without Rust is that host's build error");
+    } else {
+        eprintln!("remote hosts: test-b's user has cargo; the no-Rust source check does not apply");
+    }
     Ok(())
 }
 

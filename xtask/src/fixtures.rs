@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use conformance::Cases;
+use llm_worker_rbee::synth::shape::Shape;
 use llm_worker_rbee::synth::{self, FixtureSpec};
-use llm_worker_rbee::{LoadOptions, Request, Worker};
+use llm_worker_rbee::{Dtype, LoadOptions, Request, Worker};
 use sha2::{Digest, Sha256};
 
 use crate::{project_root, target_dir};
@@ -40,6 +41,14 @@ pub struct Args {
         requires = "search_seed"
     )]
     from: u64,
+    /// Instead of the fixtures: a random-weight model with this real model's shape (sizes,
+    /// vocabulary size), for `cargo xtask bench`; written to target/shapes/<shape>-<dtype>/
+    /// or --out.
+    #[arg(long, value_enum, value_name = "NAME", conflicts_with_all = ["update_lock", "search_seed"])]
+    shape: Option<Shape>,
+    /// With --shape: the dtype of its weights.
+    #[arg(long, value_enum, default_value_t = Dtype::Bf16, requires = "shape")]
+    dtype: Dtype,
 }
 
 pub fn lock_path() -> PathBuf {
@@ -50,7 +59,48 @@ pub fn default_dir() -> PathBuf {
     target_dir().join("fixtures")
 }
 
+/// The folder of a shape model in `dtype` under target/shapes/.
+pub fn shape_dir(shape: Shape, dtype: Dtype) -> PathBuf {
+    target_dir()
+        .join("shapes")
+        .join(format!("{}-{dtype}", shape.name()))
+}
+
+/// Writes the shape model into `dir`, with a progress bar.
+fn write_shape(shape: Shape, dtype: Dtype, dir: &Path) -> Result<()> {
+    let total = shape.weight_bytes(dtype);
+    let bar = indicatif::ProgressBar::new(total).with_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} ({eta})")?,
+    );
+    bar.set_message(format!("{} {dtype}", shape.name()));
+    let progress = |done: u64, _total: u64| bar.set_position(done);
+    synth::shape::write_shape(shape, dtype, dir, &progress)?;
+    bar.finish();
+    Ok(())
+}
+
+/// The shape model's folder under target/shapes/, written first unless a complete one is
+/// there (its shape file is written last).
+pub fn write_shape_if_missing(shape: Shape, dtype: Dtype) -> Result<PathBuf> {
+    let dir = shape_dir(shape, dtype);
+    let complete = synth::shape::read_shape_info(&dir)
+        .is_some_and(|info| info.shape == shape && info.dtype == dtype);
+    if !complete {
+        write_shape(shape, dtype, &dir)?;
+    }
+    Ok(dir)
+}
+
 pub fn run(args: &Args) -> Result<()> {
+    if let Some(shape) = args.shape {
+        let dir = args
+            .out
+            .clone()
+            .unwrap_or_else(|| shape_dir(shape, args.dtype));
+        write_shape(shape, args.dtype, &dir)?;
+        println!("{}", dir.display());
+        return Ok(());
+    }
     let cases = Cases::load(&conformance::cases::default_path())?;
     if let Some(id) = &args.search_seed {
         return search_seed(id, args.from, &cases);

@@ -4,6 +4,7 @@ mod bench;
 mod build;
 mod bundle;
 mod ci;
+mod ci_workflow;
 mod cuda;
 mod fixtures;
 mod hosts;
@@ -60,12 +61,18 @@ enum Command {
     Snapshots(snapshots::Args),
     /// Write MODEL_SUPPORT.md from the committed reports in golden/reports/.
     SupportMatrix(support_matrix::Args),
-    /// Measure speed and memory (figures, not tests): `bench http` loads the HTTP worker with
-    /// concurrent clients.
+    /// Measure speed and memory (figures, not tests): `bench --model M | --shape S` the load,
+    /// prefill and decode speed, memory and roofline of one model against a plain candle loop
+    /// (`--check ci/bench/targets.toml` compares with the targets); `bench http` loads the HTTP
+    /// worker with concurrent clients.
     Bench(bench::Args),
     /// Run every check CI runs: formatting, clippy, fixtures, tests, the conformance suite
-    /// (also under nextest and with the fault injected), and the support matrix.
-    Ci,
+    /// (also under nextest and with the fault injected), the remote hosts, and the support
+    /// matrix.
+    Ci(ci::Args),
+    /// Write .github/workflows/conformance.yml from the CI jobs of ci/matrix.toml (`--check`:
+    /// fail with the difference when the committed file is not what it gives).
+    CiWorkflow(ci_workflow::Args),
 }
 
 fn main() -> Result<()> {
@@ -81,7 +88,8 @@ fn main() -> Result<()> {
         Command::Snapshots(args) => snapshots::run(&args),
         Command::SupportMatrix(args) => support_matrix::run(&args),
         Command::Bench(args) => bench::run(&args),
-        Command::Ci => ci::run(),
+        Command::Ci(args) => ci::run(&args),
+        Command::CiWorkflow(args) => ci_workflow::run(&args),
     }
 }
 

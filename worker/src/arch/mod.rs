@@ -18,12 +18,12 @@ mod starcoder2;
 
 use candle_core::{DType, Result as CandleResult, Tensor};
 use candle_nn::{Activation, VarBuilder};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{HfConfig, Rope};
 use crate::error::Result;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Architecture {
     Llama,
@@ -292,7 +292,7 @@ pub struct ArchConfig {
 }
 
 #[derive(Clone, Debug)]
-enum ModuleConfig {
+pub(crate) enum ModuleConfig {
     Llama(llama::Config),
     Mistral(mistral::Config),
     Phi(phi::Config),
@@ -332,6 +332,11 @@ impl ArchConfig {
             ModuleConfig::Gguf(c) => context.min(c.table_positions),
             _ => context,
         }
+    }
+
+    /// The candle module's own settings.
+    pub(crate) fn module(&self) -> &ModuleConfig {
+        &self.module
     }
 
     /// The settings only a model read from a GGUF file has.

@@ -78,7 +78,7 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
     let (generator, loaded) = Generator::start(
         options.model_dir.clone(),
         options.model.clone(),
-        options.load.clone(),
+        options.load,
         options.queue,
         metrics.clone(),
     )?;

@@ -25,6 +25,8 @@ use crate::arch::Architecture;
 use crate::error::{Error, Result};
 use crate::folder;
 
+pub mod shape;
+
 /// Special tokens, with the ids they get (they come first in the vocabulary).
 pub const SPECIAL_TOKENS: [&str; 6] = [
     "<unk>",
@@ -538,7 +540,19 @@ impl FixtureFiles {
             config,
             generation_config,
             tokenizer_config,
-            tensor_shapes: tensor_shapes(arch, size, &layout),
+            tensor_shapes: tensor_shapes(
+                arch,
+                &Geometry {
+                    hidden: size.hidden,
+                    intermediate: size.intermediate,
+                    layers: size.layers,
+                    heads: HEADS,
+                    kv_heads: layout.kv_heads,
+                    head_dim: layout.head_dim,
+                    vocab: VOCAB_SIZE,
+                    tied: layout.tied,
+                },
+            ),
             add_bos: layout.add_bos,
         }
     }
@@ -577,16 +591,24 @@ fn linear_bound(fan_in: usize, gain: f32) -> f32 {
     gain * (3.0 / fan_in as f32).sqrt()
 }
 
+/// The sizes that decide a model's tensor shapes.
+struct Geometry {
+    hidden: usize,
+    intermediate: usize,
+    layers: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    vocab: usize,
+    tied: bool,
+}
+
 /// The names and shapes of every tensor, in transformers' naming.
-fn tensor_shapes(
-    arch: Architecture,
-    size: FixtureSize,
-    layout: &Layout,
-) -> Vec<(String, Vec<usize>, Fill)> {
+fn tensor_shapes(arch: Architecture, geometry: &Geometry) -> Vec<(String, Vec<usize>, Fill)> {
     use Architecture::*;
-    let (h, i, v) = (size.hidden, size.intermediate, VOCAB_SIZE);
-    let q_dim = HEADS * layout.head_dim;
-    let kv_dim = layout.kv_heads * layout.head_dim;
+    let (h, i, v) = (geometry.hidden, geometry.intermediate, geometry.vocab);
+    let q_dim = geometry.heads * geometry.head_dim;
+    let kv_dim = geometry.kv_heads * geometry.head_dim;
     // Gemma stores norm weights as offsets from 1.
     let stored_offset = if matches!(arch, Gemma | Gemma2) {
         1.0
@@ -613,7 +635,7 @@ fn tensor_shapes(
         vec![v, h],
         Fill::Uniform(OUTPUT_BOUND),
     );
-    if !layout.tied {
+    if !geometry.tied {
         add(
             "lm_head.weight".into(),
             vec![v, h],
@@ -634,7 +656,7 @@ fn tensor_shapes(
         add(format!("{final_norm}.bias"), vec![h], bias);
     }
 
-    for l in 0..size.layers {
+    for l in 0..geometry.layers {
         let p = format!("model.layers.{l}");
         let mut norm_at = |name: &str| {
             add(format!("{p}.{name}.weight"), vec![h], norm);
@@ -699,8 +721,16 @@ fn tensor_shapes(
             add(format!("{attn}.{out_proj}.bias"), vec![h], bias);
         }
         if arch == Qwen3 {
-            add(format!("{attn}.q_norm.weight"), vec![layout.head_dim], norm);
-            add(format!("{attn}.k_norm.weight"), vec![layout.head_dim], norm);
+            add(
+                format!("{attn}.q_norm.weight"),
+                vec![geometry.head_dim],
+                norm,
+            );
+            add(
+                format!("{attn}.k_norm.weight"),
+                vec![geometry.head_dim],
+                norm,
+            );
         }
 
         let mlp = format!("{p}.mlp");

@@ -1,6 +1,4 @@
-//! `cargo xtask bench`: measured figures, never test assertions.
-//!
-//! `bench http` starts a release `llm-worker-rbee serve`, warms it up, then sends requests
+//! `cargo xtask bench http` starts a release `llm-worker-rbee serve`, warms it up, then sends requests
 //! from concurrent clients and reports throughput, latency quantiles and the server's memory.
 
 use std::path::PathBuf;
@@ -10,25 +8,12 @@ use anyhow::{bail, Context, Result};
 use conformance::http::HttpWorker;
 use llm_worker_rbee::{Backend, Dtype, Prompt, Request};
 use serde::Serialize;
-use xshell::{cmd, Shell};
 
-use crate::{project_root, target_dir};
-
-#[derive(clap::Args)]
-pub struct Args {
-    #[command(subcommand)]
-    bench: Bench,
-}
-
-#[derive(clap::Subcommand)]
-enum Bench {
-    /// The HTTP worker under concurrent load: requests/s, p50/p99 latency, and the server's
-    /// RSS after warm-up against at the end. Writes target/bench/http.json.
-    Http(HttpArgs),
-}
+use super::build_release;
+use crate::target_dir;
 
 #[derive(clap::Args)]
-struct HttpArgs {
+pub struct HttpArgs {
     /// A model folder, or the id of a fixture in target/fixtures (written if missing).
     #[arg(long, value_name = "DIR|FIXTURE", default_value = "llama")]
     model: String,
@@ -87,13 +72,7 @@ struct Quantiles {
     max: f64,
 }
 
-pub fn run(args: &Args) -> Result<()> {
-    match &args.bench {
-        Bench::Http(args) => http(args),
-    }
-}
-
-fn http(args: &HttpArgs) -> Result<()> {
+pub fn run(args: &HttpArgs) -> Result<()> {
     if args.clients == 0 || args.requests == 0 {
         bail!("--clients and --requests must be at least 1");
     }
@@ -271,20 +250,4 @@ fn model_dir(model: &str) -> Result<PathBuf> {
     }
     crate::test::write_missing_fixtures()?;
     Ok(crate::fixtures::default_dir().join(model))
-}
-
-/// Builds the release worker binary for `backend` and returns its path.
-fn build_release(backend: Backend) -> Result<PathBuf> {
-    let sh = Shell::new()?;
-    sh.change_dir(project_root());
-    let target = crate::build::prepare(&sh, backend, None)?;
-    let features: Vec<String> = crate::build::backend_feature(backend)
-        .map(|f| vec!["--features".into(), f])
-        .unwrap_or_default();
-    cmd!(
-        sh,
-        "cargo build --release -p llm-worker-rbee --bin llm-worker-rbee {features...} --target-dir {target}"
-    )
-    .run()?;
-    Ok(target.join("release/llm-worker-rbee"))
 }

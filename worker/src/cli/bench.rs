@@ -1,0 +1,139 @@
+//! `llm-worker-rbee bench`: runs the library's bench, prints a table (or JSON), writes the JSON
+//! file and checks targets.
+
+use anyhow::{bail, Result};
+use llm_worker_rbee::bench::{self, targets, BenchOptions, BenchReport, Spread};
+
+use super::{BenchArgs, Format};
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    if args.prompt_len.is_empty() || args.prompt_len.contains(&0) {
+        bail!("--prompt-len: give one or more lengths above 0, e.g. 128,512");
+    }
+    if args.gen < 2 || args.reps == 0 {
+        bail!("--gen must be at least 2 (a decode speed needs a second token), --reps at least 1");
+    }
+    let targets = match &args.check {
+        Some(path) => Some(targets::load(path)?),
+        None => None,
+    };
+    let options = BenchOptions {
+        prompt_lens: args.prompt_len.clone(),
+        gen: args.gen,
+        reps: args.reps,
+        baseline: !args.no_baseline,
+    };
+    let folder = args.model.folder()?;
+    let name = args.model.model.display().to_string();
+    let log = |line: &str| eprintln!("bench: {line}");
+    let report = bench::run(&folder, &name, args.device.load_options(), &options, &log)?;
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = &args.json {
+        std::fs::write(path, format!("{json}\n"))?;
+    }
+    match args.format {
+        Format::Json => println!("{json}"),
+        Format::Text => print!("{}", table(&report)),
+    }
+    if let Some(targets) = targets {
+        let verdicts = targets::check(&report, &targets);
+        let missed = verdicts.iter().filter(|v| !v.met).count();
+        eprintln!("targets ({} apply here):", verdicts.len());
+        for v in &verdicts {
+            let value = v.value.map_or("unknown".to_string(), |x| format!("{x:.3}"));
+            let mark = if v.met { "met" } else { "MISSED" };
+            eprintln!("  {mark}: {} ({value}, target {})", v.what, v.bound);
+        }
+        if missed > 0 {
+            bail!("{missed} of {} targets missed", verdicts.len());
+        }
+    }
+    Ok(())
+}
+
+fn gb(bytes: u64) -> String {
+    format!("{:.2} GB", bytes as f64 / 1e9)
+}
+
+fn spread(s: &Spread, decimals: usize) -> String {
+    format!(
+        "{:.d$} ({:.d$}-{:.d$})",
+        s.median,
+        s.min,
+        s.max,
+        d = decimals
+    )
+}
+
+fn table(r: &BenchReport) -> String {
+    let mut out = String::new();
+    let shape = r
+        .shape
+        .map_or(String::new(), |s| format!(", {} shape", s.name()));
+    out += &format!(
+        "model {} ({}{shape}) on {} {}, {}\n",
+        r.model, r.architecture, r.backend, r.dtype, r.device
+    );
+    out += &format!(
+        "load {:.0} ms, warm-up {:.0} ms; {:.3} B parameters, {} of weights, KV cache {} at the longest run\n",
+        r.load_ms,
+        r.warmup_ms,
+        r.parameters as f64 / 1e9,
+        gb(r.weight_bytes),
+        gb(r.kv_cache_bytes)
+    );
+    if let Some(rss) = r.host_rss {
+        out += &format!(
+            "host RSS: after load {}, steady {}, peak {}\n",
+            gb(rss.after_load),
+            gb(rss.steady),
+            gb(rss.peak)
+        );
+    }
+    if let Some(m) = r.device_memory {
+        out += &format!(
+            "device memory in use: before load {}, after load {}, peak {}\n",
+            gb(m.before_load),
+            gb(m.after_load),
+            gb(m.peak_in_use)
+        );
+    }
+    if let Some(b) = &r.peak_bandwidth {
+        out += &format!(
+            "peak memory bandwidth: {:.2} TB/s ({})\n",
+            b.bytes_per_s / 1e12,
+            b.source
+        );
+    }
+    out += &format!(
+        "{:>6} {:>5}  {:<24} {:<24} {:<24} {:>9} {:>8}\n",
+        "prompt", "gen", "ttft ms", "prefill tokens/s", "decode tokens/s", "GB/token", "roofline"
+    );
+    for run in &r.runs {
+        let roofline = run
+            .roofline_fraction
+            .map_or("-".to_string(), |f| format!("{:.1}%", f * 100.0));
+        out += &format!(
+            "{:>6} {:>5}  {:<24} {:<24} {:<24} {:>9.3} {:>8}\n",
+            run.prompt_len,
+            run.gen,
+            spread(&run.ttft_ms, 1),
+            spread(&run.prefill_tokens_per_s, 0),
+            spread(&run.decode_tokens_per_s, 1),
+            run.bytes_per_token as f64 / 1e9,
+            roofline
+        );
+    }
+    if let Some(b) = &r.baseline {
+        out += &format!(
+            "plain candle ({}), prompt {}: decode {} tokens/s; per token {:.2} ms issuing + {:.2} ms waiting; the worker is {:.2}x its speed\n",
+            b.module,
+            b.prompt_len,
+            spread(&b.decode_tokens_per_s, 1),
+            b.issue_ms_per_token,
+            b.wait_ms_per_token,
+            b.worker_relative
+        );
+    }
+    out
+}
