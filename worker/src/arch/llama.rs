@@ -1,4 +1,5 @@
-//! Llama (Llama 2/3, TinyLlama): candle-transformers `models::llama`.
+//! Llama (Llama 2/3, TinyLlama): the settings of candle-transformers `models::llama`, run by the
+//! worker's own copy of that module (`llama_module`: the same arithmetic, fewer kernels).
 //!
 //! The module keeps its KV cache in a separate `Cache`; a request starts from a clone of the
 //! empty cache made at load, which shares the rotary tables already on the device.
@@ -8,7 +9,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::llama as candle_llama;
 use serde_json::json;
 
-use super::{ArchConfig, Architecture, Dims, ModuleConfig, Window};
+use super::{llama_module, ArchConfig, Architecture, Dims, ModuleConfig, Window};
 use crate::config::{HfConfig, RopeDefaults, RopeKind, RopeScaling};
 use crate::error::Result;
 
@@ -74,16 +75,16 @@ pub fn parse(cfg: &HfConfig) -> Result<ArchConfig> {
 }
 
 pub struct Model {
-    model: candle_llama::Llama,
-    cache: candle_llama::Cache,
-    empty_cache: candle_llama::Cache,
+    model: llama_module::Llama,
+    cache: llama_module::Cache,
+    empty_cache: llama_module::Cache,
 }
 
 impl Model {
     pub fn load(config: &Config, vb: VarBuilder<'static>) -> CandleResult<Self> {
-        let empty_cache = candle_llama::Cache::new(true, vb.dtype(), config, vb.device())?;
+        let empty_cache = llama_module::Cache::new(vb.dtype(), config, vb.device())?;
         Ok(Self {
-            model: candle_llama::Llama::load(vb, config)?,
+            model: llama_module::Llama::load(vb, config)?,
             cache: empty_cache.clone(),
             empty_cache,
         })

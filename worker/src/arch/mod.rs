@@ -6,6 +6,7 @@ mod gemma;
 mod gemma2;
 pub mod gguf;
 mod llama;
+mod llama_module;
 mod mask;
 mod mistral;
 mod phi;

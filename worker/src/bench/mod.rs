@@ -97,7 +97,7 @@ pub struct BenchReport {
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct HostRss {
     pub after_load: u64,
-    /// After every measured run (before the baseline loads its own copy).
+    /// After every measured run, before the baseline loads its own copy.
     pub steady: u64,
     /// The process's high-water mark by then, loading included.
     pub peak: u64,
@@ -243,21 +243,15 @@ pub fn run(
         _ => None,
     };
     let device_name = probe.name();
-    drop(worker);
 
-    let baseline = match (options.baseline, options.prompt_lens.first()) {
-        (true, Some(&prompt_len)) => {
-            log("plain candle loop");
+    let baseline = match options.prompt_lens.first() {
+        Some(&prompt_len) if options.baseline => {
             let prompt = prompt_ids(prompt_len, dims.vocab_size);
-            let figures = baseline::run(model_dir, load, &prompt, options.gen, options.reps, log)?;
-            figures.map(|mut figures| {
-                figures.worker_relative =
-                    runs[0].decode_tokens_per_s.median / figures.decode_tokens_per_s.median;
-                figures
-            })
+            compare(&mut worker, model_dir, load, &prompt, options, log)?
         }
         _ => None,
     };
+    drop(worker);
 
     Ok(BenchReport {
         model: model.to_string(),
@@ -278,6 +272,59 @@ pub fn run(
         runs,
         baseline,
     })
+}
+
+/// Loads the plain candle baseline beside the worker and runs the two in turns at one prompt
+/// length: a machine whose speed drifts (clocks, neighbours) then slows both alike.
+fn compare(
+    worker: &mut Worker,
+    model_dir: &Path,
+    load: LoadOptions,
+    prompt: &[u32],
+    options: &BenchOptions,
+    log: &dyn Fn(&str),
+) -> Result<Option<baseline::BaselineFigures>> {
+    log("plain candle loop, in turns with the worker");
+    let Some(mut plain) = baseline::Baseline::load(model_dir, load, log)? else {
+        return Ok(None);
+    };
+    let request = Request {
+        ignore_eos: true,
+        ..Request::greedy(Prompt::Ids(prompt.to_vec()), options.gen)
+    };
+    let warming = Instant::now();
+    loop {
+        plain.decode(prompt, options.gen)?;
+        worker.generate(&request, |_| ControlFlow::Continue(()))?;
+        if warming.elapsed() >= WARMUP {
+            break;
+        }
+    }
+    let (mut theirs, mut ours) = (Vec::new(), Vec::new());
+    let (mut issue, mut wait) = (Vec::new(), Vec::new());
+    for rep in 1..=options.reps {
+        let (speed, steps) = plain.decode(prompt, options.gen)?;
+        let generation = worker.generate(&request, |_| ControlFlow::Continue(()))?;
+        let own = generation.timings.decode_tokens_per_s;
+        log(&format!(
+            "run {rep}/{}: plain candle {speed:.1} tokens/s, worker {own:.1} tokens/s",
+            options.reps
+        ));
+        theirs.push(speed);
+        ours.push(own);
+        issue.extend(steps.iter().map(|s| s.0));
+        wait.extend(steps.iter().map(|s| s.1));
+    }
+    let (theirs, ours) = (Spread::of(&theirs), Spread::of(&ours));
+    Ok(Some(baseline::BaselineFigures {
+        module: plain.module(),
+        prompt_len: prompt.len(),
+        decode_tokens_per_s: theirs,
+        issue_ms_per_token: Spread::of(&issue).median,
+        wait_ms_per_token: Spread::of(&wait).median,
+        worker_decode_tokens_per_s: ours,
+        worker_relative: ours.median / theirs.median,
+    }))
 }
 
 fn max_of(a: Option<u64>, b: Option<u64>) -> Option<u64> {

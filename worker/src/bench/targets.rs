@@ -158,6 +158,7 @@ mod tests {
                 decode_tokens_per_s: spread,
                 issue_ms_per_token: 0.0,
                 wait_ms_per_token: 0.0,
+                worker_decode_tokens_per_s: spread,
                 worker_relative: 0.97,
             }),
         }

@@ -126,10 +126,11 @@ fn table(r: &BenchReport) -> String {
     }
     if let Some(b) = &r.baseline {
         out += &format!(
-            "plain candle ({}), prompt {}: decode {} tokens/s; per token {:.2} ms issuing + {:.2} ms waiting; the worker is {:.2}x its speed\n",
+            "plain candle ({}), prompt {}, in turns with the worker: decode {} tokens/s against the worker's {}; per token {:.2} ms issuing + {:.2} ms waiting; the worker is {:.2}x its speed\n",
             b.module,
             b.prompt_len,
             spread(&b.decode_tokens_per_s, 1),
+            spread(&b.worker_decode_tokens_per_s, 1),
             b.issue_ms_per_token,
             b.wait_ms_per_token,
             b.worker_relative
