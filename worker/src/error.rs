@@ -38,7 +38,19 @@ pub enum Error {
 
     /// A failure inside candle while running the model.
     #[error("model execution failed: {0}")]
-    Candle(#[from] candle_core::Error),
+    Candle(#[source] candle_core::Error),
+}
+
+impl From<candle_core::Error> for Error {
+    fn from(error: candle_core::Error) -> Self {
+        // With RUST_BACKTRACE set, candle wraps its errors with a backtrace, which would end up
+        // in messages to clients; the cause is what they need.
+        let mut error = error;
+        while let candle_core::Error::WithBacktrace { inner, .. } = error {
+            error = *inner;
+        }
+        Error::Candle(error)
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -71,5 +83,23 @@ impl Error {
             field,
             message: message.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_candle_error_reads_as_its_cause_without_the_backtrace() {
+        let traced = candle_core::Error::WithBacktrace {
+            inner: Box::new(candle_core::Error::Msg("out of memory".into())),
+            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+        };
+        assert!(traced.to_string().len() > "out of memory".len());
+        assert_eq!(
+            Error::from(traced).to_string(),
+            "model execution failed: out of memory"
+        );
     }
 }
