@@ -48,7 +48,8 @@ impl Buffer {
     }
 }
 
-/// The KV cache, rotary tables and masks of one sequence.
+/// The KV cache, rotary tables and masks of one sequence. Clone only an empty one (as the
+/// worker does for each request): a clone shares the buffers, which are written in place.
 #[derive(Clone, Debug)]
 pub struct Cache {
     masks: HashMap<(usize, usize), Tensor>,
