@@ -97,6 +97,11 @@ impl Dtype {
         }
     }
 
+    /// Bytes of one value.
+    pub fn size_in_bytes(self) -> u64 {
+        self.candle().size_in_bytes() as u64
+    }
+
     pub fn candle(self) -> DType {
         match self {
             Dtype::F32 => DType::F32,

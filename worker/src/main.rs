@@ -154,23 +154,8 @@ struct BenchArgs {
     model: ModelArgs,
     #[command(flatten)]
     device: DeviceArgs,
-    /// Prompt lengths to measure, one set of runs each.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "128,512",
-        value_name = "N,.."
-    )]
-    prompt_len: Vec<usize>,
-    /// Tokens to generate per run (EOS is ignored).
-    #[arg(long, default_value_t = 128, value_name = "N")]
-    gen: usize,
-    /// Measured runs per prompt length, after one that is not measured.
-    #[arg(long, default_value_t = 3, value_name = "N")]
-    reps: usize,
-    /// Skip the plain candle loop.
-    #[arg(long)]
-    no_baseline: bool,
+    #[command(flatten)]
+    options: llm_worker_rbee::bench::BenchOptions,
     /// Also write the figures as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,

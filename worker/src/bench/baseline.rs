@@ -64,6 +64,11 @@ impl Plain {
     }
 }
 
+/// A candle error of the baseline, as an error about the model's folder.
+fn failed(model_dir: &Path) -> impl Fn(candle_core::Error) -> Error + Copy + '_ {
+    move |e| Error::weights(model_dir, format!("baseline: {e}"))
+}
+
 /// candle-transformers' module loaded over a model's weights, ready to decode.
 pub struct Baseline {
     model: Plain,
@@ -85,7 +90,7 @@ impl Baseline {
         let files = folder.weights.files();
         let device = load.backend.device(load.device)?;
         let dtype = load.dtype.candle();
-        let failed = |e: candle_core::Error| Error::weights(model_dir, format!("baseline: {e}"));
+        let failed = failed(model_dir);
         // SAFETY: as the worker's own loading: the files are only read.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, &device) }
             .map_err(failed)?;
@@ -137,7 +142,7 @@ impl Baseline {
             model_dir,
             ..
         } = self;
-        let failed = |e: candle_core::Error| Error::weights(model_dir, format!("baseline: {e}"));
+        let failed = failed(model_dir);
         model.clear(*dtype, device).map_err(failed)?;
         let mut sampler = LogitsProcessor::from_sampling(0, Sampling::ArgMax);
         let mut step = |model: &mut Plain, ids: &[u32], offset: usize| {

@@ -25,17 +25,59 @@ use crate::folder::WeightsFormat;
 use crate::synth::shape::{self, Shape};
 use crate::{LoadOptions, Prompt, Request, Worker};
 
-/// What to measure.
-#[derive(Clone, Debug)]
+/// What to measure: the flags of `llm-worker-rbee bench`, which `cargo xtask bench` passes on.
+#[derive(Clone, Debug, clap::Args)]
 pub struct BenchOptions {
-    /// Prompt lengths, one set of runs each.
-    pub prompt_lens: Vec<usize>,
-    /// Tokens generated per run.
+    /// Prompt lengths to measure, one set of runs each.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "128,512",
+        value_name = "N,.."
+    )]
+    pub prompt_len: Vec<usize>,
+    /// Tokens generated per run (EOS is ignored).
+    #[arg(long, default_value_t = 128, value_name = "N")]
     pub gen: usize,
-    /// Measured runs per prompt length (after [`WARMUP`] of runs that are not).
+    /// Measured runs per prompt length, after at least 2 s of runs that are not.
+    #[arg(long, default_value_t = 3, value_name = "N")]
     pub reps: usize,
-    /// Also run the plain candle loop.
-    pub baseline: bool,
+    /// Skip the plain candle loop the worker is compared with.
+    #[arg(long)]
+    pub no_baseline: bool,
+}
+
+impl BenchOptions {
+    /// What cannot be measured, in words.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if self.prompt_len.is_empty() || self.prompt_len.contains(&0) {
+            return Err("--prompt-len: give one or more lengths above 0, e.g. 128,512".into());
+        }
+        if self.gen < 2 || self.reps == 0 {
+            return Err(
+                "--gen must be at least 2 (a decode speed needs a second token), --reps at least 1"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// These options as the flags that give them.
+    pub fn to_flags(&self) -> Vec<String> {
+        let lens: Vec<String> = self.prompt_len.iter().map(|n| n.to_string()).collect();
+        let mut flags = vec![
+            "--prompt-len".to_string(),
+            lens.join(","),
+            "--gen".into(),
+            self.gen.to_string(),
+            "--reps".into(),
+            self.reps.to_string(),
+        ];
+        if self.no_baseline {
+            flags.push("--no-baseline".into());
+        }
+        flags
+    }
 }
 
 /// The median and the range of a figure over the repetitions.
@@ -146,10 +188,7 @@ pub fn run(
     let after_load_rss = host_rss_now();
     let info = worker.info().clone();
     let dims = &info.dims;
-    let dtype_bytes = match load.dtype {
-        Dtype::F32 => 4,
-        Dtype::Bf16 | Dtype::F16 => 2,
-    };
+    let dtype_bytes = load.dtype.size_in_bytes();
     let parameters = info.checkpoint.parameters;
     let weight_bytes = match info.format {
         WeightsFormat::Gguf => info.checkpoint.file_bytes,
@@ -161,29 +200,18 @@ pub fn run(
     } else {
         (dims.vocab_size * dims.hidden_size) as u64 * dtype_bytes
     };
-    let longest = options.prompt_lens.iter().max().copied().unwrap_or(0) + options.gen;
+    let longest = options.prompt_len.iter().max().copied().unwrap_or(0) + options.gen;
     let kv_cache_bytes = (kv_per_position * longest) as u64 * dtype_bytes;
     let bandwidth = probe.peak_bandwidth();
     let mut peak_device = after_load_device;
 
     let mut runs = Vec::new();
-    for &prompt_len in &options.prompt_lens {
-        let request = Request {
-            ignore_eos: true,
-            ..Request::greedy(
-                Prompt::Ids(prompt_ids(prompt_len, dims.vocab_size)),
-                options.gen,
-            )
-        };
-        // Not measured: the first runs of a shape load kernels and size caches, and clocks
-        // ramp up.
-        let warming = Instant::now();
-        loop {
+    for &prompt_len in &options.prompt_len {
+        let request = bench_request(prompt_ids(prompt_len, dims.vocab_size), options.gen);
+        warm_up(|| {
             worker.generate(&request, |_| ControlFlow::Continue(()))?;
-            if warming.elapsed() >= WARMUP {
-                break;
-            }
-        }
+            Ok(())
+        })?;
         let (mut ttft, mut prefill, mut decode) = (Vec::new(), Vec::new(), Vec::new());
         for rep in 0..options.reps {
             let last = options.gen - 1;
@@ -191,7 +219,7 @@ pub fn run(
                 // Device memory at the first and the last token: after the prefill's
                 // activations, and with the fullest cache.
                 if token.index == 0 || token.index == last {
-                    peak_device = max_of(peak_device, probe.memory_in_use());
+                    peak_device = peak_device.max(probe.memory_in_use());
                 }
                 ControlFlow::Continue(())
             })?;
@@ -244,8 +272,8 @@ pub fn run(
     };
     let device_name = probe.name();
 
-    let baseline = match options.prompt_lens.first() {
-        Some(&prompt_len) if options.baseline => {
+    let baseline = match options.prompt_len.first() {
+        Some(&prompt_len) if !options.no_baseline => {
             let prompt = prompt_ids(prompt_len, dims.vocab_size);
             compare(&mut worker, model_dir, load, &prompt, options, log)?
         }
@@ -288,18 +316,12 @@ fn compare(
     let Some(mut plain) = baseline::Baseline::load(model_dir, load, log)? else {
         return Ok(None);
     };
-    let request = Request {
-        ignore_eos: true,
-        ..Request::greedy(Prompt::Ids(prompt.to_vec()), options.gen)
-    };
-    let warming = Instant::now();
-    loop {
+    let request = bench_request(prompt.to_vec(), options.gen);
+    warm_up(|| {
         plain.decode(prompt, options.gen)?;
         worker.generate(&request, |_| ControlFlow::Continue(()))?;
-        if warming.elapsed() >= WARMUP {
-            break;
-        }
-    }
+        Ok(())
+    })?;
     let (mut theirs, mut ours) = (Vec::new(), Vec::new());
     let (mut issue, mut wait) = (Vec::new(), Vec::new());
     for rep in 1..=options.reps {
@@ -327,34 +349,106 @@ fn compare(
     }))
 }
 
-fn max_of(a: Option<u64>, b: Option<u64>) -> Option<u64> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.max(b)),
-        (a, None) => a,
-        (None, b) => b,
+/// Runs `run` again and again, unmeasured, until [`WARMUP`] has passed (at least once): the
+/// first runs of a shape load kernels and size caches, and clocks ramp up.
+fn warm_up(mut run: impl FnMut() -> Result<()>) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        run()?;
+        if started.elapsed() >= WARMUP {
+            return Ok(());
+        }
     }
 }
 
-/// A prompt of `len` ids spread over the vocabulary, past the special tokens.
+/// Greedy, `gen` tokens whatever EOS says.
+fn bench_request(prompt: Vec<u32>, gen: usize) -> Request {
+    Request {
+        ignore_eos: true,
+        ..Request::greedy(Prompt::Ids(prompt), gen)
+    }
+}
+
+/// A prompt of `len` ids spread over the vocabulary, past the synthetic tokenizers' special
+/// tokens.
 pub fn prompt_ids(len: usize, vocab: usize) -> Vec<u32> {
-    let first = 6.min(vocab - 1);
+    let first = crate::synth::SPECIAL_TOKENS.len().min(vocab - 1);
     (0..len)
         .map(|i| (first + (i * 7919 + 13) % (vocab - first)) as u32)
         .collect()
 }
 
-/// Resident and peak resident bytes of this process (Linux: /proc/self/status).
+/// Resident and peak resident bytes of this process.
 fn host_rss_now() -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let field = |name: &str| -> Option<u64> {
-        let line = status.lines().find(|l| l.starts_with(name))?;
-        let kib: u64 = line[name.len()..]
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()?;
-        Some(kib * 1024)
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
+    Some((
+        process_memory("self", "VmRSS")?,
+        process_memory("self", "VmHWM")?,
+    ))
+}
+
+/// A memory figure of `/proc/<process>/status` (`VmRSS`, `VmHWM`; `process` a pid or `self`),
+/// in bytes; `None` where there is no such file (not Linux) or line.
+pub fn process_memory(process: &str, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{process}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|value| value.trim().strip_suffix("kB")?.trim().parse().ok())?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        options: BenchOptions,
+    }
+
+    fn parse(flags: &[&str]) -> BenchOptions {
+        Flags::parse_from(std::iter::once("bench").chain(flags.iter().copied())).options
+    }
+
+    #[test]
+    fn the_options_pass_on_as_the_flags_that_give_them() {
+        let options = parse(&[
+            "--prompt-len",
+            "16,64",
+            "--gen",
+            "9",
+            "--reps",
+            "5",
+            "--no-baseline",
+        ]);
+        assert_eq!(options.prompt_len, [16, 64]);
+        let flags = options.to_flags();
+        let again = parse(&flags.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(again.to_flags(), flags);
+        assert!(again.no_baseline && again.gen == 9 && again.reps == 5);
+        assert_eq!(
+            parse(&[]).to_flags(),
+            ["--prompt-len", "128,512", "--gen", "128", "--reps", "3"]
+        );
+    }
+
+    #[test]
+    fn options_that_measure_nothing_are_refused() {
+        assert!(parse(&[]).check().is_ok());
+        assert!(parse(&["--prompt-len", "0"])
+            .check()
+            .unwrap_err()
+            .contains("--prompt-len"));
+        assert!(parse(&["--gen", "1"])
+            .check()
+            .unwrap_err()
+            .contains("--gen"));
+        assert!(parse(&["--reps", "0"])
+            .check()
+            .unwrap_err()
+            .contains("--reps"));
+    }
 }

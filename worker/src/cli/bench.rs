@@ -2,31 +2,26 @@
 //! file and checks targets.
 
 use anyhow::{bail, Result};
-use llm_worker_rbee::bench::{self, targets, BenchOptions, BenchReport, Spread};
+use llm_worker_rbee::bench::{self, targets, BenchReport, Spread};
 
 use super::{BenchArgs, Format};
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    if args.prompt_len.is_empty() || args.prompt_len.contains(&0) {
-        bail!("--prompt-len: give one or more lengths above 0, e.g. 128,512");
-    }
-    if args.gen < 2 || args.reps == 0 {
-        bail!("--gen must be at least 2 (a decode speed needs a second token), --reps at least 1");
-    }
+    args.options.check().map_err(anyhow::Error::msg)?;
     let targets = match &args.check {
         Some(path) => Some(targets::load(path)?),
         None => None,
     };
-    let options = BenchOptions {
-        prompt_lens: args.prompt_len.clone(),
-        gen: args.gen,
-        reps: args.reps,
-        baseline: !args.no_baseline,
-    };
     let folder = args.model.folder()?;
     let name = args.model.model.display().to_string();
     let log = |line: &str| eprintln!("bench: {line}");
-    let report = bench::run(&folder, &name, args.device.load_options(), &options, &log)?;
+    let report = bench::run(
+        &folder,
+        &name,
+        args.device.load_options(),
+        &args.options,
+        &log,
+    )?;
     let json = serde_json::to_string_pretty(&report)?;
     if let Some(path) = &args.json {
         std::fs::write(path, format!("{json}\n"))?;

@@ -164,7 +164,7 @@ impl Shape {
             .iter()
             .map(|(_, shape, _)| shape.iter().product::<usize>())
             .sum();
-        values as u64 * dtype_size(dtype)
+        values as u64 * dtype.size_in_bytes()
     }
 }
 
@@ -268,13 +268,6 @@ fn torch_dtype(dtype: Dtype) -> &'static str {
     }
 }
 
-fn dtype_size(dtype: Dtype) -> u64 {
-    match dtype {
-        Dtype::F32 => 4,
-        Dtype::Bf16 | Dtype::F16 => 2,
-    }
-}
-
 /// A byte-level tokenizer with `vocab` tokens: the special tokens, the 256 byte symbols, and
 /// made-up tokens of two or three printable ASCII characters (so that any id decodes to text).
 /// It has no merges: text encodes byte by byte.
@@ -361,7 +354,7 @@ impl safetensors::View for LazyTensor<'_> {
 
     fn data(&self) -> Cow<'_, [u8]> {
         let count: usize = self.shape.iter().product();
-        let size = dtype_size(self.dtype) as usize;
+        let size = self.dtype.size_in_bytes() as usize;
         let mut bytes = vec![0u8; count * size];
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let chunks: Vec<(usize, &mut [u8])> = bytes.chunks_mut(CHUNK * size).enumerate().collect();
@@ -387,13 +380,13 @@ impl safetensors::View for LazyTensor<'_> {
     }
 
     fn data_len(&self) -> usize {
-        self.shape.iter().product::<usize>() * dtype_size(self.dtype) as usize
+        self.shape.iter().product::<usize>() * self.dtype.size_in_bytes() as usize
     }
 }
 
 fn fill_chunk(fill: Fill, stream: u64, dtype: Dtype, out: &mut [u8]) {
     let mut rng = ChaCha8Rng::seed_from_u64(stream);
-    let size = dtype_size(dtype) as usize;
+    let size = dtype.size_in_bytes() as usize;
     for value in out.chunks_exact_mut(size) {
         // 24 random bits scaled by 2^-24: exact, in [0, 1).
         let unit = (rng.next_u32() >> 8) as f32 * (1.0 / 16_777_216.0);

@@ -227,14 +227,8 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 
 /// A memory figure of `/proc/<pid>/status` (`VmRSS`, `VmHWM`), in bytes.
 fn memory(pid: u32, field: &str) -> Result<u64> {
-    let path = format!("/proc/{pid}/status");
-    let status = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|value| value.trim().strip_suffix("kB")?.trim().parse().ok())
-        .with_context(|| format!("{path} has no {field} line"))?;
-    Ok(kib * 1024)
+    llm_worker_rbee::bench::process_memory(&pid.to_string(), field)
+        .with_context(|| format!("/proc/{pid}/status is missing or has no {field} line"))
 }
 
 /// A model folder as given, or a fixture's folder (writing the fixtures if missing).

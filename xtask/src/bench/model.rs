@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
+use llm_worker_rbee::bench::BenchOptions;
 use llm_worker_rbee::synth::shape::Shape;
 use llm_worker_rbee::{Backend, Dtype};
 use xshell::{cmd, Shell};
@@ -26,18 +27,8 @@ pub struct ModelArgs {
     /// The dtype of weights and activations [default: f32 on cpu, else bf16].
     #[arg(long, value_enum)]
     dtype: Option<Dtype>,
-    /// Prompt lengths to measure, one set of runs each.
-    #[arg(long, default_value = "128,512", value_name = "N,..")]
-    prompt_len: String,
-    /// Tokens generated per run (EOS ignored).
-    #[arg(long, default_value_t = 128, value_name = "N")]
-    gen: usize,
-    /// Measured runs per prompt length, after one that is not measured.
-    #[arg(long, default_value_t = 3, value_name = "N")]
-    reps: usize,
-    /// Skip the plain candle loop the worker is compared with.
-    #[arg(long)]
-    no_baseline: bool,
+    #[command(flatten)]
+    options: BenchOptions,
     /// Compare the figures with these targets (e.g. ci/bench/targets.toml); exit non-zero if
     /// one that applies is missed.
     #[arg(long, value_name = "FILE")]
@@ -45,6 +36,8 @@ pub struct ModelArgs {
 }
 
 pub fn run(args: &ModelArgs) -> Result<()> {
+    // Checked here too, before the release build.
+    args.options.check().map_err(anyhow::Error::msg)?;
     let dtype = args.dtype.unwrap_or(match args.backend {
         Backend::Cpu => Dtype::F32,
         _ => Dtype::Bf16,
@@ -69,21 +62,13 @@ pub fn run(args: &ModelArgs) -> Result<()> {
     let sh = Shell::new()?;
     sh.change_dir(project_root());
     let (backend, dtype) = (args.backend.name(), dtype.name());
-    let (prompt_len, gen, reps) = (
-        &args.prompt_len,
-        args.gen.to_string(),
-        args.reps.to_string(),
-    );
-    let mut extra: Vec<String> = Vec::new();
-    if args.no_baseline {
-        extra.push("--no-baseline".into());
-    }
+    let mut extra = args.options.to_flags();
     if let Some(check) = &args.check {
         extra.extend(["--check".into(), check.display().to_string()]);
     }
     cmd!(
         sh,
-        "{worker} bench --model {model} --backend {backend} --dtype {dtype} --prompt-len {prompt_len} --gen {gen} --reps {reps} --json {json} {extra...}"
+        "{worker} bench --model {model} --backend {backend} --dtype {dtype} --json {json} {extra...}"
     )
     .run()?;
     eprintln!("figures written to {}", json.display());
