@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use llm_worker_rbee::{Backend, Dtype, Prompt};
 use serde::Deserialize;
 
-use crate::Error;
+use crate::error::Error;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
-use llm_worker_rbee::generate::GenerationTimings;
+use llm_worker_rbee::request::GenerationTimings;
 use llm_worker_rbee::{Backend, Dtype, Generation, Prompt, Request, StopReason};
 use serde::Deserialize;
 use serde_json::json;
@@ -155,6 +155,7 @@ impl HttpWorker {
         match &request.prompt {
             Prompt::Text(text) => body["prompt"] = json!(text),
             Prompt::Ids(ids) => body["prompt_ids"] = json!(ids),
+            Prompt::Messages(messages) => body["messages"] = json!(messages),
         }
         let response = self
             .client

@@ -6,8 +6,9 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use crate::cases::Cases;
-use crate::report::{Outcome, Report};
-use crate::trial::hex;
+use crate::hash::hex;
+use crate::record::Outcome;
+use crate::report::Report;
 
 /// One committed report and where it lives, relative to the workspace.
 pub struct CommittedReport {
@@ -231,7 +232,9 @@ fn table(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{RunInfo, TrialRecord, SCHEMA};
+    use crate::checks::source::agreement;
+    use crate::record::{Differential, TrialRecord};
+    use crate::report::{RunInfo, SCHEMA};
     use llm_worker_rbee::{Backend, Dtype};
 
     fn cases() -> Cases {
@@ -296,7 +299,7 @@ mod tests {
         )
         .unwrap();
         let diverged = TrialRecord {
-            differential: Some(crate::report::Differential {
+            differential: Some(Differential {
                 first_divergence: Some(2),
                 near_tie: Some(true),
                 ..Default::default()
@@ -338,12 +341,8 @@ mod tests {
             std::fs::write(snapshots.path().join(file), model).unwrap();
         }
         let agreeing = TrialRecord {
-            differential: Some(crate::report::Differential {
-                source_agreement: Some(crate::report::SourceAgreement::of(
-                    "b",
-                    &[1, 2, 3],
-                    &[1, 2, 4],
-                )),
+            differential: Some(Differential {
+                source_agreement: Some(agreement("b", &[1, 2, 3], &[1, 2, 4])),
                 ..Default::default()
             }),
             ..trial("b", Outcome::Passed, "b")

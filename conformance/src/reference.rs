@@ -6,7 +6,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use serde::Deserialize;
 
-use crate::Error;
+use crate::error::Error;
 
 /// transformers' greedy decoding of every prompt for one model.
 #[derive(Debug, Deserialize)]

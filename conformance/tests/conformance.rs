@@ -15,9 +15,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use conformance::report::{Outcome, Report, RunInfo};
-use conformance::trial::{expand, Selection, Suite};
-use conformance::{Cases, Paths};
+use conformance::cases::Cases;
+use conformance::paths::Paths;
+use conformance::record::Outcome;
+use conformance::report::{Report, RunInfo};
+use conformance::suite::Suite;
+use conformance::trial::{expand, Selection};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 
 fn main() -> ExitCode {

@@ -4,9 +4,11 @@
 
 use std::path::Path;
 
-use conformance::report::Outcome;
-use conformance::trial::{expand, Selection, Suite, Transport};
-use conformance::{Cases, Paths};
+use conformance::cases::Cases;
+use conformance::paths::{workspace_root, Paths};
+use conformance::record::Outcome;
+use conformance::suite::Suite;
+use conformance::trial::{expand, Selection, Transport};
 use llm_worker_rbee::{synth, Backend, Dtype};
 
 const CASES: &str = r#"
@@ -73,7 +75,7 @@ fn trials_pass_fail_are_expected_to_fail_or_are_ignored_as_the_goldens_say() {
     synth::write_fixture(&fixture, &root.path().join("fixtures/qwen2")).unwrap();
     let reference = root.path().join("golden/reference");
     std::fs::create_dir_all(&reference).unwrap();
-    let committed = conformance::workspace_root().join("golden/reference");
+    let committed = workspace_root().join("golden/reference");
     for file in ["qwen2.json", "qwen2.logits.safetensors"] {
         std::fs::copy(committed.join(file), reference.join(file)).unwrap();
     }

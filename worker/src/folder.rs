@@ -227,3 +227,15 @@ fn find_safetensors(root: &Path) -> Result<Weights> {
     }
     Ok(Weights::Sharded { index, weight_map })
 }
+
+/// A JSON file of the folder whose top level is an object (tokenizer_config.json,
+/// generation_config.json).
+pub fn read_json_object(path: &Path) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    match serde_json::from_str(&text) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
+        Ok(_) => Err(Error::file(path, "expected a JSON object at the top level")),
+        Err(e) => Err(Error::file(path, format!("not valid JSON: {e}"))),
+    }
+}

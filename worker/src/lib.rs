@@ -5,7 +5,7 @@
 //! use llm_worker_rbee::{LoadOptions, Prompt, Request, Worker};
 //!
 //! let mut worker = Worker::load("model-dir".as_ref(), LoadOptions::default())?;
-//! let request = Request::greedy(Prompt::Text("hello".into()), 16);
+//! let request = worker.prepare(&Request::greedy(Prompt::Text("hello".into()), 16))?;
 //! let generation = worker.generate(&request, |token| {
 //!     print!("{}", token.text);
 //!     std::ops::ControlFlow::Continue(())
@@ -13,26 +13,39 @@
 //! println!("\n{:?}", generation.stop_reason);
 //! # Ok::<(), llm_worker_rbee::Error>(())
 //! ```
+//!
+//! The library is the worker alone; the binary's other parts are features it enables: `serve`
+//! (the HTTP worker), `synth` (fixture and shape models) and `bench`.
 
 pub mod arch;
 pub mod backend;
+#[cfg(feature = "bench")]
 pub mod bench;
+pub mod chat;
+pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod fixture;
 pub mod folder;
-pub mod generate;
+pub mod gguf;
+pub mod model;
 pub mod model_id;
+pub mod modules;
+pub mod prompter;
+pub mod request;
+#[cfg(feature = "serve")]
 pub mod serve;
+#[cfg(feature = "synth")]
 pub mod synth;
 pub mod tokens;
 pub mod weights;
 pub mod worker;
 
-pub use arch::Architecture;
 pub use backend::{Backend, Dtype};
 pub use error::{Error, Result};
-pub use generate::{Generation, Prompt, Request, StopReason, TokenEvent};
-pub use worker::{LoadOptions, ModelInfo, Worker};
+pub use model::Architecture;
+pub use request::{Generation, Message, PreparedRequest, Prompt, Request, StopReason, TokenEvent};
+pub use worker::{LoadOptions, ModelFiles, ModelInfo, Worker};
 
 /// This crate's version, as reports record it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

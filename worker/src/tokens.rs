@@ -9,7 +9,7 @@ use tokenizers::Tokenizer;
 
 use crate::config::token_ids;
 use crate::error::{Error, Result};
-use crate::folder::ModelFolder;
+use crate::folder::{read_json_object, ModelFolder};
 
 /// The tokenizer of a model folder with the folder's rules for special tokens.
 pub struct TextCodec {
@@ -38,14 +38,17 @@ pub struct ModelSpecials {
 }
 
 impl TextCodec {
-    pub fn load(folder: &ModelFolder, model: &ModelSpecials) -> Result<Self> {
+    /// The folder's tokenizer.json with the rules of its tokenizer_config.json (`(path,
+    /// contents)`, read by the caller, which also takes the chat template from it) and of its
+    /// generation_config.json.
+    pub fn load(
+        folder: &ModelFolder,
+        model: &ModelSpecials,
+        tokenizer_config: Option<(&Path, &serde_json::Map<String, Value>)>,
+    ) -> Result<Self> {
         let path = folder.tokenizer();
         let tokenizer = Tokenizer::from_file(&path)
             .map_err(|e| Error::file(&path, format!("not a valid tokenizer.json: {e}")))?;
-        let tokenizer_config = match &folder.tokenizer_config {
-            Some(p) => Some((p.as_path(), read_json(p)?)),
-            None => None,
-        };
 
         let mut explicit_specials = model.explicit;
         let mut eos_ids: BTreeSet<u32> = model.eos_ids.iter().copied().collect();
@@ -85,7 +88,7 @@ impl TextCodec {
             eos_ids.extend(token("eos_token")?);
         }
         if let Some(path) = &folder.generation_config {
-            let generation = read_json(path)?;
+            let generation = read_json_object(path)?;
             let ids = token_ids(generation.get("eos_token_id"))
                 .map_err(|m| Error::field(path, "eos_token_id", m))?;
             eos_ids.extend(ids);
@@ -114,6 +117,16 @@ impl TextCodec {
         Ok(ids)
     }
 
+    /// Token ids for text that already holds its special tokens (a rendered chat template), as
+    /// `apply_chat_template` encodes it: nothing added.
+    pub fn encode_rendered(&self, text: &str) -> Result<Vec<u32>> {
+        let encoding = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| Error::request("messages", format!("cannot be tokenized: {e}")))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
     /// The text of `ids`, special tokens left out.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.tokenizer
@@ -133,16 +146,6 @@ impl TextCodec {
 
     pub fn vocab_size(&self) -> usize {
         self.tokenizer.get_vocab_size(true)
-    }
-}
-
-fn read_json(path: &Path) -> Result<serde_json::Map<String, Value>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
-    match serde_json::from_str(&text) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(Error::file(path, "expected a JSON object at the top level")),
-        Err(e) => Err(Error::file(path, format!("not valid JSON: {e}"))),
     }
 }
 

@@ -1,5 +1,5 @@
 //! Reading checkpoints onto the device, and checking that the architecture's module reads
-//! exactly the tensors the checkpoint holds: SafeTensors here, GGUF in [`crate::arch::gguf`].
+//! exactly the tensors the checkpoint holds: SafeTensors here, GGUF in [`crate::gguf`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -9,25 +9,14 @@ use candle_core::safetensors::{Load, MmapedSafetensors};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
-use serde::Serialize;
 
-use crate::arch::{gguf, ArchConfig, Model};
+use crate::checkpoint::{summarize_list, CheckpointSummary};
 use crate::error::{Error, Result};
 use crate::folder::{ModelFolder, Weights};
+use crate::model::{ArchConfig, CausalLm, ModuleConfig};
 
 pub const EMBEDDINGS: &str = "model.embed_tokens.weight";
 pub const LM_HEAD: &str = "lm_head.weight";
-
-/// What the checkpoint files declare, read from their headers only.
-#[derive(Clone, Debug, Serialize)]
-pub struct CheckpointSummary {
-    pub files: Vec<PathBuf>,
-    pub file_bytes: u64,
-    pub tensors: usize,
-    pub parameters: u64,
-    /// Tensor count per stored dtype: "f32", "bf16", ...; for GGUF the GGML types, "q4_k", ...
-    pub dtypes: BTreeMap<String, usize>,
-}
 
 /// Maps every weight file and checks the headers (a truncated or corrupt file fails here).
 fn open_files(folder: &ModelFolder) -> Result<Vec<(PathBuf, MmapedSafetensors)>> {
@@ -80,10 +69,8 @@ fn locate(
     Ok(location)
 }
 
+/// The headers of the SafeTensors files of `folder`.
 pub fn summarize(folder: &ModelFolder) -> Result<CheckpointSummary> {
-    if let Weights::Gguf(path) = &folder.weights {
-        return Ok(gguf::Header::read(path)?.summary());
-    }
     let files = open_files(folder)?;
     locate(folder, &files)?;
     let mut summary = CheckpointSummary {
@@ -203,26 +190,16 @@ impl SimpleBackend for TrackingBackend {
     }
 }
 
-/// Loads the checkpoint of `folder` onto `device` and builds the model, failing unless the
-/// module reads every tensor (but the harmless ones) with the right shape.
+/// Loads the SafeTensors checkpoint of `folder` onto `device` and builds the module `module`
+/// configures, failing unless it reads every tensor (but the harmless ones) with the right
+/// shape.
 pub fn load_model(
     folder: &ModelFolder,
     arch: &ArchConfig,
+    module: &dyn ModuleConfig,
     device: &Device,
     dtype: DType,
-) -> Result<Model> {
-    match (&folder.weights, arch.gguf()) {
-        (Weights::Gguf(path), Some(config)) => {
-            return gguf::load(path, config, device, dtype).map(Model::Gguf)
-        }
-        (Weights::Gguf(_), None) | (_, Some(_)) => {
-            return Err(Error::weights(
-                &folder.root,
-                "the settings were not read from this folder's weights (GGUF or SafeTensors)",
-            ))
-        }
-        _ => {}
-    }
+) -> Result<Box<dyn CausalLm>> {
     let tensors = read_all(folder, device, dtype)?;
     let root = folder.root.as_path();
     check_output_layer(root, arch, &tensors)?;
@@ -236,7 +213,7 @@ pub fn load_model(
         dtype,
         device.clone(),
     );
-    let model = Model::load(arch, vb).map_err(|e| {
+    let model = module.load(vb).map_err(|e| {
         Error::weights(
             root,
             format!("cannot build the {} model: {e}", arch.architecture),
@@ -264,7 +241,13 @@ pub fn load_model(
         .tensors
         .keys()
         .filter(|name| !read.contains(*name))
-        .filter(|name| !arch.harmless_tensors().iter().any(|s| name.ends_with(s)))
+        .filter(|name| {
+            !arch
+                .architecture
+                .harmless_tensors()
+                .iter()
+                .any(|s| name.ends_with(s))
+        })
         .filter(|name| !(arch.tie_word_embeddings && name.as_str() == LM_HEAD))
         .cloned()
         .collect::<BTreeSet<_>>()
@@ -323,19 +306,4 @@ fn check_output_layer(
         _ => {}
     }
     Ok(())
-}
-
-/// The first few items, and how many more there are.
-pub(crate) fn summarize_list(items: &[String]) -> String {
-    const SHOWN: usize = 8;
-    let mut text = items
-        .iter()
-        .take(SHOWN)
-        .cloned()
-        .collect::<Vec<_>>()
-        .join("; ");
-    if items.len() > SHOWN {
-        text.push_str(&format!("; and {} more", items.len() - SHOWN));
-    }
-    text
 }

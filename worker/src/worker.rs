@@ -1,21 +1,29 @@
-//! A loaded model and its tokenizer: generation with a fresh KV cache per request.
+//! A model folder read ([`ModelFiles`]), then loaded ([`Worker`]): generation of prepared
+//! requests with a fresh KV cache per request.
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use serde::Serialize;
 
-use crate::arch::{gguf, ArchConfig, Architecture, Dims, Model, Window};
 use crate::backend::{Backend, Dtype};
+use crate::chat::ChatTemplate;
+use crate::checkpoint::CheckpointSummary;
 use crate::config::{HfConfig, Rope};
 use crate::error::{Error, Result};
-use crate::folder::{ModelFolder, Weights, WeightsFormat};
-use crate::generate::{Generation, GenerationTimings, Prompt, Request, StopReason, TokenEvent};
+use crate::folder::{read_json_object, ModelFolder, Weights, WeightsFormat};
+use crate::gguf::format::{GgufArchitecture, Header};
+use crate::model::{ArchConfig, Architecture, CausalLm, Dims, ModuleConfig, Window};
+use crate::prompter::Prompter;
+use crate::request::{
+    Generation, GenerationTimings, PreparedRequest, Prompt, Request, StopReason, TokenEvent,
+};
 use crate::tokens::{IncrementalText, ModelSpecials, TextCodec};
-use crate::weights::{self, CheckpointSummary};
+use crate::{arch, gguf, weights};
 
 #[derive(Clone, Copy, Debug)]
 pub struct LoadOptions {
@@ -41,7 +49,7 @@ pub struct ModelInfo {
     pub model_dir: PathBuf,
     /// SafeTensors (settings from config.json) or GGUF (settings from the file's metadata).
     pub format: WeightsFormat,
-    pub architecture: Architecture,
+    pub architecture: &'static dyn Architecture,
     pub dims: Dims,
     /// The longest prompt plus generation the worker runs.
     pub context_length: usize,
@@ -57,89 +65,167 @@ pub struct ModelInfo {
     pub unrecognized_config_keys: Vec<String>,
 }
 
-/// The settings of a model folder and its folder, as the worker reads them (for the plain
-/// candle baseline of `bench`).
-pub(crate) fn settings(model_dir: &Path) -> Result<(ArchConfig, ModelFolder)> {
-    open(model_dir).map(|opened| (opened.arch, opened.folder))
-}
-
 impl ModelInfo {
     /// Reads config (or GGUF metadata), tokenizer and checkpoint headers, without loading any
     /// weights.
     pub fn inspect(model_dir: &Path) -> Result<ModelInfo> {
-        open(model_dir).map(|opened| opened.info)
+        ModelFiles::open(model_dir).map(|files| files.info)
     }
 }
 
-/// A model folder read up to, but not including, its weights.
-struct Opened {
+/// What builds the module over the weights.
+enum Module {
+    SafeTensors(Box<dyn ModuleConfig>),
+    Gguf(&'static dyn GgufArchitecture),
+}
+
+/// A model folder read up to, but not including, its weights: its settings, its tokenizer and
+/// chat template (read once, shared by everything that prepares requests) and its checkpoint
+/// headers. A bad folder fails here, before any weight is read.
+pub struct ModelFiles {
     info: ModelInfo,
     arch: ArchConfig,
-    codec: TextCodec,
+    module: Module,
+    prompter: Arc<Prompter>,
     folder: ModelFolder,
 }
 
-/// What the model's settings say: config.json, or the metadata of a GGUF file.
-struct Settings {
-    arch: ArchConfig,
-    specials: ModelSpecials,
-    unread_keys: Vec<String>,
-}
-
-fn read_settings(folder: &ModelFolder) -> Result<Settings> {
-    if let Weights::Gguf(path) = &folder.weights {
-        let header = gguf::Header::read(path)?;
-        let arch = gguf::parse(&header)?;
-        let specials = header.special_tokens()?;
-        return Ok(Settings {
+impl ModelFiles {
+    pub fn open(model_dir: &Path) -> Result<Self> {
+        let folder = ModelFolder::open(model_dir)?;
+        let (arch, module, specials, unread_keys, checkpoint) = match &folder.weights {
+            Weights::Gguf(path) => {
+                let header = Header::read(path)?;
+                let (arch, gguf) = gguf::parse(&header)?;
+                let specials = header.special_tokens()?;
+                let (unread, summary) = (header.unread_keys(), header.summary());
+                (arch, Module::Gguf(gguf), specials, unread, summary)
+            }
+            _ => {
+                let config = HfConfig::load(&folder.config())?;
+                let parsed = arch::parse(&config)?;
+                let specials = ModelSpecials {
+                    eos_ids: config.token_ids("eos_token_id")?,
+                    explicit: None,
+                };
+                let summary = weights::summarize(&folder)?;
+                let module = Module::SafeTensors(parsed.module);
+                (
+                    parsed.config,
+                    module,
+                    specials,
+                    config.unread_keys(),
+                    summary,
+                )
+            }
+        };
+        let tokenizer_config = match &folder.tokenizer_config {
+            Some(path) => Some((path.as_path(), read_json_object(path)?)),
+            None => None,
+        };
+        let codec = TextCodec::load(
+            &folder,
+            &specials,
+            tokenizer_config.as_ref().map(|(path, map)| (*path, map)),
+        )?;
+        let chat = match &tokenizer_config {
+            Some((path, map)) => ChatTemplate::from_config(path, map)
+                .map_or_else(|e| Some(Err(e.to_string())), |t| t.map(Ok)),
+            None => None,
+        };
+        let info = ModelInfo {
+            model_dir: model_dir.to_path_buf(),
+            format: folder.weights.format(),
+            architecture: arch.architecture,
+            dims: arch.dims.clone(),
+            context_length: arch.context_length(),
+            window: arch.window.clone(),
+            rope: arch.rope.clone(),
+            tie_word_embeddings: arch.tie_word_embeddings,
+            bos_token_id: codec.bos_id(),
+            eos_token_ids: codec.eos_ids().to_vec(),
+            tokenizer_vocab_size: codec.vocab_size(),
+            checkpoint,
+            unrecognized_config_keys: unread_keys,
+        };
+        let prompter = Prompter::new(
+            codec,
+            chat,
+            info.dims.vocab_size,
+            info.context_length,
+            &info.window,
+            info.architecture.name(),
+        );
+        Ok(Self {
+            info,
             arch,
-            specials,
-            unread_keys: header.unread_keys(),
-        });
+            module,
+            prompter: Arc::new(prompter),
+            folder,
+        })
     }
-    let config = HfConfig::load(&folder.config())?;
-    let arch = ArchConfig::parse(&config)?;
-    let specials = ModelSpecials {
-        eos_ids: config.token_ids("eos_token_id")?,
-        explicit: None,
-    };
-    Ok(Settings {
-        arch,
-        specials,
-        unread_keys: config.unread_keys(),
-    })
-}
 
-fn open(model_dir: &Path) -> Result<Opened> {
-    let folder = ModelFolder::open(model_dir)?;
-    let Settings {
-        arch,
-        specials,
-        unread_keys,
-    } = read_settings(&folder)?;
-    let codec = TextCodec::load(&folder, &specials)?;
-    let checkpoint = weights::summarize(&folder)?;
-    let info = ModelInfo {
-        model_dir: model_dir.to_path_buf(),
-        format: folder.weights.format(),
-        architecture: arch.architecture,
-        dims: arch.dims.clone(),
-        context_length: arch.context_length(),
-        window: arch.window.clone(),
-        rope: arch.rope.clone(),
-        tie_word_embeddings: arch.tie_word_embeddings,
-        bos_token_id: codec.bos_id(),
-        eos_token_ids: codec.eos_ids().to_vec(),
-        tokenizer_vocab_size: codec.vocab_size(),
-        checkpoint,
-        unrecognized_config_keys: unread_keys,
-    };
-    Ok(Opened {
-        info,
-        arch,
-        codec,
-        folder,
-    })
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// What checks and tokenizes requests for this model; shared with the [`Worker`] loaded
+    /// from these files.
+    pub fn prompter(&self) -> &Arc<Prompter> {
+        &self.prompter
+    }
+
+    pub fn folder(&self) -> &ModelFolder {
+        &self.folder
+    }
+
+    pub fn arch(&self) -> &ArchConfig {
+        &self.arch
+    }
+
+    /// The settings of the module a SafeTensors checkpoint is built with.
+    pub fn module_config(&self) -> Option<&dyn ModuleConfig> {
+        match &self.module {
+            Module::SafeTensors(module) => Some(module.as_ref()),
+            Module::Gguf(_) => None,
+        }
+    }
+
+    /// Loads the weights onto the device and warms the model up.
+    pub fn load(self, options: LoadOptions) -> Result<Worker> {
+        let started = Instant::now();
+        let device = options.backend.device(options.device)?;
+        for key in &self.info.unrecognized_config_keys {
+            tracing::warn!(
+                key = key.as_str(),
+                "the model's settings have a key the worker does not know; check that it does \
+                 not change the model's math"
+            );
+        }
+        let dtype = options.dtype.candle();
+        let model = match (&self.module, &self.folder.weights) {
+            (Module::Gguf(gguf), Weights::Gguf(path)) => gguf::load(path, *gguf, &device, dtype)?,
+            (Module::SafeTensors(module), _) => {
+                weights::load_model(&self.folder, &self.arch, module.as_ref(), &device, dtype)?
+            }
+            (Module::Gguf(_), _) => unreachable!("GGUF settings come from a GGUF file"),
+        };
+        let mut worker = Worker {
+            model,
+            prompter: self.prompter,
+            info: self.info,
+            options,
+            device,
+            load_timings: LoadTimings {
+                load_ms: elapsed_ms(started),
+                warmup_ms: 0.0,
+            },
+        };
+        let started = Instant::now();
+        worker.warm_up()?;
+        worker.load_timings.warmup_ms = elapsed_ms(started);
+        Ok(worker)
+    }
 }
 
 /// Wall-clock times of loading, in milliseconds.
@@ -152,8 +238,8 @@ pub struct LoadTimings {
 }
 
 pub struct Worker {
-    model: Model,
-    codec: TextCodec,
+    model: Box<dyn CausalLm>,
+    prompter: Arc<Prompter>,
     info: ModelInfo,
     options: LoadOptions,
     device: Device,
@@ -162,38 +248,7 @@ pub struct Worker {
 
 impl Worker {
     pub fn load(model_dir: &Path, options: LoadOptions) -> Result<Self> {
-        let started = Instant::now();
-        let device = options.backend.device(options.device)?;
-        let Opened {
-            info,
-            arch,
-            codec,
-            folder,
-        } = open(model_dir)?;
-        for key in &info.unrecognized_config_keys {
-            tracing::warn!(
-                key = key.as_str(),
-                "the model's settings have a key the worker does not know; check that it does \
-                 not change the model's math"
-            );
-        }
-        let model = weights::load_model(&folder, &arch, &device, options.dtype.candle())?;
-        let load_ms = elapsed_ms(started);
-        let mut worker = Self {
-            model,
-            codec,
-            info,
-            options,
-            device,
-            load_timings: LoadTimings {
-                load_ms,
-                warmup_ms: 0.0,
-            },
-        };
-        let started = Instant::now();
-        worker.warm_up()?;
-        worker.load_timings.warmup_ms = elapsed_ms(started);
-        Ok(worker)
+        ModelFiles::open(model_dir)?.load(options)
     }
 
     fn warm_up(&mut self) -> Result<()> {
@@ -202,7 +257,8 @@ impl Worker {
         }
         let mut request = Request::greedy(Prompt::Ids(vec![0, 0]), 2);
         request.ignore_eos = true;
-        self.generate(&request, |_| ControlFlow::Continue(()))
+        let prepared = self.prepare(&request)?;
+        self.generate(&prepared, |_| ControlFlow::Continue(()))
             .map(drop)
     }
 
@@ -223,78 +279,34 @@ impl Worker {
     }
 
     pub fn codec(&self) -> &TextCodec {
-        &self.codec
+        self.prompter.codec()
     }
 
-    /// The prompt's token ids, checked against the vocabulary and the context.
-    pub fn prompt_ids(&self, request: &Request) -> Result<Vec<u32>> {
-        request.validate()?;
-        let (field, ids) = match &request.prompt {
-            Prompt::Text(text) => ("prompt", self.codec.encode(text)?),
-            Prompt::Ids(ids) => ("prompt_ids", ids.clone()),
-        };
-        if ids.is_empty() {
-            return Err(Error::request(field, "tokenizes to no tokens"));
-        }
-        let vocab = self.info.dims.vocab_size;
-        if let Some(bad) = ids.iter().find(|id| **id as usize >= vocab) {
-            return Err(Error::request(
-                field,
-                format!("token id {bad} is outside the model's vocabulary (0..{vocab})"),
-            ));
-        }
-        let context = self.info.context_length;
-        let why = match self.info.window {
-            Window::LimitsContext { size } => {
-                format!(
-                    " (the {size}-token sliding window that candle's {} module cannot apply)",
-                    self.info.architecture
-                )
-            }
-            _ => String::new(),
-        };
-        if ids.len() >= context {
-            return Err(Error::request(
-                field,
-                format!(
-                    "is {} tokens; the context is {context} tokens{why}, including at least one \
-                     generated token",
-                    ids.len()
-                ),
-            ));
-        }
-        if ids.len() + request.max_tokens > context {
-            return Err(Error::request(
-                "max_tokens",
-                format!(
-                    "is {}, but the prompt has {} tokens and the context is {context}{why}: at \
-                     most {} can be generated",
-                    request.max_tokens,
-                    ids.len(),
-                    context - ids.len()
-                ),
-            ));
-        }
-        Ok(ids)
+    pub fn prompter(&self) -> &Arc<Prompter> {
+        &self.prompter
     }
 
-    /// Generates tokens for `request`, calling `on_token` for each as soon as it is chosen;
-    /// `on_token` returning `Break` cancels the generation. Every request starts from an empty
-    /// KV cache, whatever happened to the one before.
+    /// Checks and tokenizes `request` for this model ([`Prompter::prepare`]).
+    pub fn prepare(&self, request: &Request) -> Result<PreparedRequest> {
+        self.prompter.prepare(request)
+    }
+
+    /// Generates tokens for `request` (prepared by this worker's prompter), calling `on_token`
+    /// for each as soon as it is chosen; `on_token` returning `Break` cancels the generation.
+    /// Every request starts from an empty KV cache, whatever happened to the one before.
     pub fn generate(
         &mut self,
-        request: &Request,
+        request: &PreparedRequest,
         mut on_token: impl FnMut(&TokenEvent) -> ControlFlow<()>,
     ) -> Result<Generation> {
-        let prompt_ids = self.prompt_ids(request)?;
         self.reset_cache()?;
-        let outcome = self.run(request, &prompt_ids, &mut on_token);
+        let outcome = self.run(request, &mut on_token);
         // The next request resets too; this only frees the cache's memory now.
         let reset = self.reset_cache();
         let (token_ids, text, stop_reason, timings) = outcome?;
         reset?;
         Ok(Generation {
-            prompt_ids,
+            prompt_ids: request.prompt_ids().to_vec(),
             token_ids,
             text,
             stop_reason,
@@ -304,21 +316,22 @@ impl Worker {
 
     fn run(
         &mut self,
-        request: &Request,
-        prompt_ids: &[u32],
+        prepared: &PreparedRequest,
         on_token: &mut dyn FnMut(&TokenEvent) -> ControlFlow<()>,
     ) -> Result<(Vec<u32>, String, StopReason, GenerationTimings)> {
         let Self {
             model,
-            codec,
+            prompter,
             device,
             ..
         } = self;
+        let (request, prompt_ids) = (prepared.request(), prepared.prompt_ids());
+        let codec = prompter.codec();
         let mut sampler = LogitsProcessor::from_sampling(request.seed, sampling(request));
         let mut text = IncrementalText::new(codec);
         let mut token_ids: Vec<u32> = Vec::with_capacity(request.max_tokens);
         let started = Instant::now();
-        let mut logits = forward(model, device, prompt_ids, 0)?;
+        let mut logits = forward(model.as_mut(), device, prompt_ids, 0)?;
         let mut prefill_ms = 0.0;
         let stop_reason = loop {
             if let Some(penalty) = request.repeat_penalty {
@@ -354,7 +367,7 @@ impl Worker {
             if full {
                 break StopReason::MaxTokens;
             }
-            logits = forward(model, device, &[id], prompt_ids.len() + index)?;
+            logits = forward(model.as_mut(), device, &[id], prompt_ids.len() + index)?;
         };
         let total_ms = elapsed_ms(started);
         let decode_ms = total_ms - prefill_ms;
@@ -372,7 +385,7 @@ impl Worker {
     }
 
     fn forward(&mut self, ids: &[u32], offset: usize) -> Result<Tensor> {
-        forward(&mut self.model, &self.device, ids, offset)
+        forward(self.model.as_mut(), &self.device, ids, offset)
     }
 
     /// The logits the model gives after `prompt_ids` and after each prefix of `continuation`,
@@ -430,10 +443,19 @@ impl Worker {
     }
 }
 
-/// Runs `ids` at positions from `offset` and returns the last position's logits.
-fn forward(model: &mut Model, device: &Device, ids: &[u32], offset: usize) -> Result<Tensor> {
+/// Runs `ids` at positions from `offset` and returns the last position's logits as an f32
+/// vector.
+fn forward(
+    model: &mut dyn CausalLm,
+    device: &Device,
+    ids: &[u32],
+    offset: usize,
+) -> Result<Tensor> {
     let input = Tensor::new(ids, device)?.unsqueeze(0)?;
-    Ok(model.forward(&input, offset)?)
+    Ok(model
+        .forward(&input, offset)?
+        .flatten_all()?
+        .to_dtype(DType::F32)?)
 }
 
 /// Temperature 0, or only the most likely token allowed.

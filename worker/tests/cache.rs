@@ -76,8 +76,9 @@ fn a_request_after_a_cancelled_one_is_unaffected() {
         let fresh = run(&mut fixture.load(), &request);
 
         let mut worker = fixture.load();
+        let long = worker.prepare(&long_request()).unwrap();
         let cancelled = worker
-            .generate(&long_request(), |token| {
+            .generate(&long, |token| {
                 if token.index == 2 {
                     ControlFlow::Break(())
                 } else {
@@ -108,9 +109,7 @@ fn a_request_after_a_refused_one_is_unaffected() {
         let mut worker = fixture.load();
         run(&mut worker, &long_request());
         let too_long = greedy(Prompt::Ids(vec![300; 10]), 1_000);
-        assert!(worker
-            .generate(&too_long, |_| ControlFlow::Continue(()))
-            .is_err());
+        assert!(worker.prepare(&too_long).is_err());
         assert_eq!(
             run(&mut worker, &request).token_ids,
             fresh.token_ids,

@@ -6,9 +6,9 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{all_fixture_ids, Fixture};
-use llm_worker_rbee::arch::{ArchConfig, Window};
+use llm_worker_rbee::arch;
 use llm_worker_rbee::config::{HfConfig, RopeScaling};
-use llm_worker_rbee::Architecture;
+use llm_worker_rbee::model::{ArchConfig, Window};
 use serde_json::{json, Map, Value};
 
 fn data(id: &str, major: u32) -> PathBuf {
@@ -27,7 +27,9 @@ fn fixture_config(id: &str) -> Map<String, Value> {
 fn parse(config: &Map<String, Value>) -> Result<ArchConfig, String> {
     let text = serde_json::to_string(config).unwrap();
     let cfg = HfConfig::parse(Path::new("config.json"), &text).map_err(|e| e.to_string())?;
-    ArchConfig::parse(&cfg).map_err(|e| e.to_string())
+    arch::parse(&cfg)
+        .map(|p| p.config)
+        .map_err(|e| e.to_string())
 }
 
 fn with(id: &str, edits: Value) -> Map<String, Value> {
@@ -54,7 +56,7 @@ fn configs_written_by_transformers_4_and_5_parse_like_the_fixture() {
     for id in all_fixture_ids() {
         let fixture = Fixture::new(id);
         let own_cfg = HfConfig::load(&fixture.file("config.json")).unwrap();
-        let own = ArchConfig::parse(&own_cfg).unwrap();
+        let own = arch::parse(&own_cfg).unwrap().config;
         assert_eq!(
             own_cfg.unread_keys(),
             Vec::<String>::new(),
@@ -63,8 +65,9 @@ fn configs_written_by_transformers_4_and_5_parse_like_the_fixture() {
         for major in [4, 5] {
             let path = data(id, major);
             let cfg = HfConfig::load(&path).unwrap();
-            let arch =
-                ArchConfig::parse(&cfg).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let arch = arch::parse(&cfg)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+                .config;
             let what = format!("{id}, transformers {major}");
             assert_eq!(arch.architecture, own.architecture, "{what}");
             assert_eq!(arch.dims, own.dims, "{what}");
@@ -89,7 +92,9 @@ fn the_5x_form_keeps_rope_inside_rope_parameters() {
         value["rope_parameters"]["partial_rotary_factor"],
         json!(0.5)
     );
-    let arch = ArchConfig::parse(&HfConfig::load(&data("phi", 5)).unwrap()).unwrap();
+    let arch = arch::parse(&HfConfig::load(&data("phi", 5)).unwrap())
+        .unwrap()
+        .config;
     assert_eq!(arch.rope.partial_rotary_factor, 0.5);
 }
 
@@ -109,12 +114,12 @@ fn architectures_is_used_when_model_type_is_absent() {
         "qwen2",
         json!({"model_type": null, "architectures": ["Qwen2ForCausalLM"]}),
     );
-    assert_eq!(parse(&config).unwrap().architecture, Architecture::Qwen2);
+    assert_eq!(parse(&config).unwrap().architecture.name(), "qwen2");
     let config = with(
         "stablelm",
         json!({"model_type": null, "architectures": ["StableLmForCausalLM"]}),
     );
-    assert_eq!(parse(&config).unwrap().architecture, Architecture::StableLm);
+    assert_eq!(parse(&config).unwrap().architecture.name(), "stablelm");
 }
 
 #[test]
@@ -122,7 +127,7 @@ fn an_unknown_architecture_names_what_was_found_and_what_is_supported() {
     let message = parse_err(&with("llama", json!({"model_type": "gpt_neox"})));
     assert!(message.contains("`gpt_neox`"), "{message}");
     assert!(message.contains("field `model_type`"), "{message}");
-    for arch in Architecture::ALL {
+    for arch in arch::ALL {
         assert!(message.contains(arch.name()), "{message}");
     }
     let message = parse_err(&with(
@@ -355,6 +360,6 @@ fn unknown_keys_are_reported_not_silently_dropped() {
     let config = with("llama", json!({"attn_temperature": 0.5}));
     let text = serde_json::to_string(&config).unwrap();
     let cfg = HfConfig::parse(Path::new("config.json"), &text).unwrap();
-    ArchConfig::parse(&cfg).unwrap();
+    arch::parse(&cfg).unwrap();
     assert_eq!(cfg.unread_keys(), vec!["attn_temperature".to_string()]);
 }

@@ -34,8 +34,9 @@ fn streamed_pieces_add_up_to_the_text_and_the_decode_of_all_ids() {
         let mut worker = Fixture::new(id).load();
         for prompt in prompts() {
             let mut pieces = Vec::new();
+            let request = worker.prepare(&greedy(prompt, TOKENS)).unwrap();
             let generation = worker
-                .generate(&greedy(prompt, TOKENS), |token| {
+                .generate(&request, |token| {
                     pieces.push((token.index, token.id, token.text.clone()));
                     ControlFlow::Continue(())
                 })
@@ -263,7 +264,7 @@ fn the_repeat_penalty_steers_away_from_tokens_already_seen() {
 }
 
 fn refused(worker: &mut Worker, request: Request) -> String {
-    match worker.generate(&request, |_| ControlFlow::Continue(())) {
+    match worker.prepare(&request) {
         Err(error @ Error::Request { .. }) => error.to_string(),
         other => panic!("expected a request error, got {other:?}"),
     }

@@ -11,8 +11,9 @@ use candle_core::quantized::gguf_file::{self, Content, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use common::{all_gguf_fixture_ids, greedy, prompts, run, Fixture, GgufFixture};
-use llm_worker_rbee::arch::gguf::{self, convert::write_gguf};
 use llm_worker_rbee::folder::WeightsFormat;
+use llm_worker_rbee::gguf::format::type_name;
+use llm_worker_rbee::synth::write_gguf;
 use llm_worker_rbee::{synth, Dtype, LoadOptions, ModelInfo, Prompt, Request, Worker};
 
 const TOKENS: usize = 16;
@@ -148,7 +149,7 @@ fn inspect_describes_the_gguf_model_like_its_source() {
         // Matrices quantized, vectors (norms, biases) in f32.
         let dtypes = &info.checkpoint.dtypes;
         assert_eq!(dtypes.len(), 2, "{id}: {dtypes:?}");
-        let matrices = dtypes[gguf::type_name(spec.quantization)];
+        let matrices = dtypes[type_name(spec.quantization)];
         assert_eq!(matrices + dtypes["f32"], info.checkpoint.tensors, "{id}");
         assert_eq!(
             info.checkpoint.parameters, source.checkpoint.parameters,
@@ -407,8 +408,10 @@ fn special_tokens_come_from_the_metadata_without_the_json_files() {
         assert_eq!(info.eos_token_ids, eos_without, "{id}");
         let worker = fixture.load();
         let ids = worker
-            .prompt_ids(&greedy(Prompt::Text("hello".into()), 1))
-            .unwrap();
+            .prepare(&greedy(Prompt::Text("hello".into()), 1))
+            .unwrap()
+            .prompt_ids()
+            .to_vec();
         assert_eq!(ids.first() == Some(&1), bos.is_some(), "{id}: {ids:?}");
 
         // The metadata's flags, not tokenizer.json's post-processor, decide.
@@ -422,8 +425,10 @@ fn special_tokens_come_from_the_metadata_without_the_json_files() {
         });
         let worker = fixture.load();
         let flipped = worker
-            .prompt_ids(&greedy(Prompt::Text("hello".into()), 1))
-            .unwrap();
+            .prepare(&greedy(Prompt::Text("hello".into()), 1))
+            .unwrap()
+            .prompt_ids()
+            .to_vec();
         assert_eq!(
             flipped.first() == Some(&1),
             bos.is_none(),

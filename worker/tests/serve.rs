@@ -309,6 +309,30 @@ fn chat_messages_use_the_model_template() {
 }
 
 #[test]
+fn a_chat_prompt_past_the_context_is_a_400_naming_messages() {
+    let fixture = Fixture::new("llama");
+    let template = "{% for m in messages %}{{ m.content }}{% endfor %}";
+    fixture.edit_json("tokenizer_config.json", |c| {
+        c.insert("chat_template".into(), json!(template));
+    });
+    let server = Server::start(fixture.path());
+    let long = "the cat sat on the mat ".repeat(40);
+    let mut response = server.execute(&json!({"max_tokens": 4,
+        "messages": [{"role": "user", "content": long}]}));
+    let text = response.text();
+    assert_eq!(response.status, 400, "{text}");
+    let error: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(error["error"]["field"], "messages", "{text}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("the context is 128 tokens"),
+        "{text}"
+    );
+}
+
+#[test]
 fn a_chat_template_that_raises_is_a_400_naming_messages() {
     let fixture = Fixture::new("llama");
     let template = "{% if messages[0].role != 'user' %}\

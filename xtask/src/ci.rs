@@ -2,9 +2,9 @@
 //! failure.
 
 use anyhow::{bail, Context, Result};
+use conformance::cases::Cases;
 use conformance::report::{Report, RunInfo};
 use conformance::trial::Transport;
-use conformance::Cases;
 use llm_worker_rbee::{Backend, Dtype};
 use xshell::{cmd, Shell};
 

@@ -7,7 +7,7 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use conformance::Cases;
+use conformance::cases::Cases;
 use llm_worker_rbee::synth::shape::Shape;
 use llm_worker_rbee::synth::{self, FixtureSpec};
 use llm_worker_rbee::{Dtype, LoadOptions, Request, Worker};
@@ -290,6 +290,7 @@ fn check(dir: &Path, cases: &Cases) -> Result<Report> {
     for case in &cases.prompts {
         let mut request = Request::greedy(case.prompt(), cases.max_tokens);
         request.ignore_eos = true;
+        let request = worker.prepare(&request)?;
         let generation = worker.generate(&request, |_| ControlFlow::Continue(()))?;
         let tokens = &generation.token_ids;
         let steps = worker.step_logits(&generation.prompt_ids, &tokens[..tokens.len() - 1])?;

@@ -13,7 +13,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use conformance::report::{self, Report, TrialRecord};
+use conformance::record::TrialRecord;
+use conformance::report::Report;
 use conformance::trial::Transport;
 use flate2::read::GzDecoder;
 use llm_worker_rbee::{Backend, Dtype};
@@ -527,7 +528,7 @@ fn fetch(host: &Host, archive: &str, into: &Path, deadline: Instant) -> Result<(
     let mut hasher = Sha256::new();
     let mut file = File::open(&local).map_err(|e| e.to_string())?;
     std::io::copy(&mut file, &mut hasher).map_err(|e| e.to_string())?;
-    let actual = conformance::trial::hex(&hasher.finalize());
+    let actual = conformance::hash::hex(&hasher.finalize());
     if actual != expected {
         return Err(format!(
             "the results archive did not arrive whole (sha256 {actual}, the host's {expected})"
@@ -566,7 +567,7 @@ fn table(runs: &[HostRun]) -> String {
             Err(error) => notes.push_str(&format!("{}: error: {error}\n", run.host.name)),
         }
     }
-    format!("{}\n{notes}", report::table_by_column(&columns))
+    format!("{}\n{notes}", conformance::table::table_by_column(&columns))
 }
 
 /// `cargo xtask test --host ...`: run, keep what came back, and fail if any host did.

@@ -6,8 +6,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use conformance::cases::Cases;
 use conformance::report::Report;
-use conformance::Cases;
 use flate2::read::GzDecoder;
 
 use crate::{project_root, target_dir, test};

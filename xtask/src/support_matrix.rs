@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use conformance::cases::Cases;
 use conformance::matrix::{self, CommittedReport};
 use conformance::report::Report;
-use conformance::Cases;
 
 use crate::project_root;
 

@@ -120,7 +120,7 @@ pub fn run(args: &Args) -> Result<()> {
     let harness = harness(&sh, args, &records, &[])?
         .env("CONFORMANCE_MODELS", listed)
         .run();
-    let cases = conformance::Cases::load(&conformance::cases::default_path())?;
+    let cases = conformance::cases::Cases::load(&conformance::cases::default_path())?;
     let ids = match models.is_empty() {
         true => cases.models.ids(),
         false => args.models.clone(),

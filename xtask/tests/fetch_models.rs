@@ -121,6 +121,7 @@ fn sha256(bytes: &[u8]) -> String {
 fn greedy_tokens(folder: &Path) -> Vec<u32> {
     let mut worker = Worker::load(folder, LoadOptions::default()).unwrap();
     let request = Request::greedy(Prompt::Text("hello".into()), 8);
+    let request = worker.prepare(&request).unwrap();
     worker
         .generate(&request, |_| ControlFlow::Continue(()))
         .unwrap()

@@ -1,40 +1,49 @@
 //! Gemma: candle-transformers `models::gemma`. Embeddings are always tied.
 
+use std::any::Any;
+
 use candle_core::{Result as CandleResult, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::gemma as candle_gemma;
-use serde_json::json;
+use serde_json::{json, Value};
 
-use super::{ArchConfig, Architecture, Dims, ModuleConfig, Window};
 use crate::config::{HfConfig, RopeDefaults};
 use crate::error::Result;
+use crate::fixture::{FixtureLayout, FixtureVariant, Geometry, TensorLayout, EOS};
+use crate::model::{self, ArchConfig, Architecture, CausalLm, Dims, ModuleConfig, Parsed, Window};
 
-pub type Config = candle_gemma::Config;
+pub struct Gemma;
 
-pub const HARMLESS_TENSORS: &[&str] = &[
-    // Rotary frequencies saved by older transformers; recomputed from rope_theta.
-    "rotary_emb.inv_freq",
-];
-
-pub fn parse(cfg: &HfConfig) -> Result<ArchConfig> {
-    let dims = Dims::read(cfg, 8192, Some(256))?;
-    let rope = cfg.rope(RopeDefaults::STANDARD, &[])?;
-    rope.expect_full_rotation(cfg)?;
-    cfg.expect(
-        "use_bidirectional_attention",
-        json!(false),
-        "the worker generates causally",
-    )?;
-    let tie_word_embeddings = cfg.bool_or("tie_word_embeddings", true)?;
-    if !tie_word_embeddings {
-        return Err(cfg.error(
-            "tie_word_embeddings",
-            "is false, but candle's gemma module always ties the output to the embeddings",
-        ));
+impl Architecture for Gemma {
+    fn name(&self) -> &'static str {
+        "gemma"
     }
-    Ok(ArchConfig {
-        architecture: Architecture::Gemma,
-        module: ModuleConfig::Gemma(Config {
+
+    fn model_types(&self) -> &'static [&'static str] {
+        &["gemma"]
+    }
+
+    fn class_name(&self) -> &'static str {
+        "GemmaForCausalLM"
+    }
+
+    fn parse(&self, cfg: &HfConfig) -> Result<Parsed> {
+        let dims = Dims::read(cfg, 8192, Some(256))?;
+        let rope = cfg.rope(RopeDefaults::STANDARD, &[])?;
+        rope.expect_full_rotation(cfg)?;
+        cfg.expect(
+            "use_bidirectional_attention",
+            json!(false),
+            "the worker generates causally",
+        )?;
+        let tie_word_embeddings = cfg.bool_or("tie_word_embeddings", true)?;
+        if !tie_word_embeddings {
+            return Err(cfg.error(
+                "tie_word_embeddings",
+                "is false, but candle's gemma module always ties the output to the embeddings",
+            ));
+        }
+        let module = candle_gemma::Config {
             attention_bias: cfg.bool_or("attention_bias", false)?,
             head_dim: dims.head_dim,
             hidden_act: None,
@@ -48,12 +57,52 @@ pub fn parse(cfg: &HfConfig) -> Result<ArchConfig> {
             rope_theta: rope.theta,
             vocab_size: dims.vocab_size,
             max_position_embeddings: dims.max_position_embeddings,
-        }),
-        dims,
-        tie_word_embeddings,
-        rope,
-        window: Window::None,
-    })
+        };
+        Ok(Parsed {
+            config: ArchConfig {
+                architecture: &Gemma,
+                dims,
+                tie_word_embeddings,
+                rope,
+                window: Window::None,
+                module_positions: None,
+            },
+            module: Box::new(Config(module)),
+        })
+    }
+
+    fn fixtures(&self) -> &'static [FixtureVariant] {
+        &[FixtureVariant {
+            id: "gemma",
+            seed: 6,
+            sliding_window: None,
+            description: "multi-query attention, head_dim 32, scaled embeddings",
+        }]
+    }
+
+    fn fixture_layout(&self) -> FixtureLayout {
+        FixtureLayout {
+            kv_heads: 1,
+            head_dim: Some(32),
+            tied: true,
+            add_bos: true,
+            eos: EOS,
+            extra_eos: None,
+        }
+    }
+
+    fn fixture_config(&self, geometry: &Geometry, _: Option<usize>) -> Value {
+        json!({"hidden_act": "gelu_pytorch_tanh", "rms_norm_eps": 1e-6, "head_dim": geometry.head_dim, "attention_bias": false})
+    }
+
+    fn tensor_layout(&self) -> TensorLayout {
+        TensorLayout {
+            norm_offset: true,
+            // sqrt(hidden size 64): the scale of Gemma's embeddings in the residual stream.
+            branch_gain: 8.0,
+            ..TensorLayout::LLAMA
+        }
+    }
 }
 
 /// transformers 5.x semantics: `hidden_activation` when set, else `hidden_act`, where the legacy
@@ -67,22 +116,34 @@ fn hidden_activation(cfg: &HfConfig) -> Result<candle_nn::Activation> {
     };
     match name {
         Some("gelu") | None => Ok(candle_nn::Activation::GeluPytorchTanh),
-        Some(_) => super::activation(cfg, key, "gelu_pytorch_tanh"),
+        Some(_) => model::activation(cfg, key, "gelu_pytorch_tanh"),
     }
 }
 
-pub struct Model(candle_gemma::Model);
+#[derive(Debug)]
+struct Config(candle_gemma::Config);
 
-impl Model {
-    pub fn load(config: &Config, vb: VarBuilder<'static>) -> CandleResult<Self> {
-        candle_gemma::Model::new(false, config, vb).map(Self)
+impl ModuleConfig for Config {
+    fn load(&self, vb: VarBuilder<'static>) -> CandleResult<Box<dyn CausalLm>> {
+        Ok(Box::new(Model(candle_gemma::Model::new(
+            false, &self.0, vb,
+        )?)))
     }
 
-    pub fn forward(&mut self, ids: &Tensor, offset: usize) -> CandleResult<Tensor> {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+struct Model(candle_gemma::Model);
+
+impl CausalLm for Model {
+    fn forward(&mut self, ids: &Tensor, offset: usize) -> CandleResult<Tensor> {
         self.0.forward(ids, offset)
     }
 
-    pub fn reset(&mut self) {
+    fn reset(&mut self) -> CandleResult<()> {
         self.0.clear_kv_cache();
+        Ok(())
     }
 }

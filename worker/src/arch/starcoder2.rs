@@ -1,340 +1,134 @@
-//! StarCoder2, derived from candle-transformers 0.11.1 `models::starcoder2` (MIT OR Apache-2.0).
-//!
-//! Changed from the original, each to match transformers:
-//! - sliding-window attention with the window also applied while decoding; the original applied
-//!   a window one token too wide, and only during prefill;
-//! - a separate `lm_head` when `tie_word_embeddings` is false (the original always tied);
-//! - rotary tables computed in f32 and then cast to the model dtype.
+//! StarCoder2: the worker's module derived from candle-transformers `models::starcoder2`
+//! (`modules::starcoder2`), which applies the sliding window as transformers does.
 
-use std::sync::Arc;
+use std::any::Any;
 
-use candle_core::{DType, Device, Module, Result as CandleResult, Tensor, D};
-use candle_nn::kv_cache::ConcatKvCache;
-use candle_nn::{layer_norm, linear_b, linear_no_bias, Activation, LayerNorm, Linear, VarBuilder};
+use candle_core::Result as CandleResult;
+use candle_nn::VarBuilder;
+use serde_json::{json, Value};
 
-use super::{mask, rotary, ArchConfig, Architecture, Dims, ModuleConfig, Window};
 use crate::config::{HfConfig, RopeDefaults};
 use crate::error::Result;
+use crate::fixture::{
+    AttentionTensors, FixtureLayout, FixtureVariant, Geometry, MlpTensors, TensorLayout, ENDOFTEXT,
+};
+use crate::model::{self, ArchConfig, Architecture, CausalLm, Dims, ModuleConfig, Parsed, Window};
+use crate::modules::starcoder2 as starcoder2_module;
 
-pub const HARMLESS_TENSORS: &[&str] = &[
-    // Rotary frequencies saved by older transformers; recomputed from rope_theta.
-    "rotary_emb.inv_freq",
-];
+pub struct Starcoder2;
 
-#[derive(Clone, Debug)]
-pub struct Config {
-    vocab_size: usize,
-    hidden_size: usize,
-    intermediate_size: usize,
-    num_hidden_layers: usize,
-    num_attention_heads: usize,
-    num_key_value_heads: usize,
-    hidden_act: Activation,
-    max_position_embeddings: usize,
-    norm_epsilon: f64,
-    rope_theta: f64,
-    use_bias: bool,
-    tie_word_embeddings: bool,
-    sliding_window: Option<usize>,
-}
+impl Architecture for Starcoder2 {
+    fn name(&self) -> &'static str {
+        "starcoder2"
+    }
 
-pub fn parse(cfg: &HfConfig) -> Result<ArchConfig> {
-    let dims = Dims::read(cfg, 4096, None)?;
-    dims.expect_derived_head_dim(cfg)?;
-    let rope = cfg.rope(RopeDefaults::STANDARD, &[])?;
-    rope.expect_full_rotation(cfg)?;
-    let tie_word_embeddings = cfg.bool_or("tie_word_embeddings", true)?;
-    let sliding_window = cfg
-        .opt_usize("sliding_window")?
-        .filter(|size| *size < dims.max_position_embeddings);
-    let module = Config {
-        vocab_size: dims.vocab_size,
-        hidden_size: dims.hidden_size,
-        intermediate_size: dims.intermediate_size,
-        num_hidden_layers: dims.num_layers,
-        num_attention_heads: dims.num_heads,
-        num_key_value_heads: dims.num_kv_heads,
-        hidden_act: super::activation(cfg, "hidden_act", "gelu_pytorch_tanh")?,
-        max_position_embeddings: dims.max_position_embeddings,
-        norm_epsilon: cfg.opt_f64("norm_epsilon")?.unwrap_or(1e-5),
-        rope_theta: rope.theta,
-        use_bias: cfg.bool_or("use_bias", true)?,
-        tie_word_embeddings,
-        sliding_window,
-    };
-    Ok(ArchConfig {
-        architecture: Architecture::Starcoder2,
-        window: match sliding_window {
+    fn model_types(&self) -> &'static [&'static str] {
+        &["starcoder2"]
+    }
+
+    fn class_name(&self) -> &'static str {
+        "Starcoder2ForCausalLM"
+    }
+
+    fn parse(&self, cfg: &HfConfig) -> Result<Parsed> {
+        let dims = Dims::read(cfg, 4096, None)?;
+        dims.expect_derived_head_dim(cfg)?;
+        let rope = cfg.rope(RopeDefaults::STANDARD, &[])?;
+        rope.expect_full_rotation(cfg)?;
+        let tie_word_embeddings = cfg.bool_or("tie_word_embeddings", true)?;
+        let sliding_window = cfg
+            .opt_usize("sliding_window")?
+            .filter(|size| *size < dims.max_position_embeddings);
+        let module = starcoder2_module::Config {
+            vocab_size: dims.vocab_size,
+            hidden_size: dims.hidden_size,
+            intermediate_size: dims.intermediate_size,
+            num_hidden_layers: dims.num_layers,
+            num_attention_heads: dims.num_heads,
+            num_key_value_heads: dims.num_kv_heads,
+            hidden_act: model::activation(cfg, "hidden_act", "gelu_pytorch_tanh")?,
+            max_position_embeddings: dims.max_position_embeddings,
+            norm_epsilon: cfg.opt_f64("norm_epsilon")?.unwrap_or(1e-5),
+            rope_theta: rope.theta,
+            use_bias: cfg.bool_or("use_bias", true)?,
+            tie_word_embeddings,
+            sliding_window,
+        };
+        let window = match sliding_window {
             Some(size) => Window::Applied {
                 size,
                 layers: vec![true; dims.num_layers],
             },
             None => Window::None,
-        },
-        dims,
-        tie_word_embeddings,
-        rope,
-        module: ModuleConfig::Starcoder2(module),
-    })
-}
-
-#[derive(Debug, Clone)]
-struct RotaryEmbedding {
-    sin: Tensor,
-    cos: Tensor,
-}
-
-fn rotate_half(xs: &Tensor) -> CandleResult<Tensor> {
-    let last_dim = xs.dim(D::Minus1)?;
-    let xs1 = xs.narrow(D::Minus1, 0, last_dim / 2)?;
-    let xs2 = xs.narrow(D::Minus1, last_dim / 2, last_dim - last_dim / 2)?;
-    Tensor::cat(&[&xs2.neg()?, &xs1], D::Minus1)
-}
-
-impl RotaryEmbedding {
-    fn new(dtype: DType, cfg: &Config, dev: &Device) -> CandleResult<Self> {
-        let (cos, sin) = rotary::tables(
-            cfg.hidden_size / cfg.num_attention_heads,
-            cfg.rope_theta,
-            cfg.max_position_embeddings,
-            dtype,
-            dev,
-        )?;
-        // Both halves of the head use the same angles.
-        Ok(Self {
-            sin: Tensor::cat(&[&sin, &sin], D::Minus1)?,
-            cos: Tensor::cat(&[&cos, &cos], D::Minus1)?,
-        })
-    }
-
-    fn apply_rotary_emb_qkv(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        seqlen_offset: usize,
-    ) -> CandleResult<(Tensor, Tensor)> {
-        let (_b_sz, _h, seq_len, _n_embd) = q.dims4()?;
-        let cos = self.cos.narrow(0, seqlen_offset, seq_len)?;
-        let sin = self.sin.narrow(0, seqlen_offset, seq_len)?;
-        let cos = cos.unsqueeze(0)?.unsqueeze(0)?; // (1, 1, seq_len, dim)
-        let sin = sin.unsqueeze(0)?.unsqueeze(0)?; // (1, 1, seq_len, dim)
-        let q_embed = (q.broadcast_mul(&cos)? + rotate_half(q)?.broadcast_mul(&sin))?;
-        let k_embed = (k.broadcast_mul(&cos)? + rotate_half(k)?.broadcast_mul(&sin))?;
-        Ok((q_embed, k_embed))
-    }
-}
-
-#[derive(Debug, Clone)]
-struct Mlp {
-    c_fc: Linear,
-    c_proj: Linear,
-    act: Activation,
-}
-
-impl Mlp {
-    fn new(cfg: &Config, vb: VarBuilder) -> CandleResult<Self> {
-        let (h_size, i_size) = (cfg.hidden_size, cfg.intermediate_size);
-        Ok(Self {
-            c_fc: linear_b(h_size, i_size, cfg.use_bias, vb.pp("c_fc"))?,
-            c_proj: linear_b(i_size, h_size, cfg.use_bias, vb.pp("c_proj"))?,
-            act: cfg.hidden_act,
-        })
-    }
-}
-
-impl Module for Mlp {
-    fn forward(&self, xs: &Tensor) -> CandleResult<Tensor> {
-        xs.apply(&self.c_fc)?.apply(&self.act)?.apply(&self.c_proj)
-    }
-}
-
-#[derive(Debug, Clone)]
-struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
-    num_heads: usize,
-    num_kv_heads: usize,
-    num_kv_groups: usize,
-    head_dim: usize,
-    hidden_size: usize,
-    rotary_emb: Arc<RotaryEmbedding>,
-    kv_cache: ConcatKvCache,
-}
-
-impl Attention {
-    fn new(rotary_emb: Arc<RotaryEmbedding>, cfg: &Config, vb: VarBuilder) -> CandleResult<Self> {
-        let hidden_sz = cfg.hidden_size;
-        let num_heads = cfg.num_attention_heads;
-        let num_kv_heads = cfg.num_key_value_heads;
-        let head_dim = hidden_sz / num_heads;
-        let b = cfg.use_bias;
-        Ok(Self {
-            q_proj: linear_b(hidden_sz, num_heads * head_dim, b, vb.pp("q_proj"))?,
-            k_proj: linear_b(hidden_sz, num_kv_heads * head_dim, b, vb.pp("k_proj"))?,
-            v_proj: linear_b(hidden_sz, num_kv_heads * head_dim, b, vb.pp("v_proj"))?,
-            o_proj: linear_b(num_heads * head_dim, hidden_sz, b, vb.pp("o_proj"))?,
-            num_heads,
-            num_kv_heads,
-            num_kv_groups: num_heads / num_kv_heads,
-            head_dim,
-            hidden_size: hidden_sz,
-            rotary_emb,
-            kv_cache: ConcatKvCache::new(2),
-        })
-    }
-
-    fn forward(
-        &mut self,
-        xs: &Tensor,
-        attention_mask: Option<&Tensor>,
-        seqlen_offset: usize,
-    ) -> CandleResult<Tensor> {
-        let (b_sz, q_len, _) = xs.dims3()?;
-
-        let query_states = self.q_proj.forward(xs)?;
-        let key_states = self.k_proj.forward(xs)?;
-        let value_states = self.v_proj.forward(xs)?;
-
-        let query_states = query_states
-            .reshape((b_sz, q_len, self.num_heads, self.head_dim))?
-            .transpose(1, 2)?;
-        let key_states = key_states
-            .reshape((b_sz, q_len, self.num_kv_heads, self.head_dim))?
-            .transpose(1, 2)?;
-        let value_states = value_states
-            .reshape((b_sz, q_len, self.num_kv_heads, self.head_dim))?
-            .transpose(1, 2)?;
-
-        let (query_states, key_states) =
-            self.rotary_emb
-                .apply_rotary_emb_qkv(&query_states, &key_states, seqlen_offset)?;
-
-        let (key_states, value_states) = self.kv_cache.append(&key_states, &value_states)?;
-
-        let key_states = candle_transformers::utils::repeat_kv(key_states, self.num_kv_groups)?;
-        let value_states = candle_transformers::utils::repeat_kv(value_states, self.num_kv_groups)?;
-
-        let scale = 1f64 / f64::sqrt(self.head_dim as f64);
-        let attn_weights = (query_states.matmul(&key_states.transpose(2, 3)?)? * scale)?;
-        let attn_weights = match attention_mask {
-            None => attn_weights,
-            Some(mask) => attn_weights.broadcast_add(mask)?,
         };
-        let attn_weights = candle_nn::ops::softmax_last_dim(&attn_weights)?;
-        attn_weights
-            .matmul(&value_states)?
-            .transpose(1, 2)?
-            .reshape((b_sz, q_len, self.hidden_size))?
-            .apply(&self.o_proj)
-    }
-
-    fn clear_kv_cache(&mut self) {
-        self.kv_cache.reset()
-    }
-}
-
-#[derive(Debug, Clone)]
-struct DecoderLayer {
-    self_attn: Attention,
-    mlp: Mlp,
-    input_layernorm: LayerNorm,
-    post_attention_layernorm: LayerNorm,
-}
-
-impl DecoderLayer {
-    fn new(rotary_emb: Arc<RotaryEmbedding>, cfg: &Config, vb: VarBuilder) -> CandleResult<Self> {
-        Ok(Self {
-            self_attn: Attention::new(rotary_emb, cfg, vb.pp("self_attn"))?,
-            mlp: Mlp::new(cfg, vb.pp("mlp"))?,
-            input_layernorm: layer_norm(
-                cfg.hidden_size,
-                cfg.norm_epsilon,
-                vb.pp("input_layernorm"),
-            )?,
-            post_attention_layernorm: layer_norm(
-                cfg.hidden_size,
-                cfg.norm_epsilon,
-                vb.pp("post_attention_layernorm"),
-            )?,
+        Ok(Parsed {
+            config: ArchConfig {
+                architecture: &Starcoder2,
+                dims,
+                tie_word_embeddings,
+                rope,
+                window,
+                module_positions: None,
+            },
+            module: Box::new(module),
         })
     }
 
-    fn forward(
-        &mut self,
-        xs: &Tensor,
-        attention_mask: Option<&Tensor>,
-        seqlen_offset: usize,
-    ) -> CandleResult<Tensor> {
-        let residual = xs;
-        let xs = self.input_layernorm.forward(xs)?;
-        let xs = self.self_attn.forward(&xs, attention_mask, seqlen_offset)?;
-        let xs = (xs + residual)?;
-        let residual = &xs;
-        let xs = xs.apply(&self.post_attention_layernorm)?.apply(&self.mlp)?;
-        residual + xs
+    fn fixtures(&self) -> &'static [FixtureVariant] {
+        &[
+            FixtureVariant {
+                id: "starcoder2",
+                seed: 6,
+                sliding_window: None,
+                description: "LayerNorm, biases, GELU MLP, tied output",
+            },
+            FixtureVariant {
+                id: "starcoder2-sw8",
+                seed: 3,
+                sliding_window: Some(8),
+                description: "sliding window of 8 on every layer",
+            },
+        ]
+    }
+
+    fn fixture_layout(&self) -> FixtureLayout {
+        FixtureLayout {
+            kv_heads: 2,
+            head_dim: None,
+            tied: true,
+            add_bos: false,
+            eos: ENDOFTEXT,
+            extra_eos: None,
+        }
+    }
+
+    fn fixture_config(&self, _: &Geometry, sliding_window: Option<usize>) -> Value {
+        json!({"hidden_act": "gelu_pytorch_tanh", "norm_epsilon": 1e-5, "use_bias": true, "sliding_window": sliding_window})
+    }
+
+    fn tensor_layout(&self) -> TensorLayout {
+        TensorLayout {
+            layer_norm: true,
+            attention: AttentionTensors {
+                qkv_bias: true,
+                output_bias: true,
+                ..TensorLayout::LLAMA.attention
+            },
+            mlp: MlpTensors::UpDown {
+                up: "c_fc",
+                down: "c_proj",
+            },
+            ..TensorLayout::LLAMA
+        }
     }
 }
 
-pub struct Model {
-    embed_tokens: candle_nn::Embedding,
-    layers: Vec<DecoderLayer>,
-    norm: LayerNorm,
-    lm_head: Linear,
-    sliding_window: Option<usize>,
-    device: Device,
-    dtype: DType,
-}
-
-impl Model {
-    pub fn load(cfg: &Config, vb: VarBuilder<'static>) -> CandleResult<Self> {
-        let vb_m = vb.pp("model");
-        let embed_tokens =
-            candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, vb_m.pp("embed_tokens"))?;
-        let rotary_emb = Arc::new(RotaryEmbedding::new(vb.dtype(), cfg, vb_m.device())?);
-        let vb_l = vb_m.pp("layers");
-        let layers = (0..cfg.num_hidden_layers)
-            .map(|i| DecoderLayer::new(rotary_emb.clone(), cfg, vb_l.pp(i)))
-            .collect::<CandleResult<Vec<_>>>()?;
-        let norm = layer_norm(cfg.hidden_size, cfg.norm_epsilon, vb_m.pp("norm"))?;
-        let lm_head = if cfg.tie_word_embeddings {
-            Linear::new(embed_tokens.embeddings().clone(), None)
-        } else {
-            linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))?
-        };
-        Ok(Self {
-            embed_tokens,
-            layers,
-            norm,
-            lm_head,
-            sliding_window: cfg.sliding_window,
-            device: vb.device().clone(),
-            dtype: vb.dtype(),
-        })
+impl ModuleConfig for starcoder2_module::Config {
+    fn load(&self, vb: VarBuilder<'static>) -> CandleResult<Box<dyn CausalLm>> {
+        Ok(Box::new(starcoder2_module::Model::load(self, vb)?))
     }
 
-    pub fn forward(&mut self, input_ids: &Tensor, seqlen_offset: usize) -> CandleResult<Tensor> {
-        let (_, seq_len) = input_ids.dims2()?;
-        let mask = mask::causal(
-            seq_len,
-            seqlen_offset,
-            self.sliding_window,
-            &self.device,
-            self.dtype,
-        )?;
-        let mut xs = self.embed_tokens.forward(input_ids)?;
-        for layer in self.layers.iter_mut() {
-            xs = layer.forward(&xs, mask.as_ref(), seqlen_offset)?
-        }
-        xs.narrow(1, seq_len - 1, 1)?
-            .apply(&self.norm)?
-            .apply(&self.lm_head)
-    }
-
-    pub fn reset(&mut self) {
-        for layer in self.layers.iter_mut() {
-            layer.self_attn.clear_kv_cache()
-        }
+    fn as_any(&self) -> &dyn Any {
+        self
     }
 }

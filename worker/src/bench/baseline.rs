@@ -7,34 +7,13 @@
 use std::path::Path;
 use std::time::Instant;
 
+use crate::arch::{llama as llama_arch, mistral as mistral_arch, qwen2 as qwen2_arch};
+use crate::error::{Error, Result};
+use crate::worker::{LoadOptions, ModelFiles};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use candle_transformers::models::{llama, mistral, qwen2};
-use serde::{Deserialize, Serialize};
-
-use super::Spread;
-use crate::arch::ModuleConfig;
-use crate::error::{Error, Result};
-use crate::folder::Weights;
-use crate::LoadOptions;
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct BaselineFigures {
-    /// The candle-transformers module run.
-    pub module: String,
-    pub prompt_len: usize,
-    pub decode_tokens_per_s: Spread,
-    /// Per decode step, the median time inside `forward` (issuing work) ...
-    pub issue_ms_per_token: f64,
-    /// ... and from then until the next token is on the host.
-    pub wait_ms_per_token: f64,
-    /// The worker's decode speed in runs taking turns with this one's, so that both see the
-    /// same state of the machine.
-    pub worker_decode_tokens_per_s: Spread,
-    /// `worker_decode_tokens_per_s` over `decode_tokens_per_s`, medians.
-    pub worker_relative: f64,
-}
 
 /// One of the candle-transformers modules with their caches.
 enum Plain {
@@ -82,42 +61,42 @@ impl Baseline {
     /// Loads the module for the model in `model_dir`, or says which architectures have none
     /// (`Ok(None)`).
     pub fn load(model_dir: &Path, load: LoadOptions, log: &dyn Fn(&str)) -> Result<Option<Self>> {
-        let (arch, folder) = crate::worker::settings(model_dir)?;
-        if let Weights::Gguf(_) = folder.weights {
+        let model_files = ModelFiles::open(model_dir)?;
+        let Some(module) = model_files.module_config() else {
             log("no plain candle baseline for GGUF weights");
             return Ok(None);
-        }
-        let files = folder.weights.files();
+        };
+        let module = module.as_any();
+        let files = model_files.folder().weights.files();
         let device = load.backend.device(load.device)?;
         let dtype = load.dtype.candle();
         let failed = failed(model_dir);
         // SAFETY: as the worker's own loading: the files are only read.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, &device) }
             .map_err(failed)?;
-        let (model, module) = match arch.module() {
-            ModuleConfig::Llama(config) => {
-                let cache = llama::Cache::new(true, dtype, config, &device).map_err(failed)?;
-                let model = llama::Llama::load(vb, config).map_err(failed)?;
-                (
-                    Plain::Llama(model, cache, config.clone()),
-                    "models::llama::Llama",
-                )
-            }
-            ModuleConfig::Mistral(config) => (
-                Plain::Mistral(mistral::Model::new(config, vb).map_err(failed)?),
+        let (model, module) = if let Some(llama_arch::Config(config)) = module.downcast_ref() {
+            let cache = llama::Cache::new(true, dtype, config, &device).map_err(failed)?;
+            let model = llama::Llama::load(vb, config).map_err(failed)?;
+            (
+                Plain::Llama(model, cache, config.clone()),
+                "models::llama::Llama",
+            )
+        } else if let Some(config) = module.downcast_ref::<mistral_arch::Config>() {
+            (
+                Plain::Mistral(mistral::Model::new(&config.module, vb).map_err(failed)?),
                 "models::mistral::Model",
-            ),
-            ModuleConfig::Qwen2(config) => (
+            )
+        } else if let Some(qwen2_arch::Config(config)) = module.downcast_ref() {
+            (
                 Plain::Qwen2(qwen2::ModelForCausalLM::new(config, vb).map_err(failed)?),
                 "models::qwen2::ModelForCausalLM",
-            ),
-            _ => {
-                log(&format!(
-                    "no plain candle baseline for {}: the worker's module for it is its own",
-                    arch.architecture
-                ));
-                return Ok(None);
-            }
+            )
+        } else {
+            log(&format!(
+                "no plain candle baseline for {}: the worker's module for it is its own",
+                model_files.info().architecture
+            ));
+            return Ok(None);
         };
         Ok(Some(Self {
             model,

@@ -6,24 +6,24 @@
 
 pub mod baseline;
 pub mod device;
+pub mod figures;
 pub mod targets;
 
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
 /// Unmeasured runs of each prompt length go on at least this long (the device's clocks and
 /// the host's settle); then the measured ones.
 pub const WARMUP: Duration = Duration::from_secs(2);
 
-use crate::arch::Architecture;
-use crate::backend::{Backend, Dtype};
+use self::figures::{BaselineFigures, BenchReport, HostRss, RunFigures, Spread};
 use crate::error::Result;
+use crate::fixture::SPECIAL_TOKENS;
 use crate::folder::WeightsFormat;
-use crate::synth::shape::{self, Shape};
-use crate::{LoadOptions, Prompt, Request, Worker};
+use crate::request::{Prompt, Request};
+use crate::synth::shape;
+use crate::worker::{LoadOptions, Worker};
 
 /// What to measure: the flags of `llm-worker-rbee bench`, which `cargo xtask bench` passes on.
 #[derive(Clone, Debug, clap::Args)]
@@ -80,91 +80,6 @@ impl BenchOptions {
     }
 }
 
-/// The median and the range of a figure over the repetitions.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Spread {
-    pub median: f64,
-    pub min: f64,
-    pub max: f64,
-}
-
-impl Spread {
-    pub fn of(values: &[f64]) -> Spread {
-        let mut sorted = values.to_vec();
-        sorted.sort_by(f64::total_cmp);
-        let n = sorted.len();
-        let median = if n == 0 {
-            f64::NAN
-        } else if n % 2 == 1 {
-            sorted[n / 2]
-        } else {
-            (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-        };
-        Spread {
-            median,
-            min: sorted.first().copied().unwrap_or(f64::NAN),
-            max: sorted.last().copied().unwrap_or(f64::NAN),
-        }
-    }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct BenchReport {
-    /// The model as given (folder or id).
-    pub model: String,
-    /// The real model whose shape a synthesized folder has.
-    pub shape: Option<Shape>,
-    pub architecture: Architecture,
-    pub backend: Backend,
-    pub dtype: Dtype,
-    pub device: String,
-    /// Seconds since the Unix epoch when the bench started.
-    pub started_unix_s: u64,
-    pub load_ms: f64,
-    /// The worker's warm-up at load (a 2-token prefill and one decode step).
-    pub warmup_ms: f64,
-    pub parameters: u64,
-    /// The weights as loaded, in `dtype` (GGUF: the file's bytes).
-    pub weight_bytes: u64,
-    /// The KV cache at the longest run's full length, in `dtype`.
-    pub kv_cache_bytes: u64,
-    pub host_rss: Option<HostRss>,
-    pub device_memory: Option<device::DeviceMemory>,
-    pub peak_bandwidth: Option<device::Bandwidth>,
-    pub runs: Vec<RunFigures>,
-    pub baseline: Option<baseline::BaselineFigures>,
-}
-
-/// Host resident memory, bytes.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
-pub struct HostRss {
-    pub after_load: u64,
-    /// After every measured run, before the baseline loads its own copy.
-    pub steady: u64,
-    /// The process's high-water mark by then, loading included.
-    pub peak: u64,
-}
-
-/// The figures of one prompt length.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct RunFigures {
-    pub prompt_len: usize,
-    pub gen: usize,
-    pub reps: usize,
-    /// The prompt's forward pass and the choice of the first token.
-    pub ttft_ms: Spread,
-    pub prefill_tokens_per_s: Spread,
-    /// Tokens after the first, per second.
-    pub decode_tokens_per_s: Spread,
-    /// Weights (less an untied embedding table, of which a token reads one row) and the KV
-    /// cache at the run's mean length: what one decode step must read at least.
-    pub bytes_per_token: u64,
-    /// `bytes_per_token` times the median decode speed.
-    pub achieved_bytes_per_s: f64,
-    /// Of the device's peak memory bandwidth, where known.
-    pub roofline_fraction: Option<f64>,
-}
-
 /// Measures the model in `model_dir` (named `model` in the report).
 pub fn run(
     model_dir: &Path,
@@ -208,6 +123,7 @@ pub fn run(
     let mut runs = Vec::new();
     for &prompt_len in &options.prompt_len {
         let request = bench_request(prompt_ids(prompt_len, dims.vocab_size), options.gen);
+        let request = worker.prepare(&request)?;
         warm_up(|| {
             worker.generate(&request, |_| ControlFlow::Continue(()))?;
             Ok(())
@@ -311,12 +227,12 @@ fn compare(
     prompt: &[u32],
     options: &BenchOptions,
     log: &dyn Fn(&str),
-) -> Result<Option<baseline::BaselineFigures>> {
+) -> Result<Option<BaselineFigures>> {
     log("plain candle loop, in turns with the worker");
     let Some(mut plain) = baseline::Baseline::load(model_dir, load, log)? else {
         return Ok(None);
     };
-    let request = bench_request(prompt.to_vec(), options.gen);
+    let request = worker.prepare(&bench_request(prompt.to_vec(), options.gen))?;
     warm_up(|| {
         plain.decode(prompt, options.gen)?;
         worker.generate(&request, |_| ControlFlow::Continue(()))?;
@@ -338,7 +254,7 @@ fn compare(
         wait.extend(steps.iter().map(|s| s.1));
     }
     let (theirs, ours) = (Spread::of(&theirs), Spread::of(&ours));
-    Ok(Some(baseline::BaselineFigures {
+    Ok(Some(BaselineFigures {
         module: plain.module(),
         prompt_len: prompt.len(),
         decode_tokens_per_s: theirs,
@@ -372,7 +288,7 @@ fn bench_request(prompt: Vec<u32>, gen: usize) -> Request {
 /// A prompt of `len` ids spread over the vocabulary, past the synthetic tokenizers' special
 /// tokens.
 pub fn prompt_ids(len: usize, vocab: usize) -> Vec<u32> {
-    let first = crate::synth::SPECIAL_TOKENS.len().min(vocab - 1);
+    let first = SPECIAL_TOKENS.len().min(vocab - 1);
     (0..len)
         .map(|i| (first + (i * 7919 + 13) % (vocab - first)) as u32)
         .collect()

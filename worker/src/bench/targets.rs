@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::BenchReport;
+use super::figures::BenchReport;
 use crate::backend::{Backend, Dtype};
 use crate::error::{Error, Result};
 use crate::synth::shape::Shape;
@@ -115,8 +115,7 @@ fn figure(report: &BenchReport, figure: Figure) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::{baseline::BaselineFigures, HostRss, RunFigures, Spread};
-    use crate::Architecture;
+    use crate::bench::figures::{BaselineFigures, HostRss, RunFigures, Spread};
 
     fn report(roofline: [f64; 2]) -> BenchReport {
         let spread = Spread::of(&[1.0]);
@@ -134,7 +133,7 @@ mod tests {
         BenchReport {
             model: "m".into(),
             shape: Some(Shape::TinyLlama),
-            architecture: Architecture::Llama,
+            architecture: crate::arch::by_name("llama").unwrap(),
             backend: Backend::Cuda,
             dtype: Dtype::Bf16,
             device: "d".into(),

@@ -1,10 +1,34 @@
 //! `llm-worker-rbee bench`: runs the library's bench, prints a table (or JSON), writes the JSON
 //! file and checks targets.
 
-use anyhow::{bail, Result};
-use llm_worker_rbee::bench::{self, targets, BenchReport, Spread};
+use std::path::PathBuf;
 
-use super::{BenchArgs, Format};
+use anyhow::{bail, Result};
+use clap::Args;
+use llm_worker_rbee::bench::figures::{BenchReport, Spread};
+use llm_worker_rbee::bench::{self, targets};
+
+use super::args::{DeviceArgs, Format, ModelArgs};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    #[command(flatten)]
+    pub options: llm_worker_rbee::bench::BenchOptions,
+    /// Also write the figures as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Compare the figures with the targets of this file (ci/bench/targets.toml) that apply to
+    /// this backend, dtype and shape; exit 1 if one is missed.
+    #[arg(long, value_name = "FILE")]
+    pub check: Option<PathBuf>,
+    /// `text`: progress on stderr, a table on stdout; `json`: the figures on stdout.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
 
 pub fn run(args: BenchArgs) -> Result<()> {
     args.options.check().map_err(anyhow::Error::msg)?;

@@ -5,11 +5,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use super::chat::ChatTemplate;
-use crate::generate::{Prompt, Request, StopReason};
+use crate::error::Error;
+use crate::request::{Message, Prompt, Request, StopReason};
 
 /// The fields `/execute` accepts; any other is refused, so that a misspelt parameter is never
 /// silently ignored.
@@ -62,20 +62,6 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// One chat message; `messages` is rendered with the model's chat template.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Message {
-    pub role: String,
-    pub content: String,
-}
-
-/// The prompt as the client gave it: chat messages still need the template.
-enum Input {
-    Prompt(Prompt),
-    Messages(Vec<Message>),
-}
-
 /// A parsed `/execute` body.
 #[derive(Clone, Debug)]
 pub struct Execute {
@@ -83,14 +69,9 @@ pub struct Execute {
     pub request: Request,
 }
 
-/// Parses and checks an `/execute` body, everything that does not need the model's tokenizer
-/// beyond the chat template: `context` is the model's context length, the most `max_tokens` can
-/// be; `chat` renders `messages`.
-pub fn parse_execute(
-    body: &[u8],
-    context: usize,
-    chat: Option<&ChatTemplate>,
-) -> Result<Execute, ApiError> {
+/// Parses an `/execute` body into a request: the fields, their types, one prompt. What needs
+/// the model (tokens, context, the chat template) is checked when the request is prepared.
+pub fn parse_execute(body: &[u8]) -> Result<Execute, ApiError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request("body", format!("is not valid JSON: {e}")))?;
     let Value::Object(mut object) = value else {
@@ -106,13 +87,10 @@ pub fn parse_execute(
     let prompt: Option<String> = take(&mut object, "prompt")?;
     let prompt_ids: Option<Vec<u32>> = take(&mut object, "prompt_ids")?;
     let messages: Option<Vec<Message>> = take(&mut object, "messages")?;
-    let input = match (prompt, prompt_ids, messages) {
-        (Some(text), None, None) => Input::Prompt(Prompt::Text(text)),
-        (None, Some(ids), None) => Input::Prompt(Prompt::Ids(ids)),
-        (None, None, Some(messages)) if messages.is_empty() => {
-            return Err(ApiError::bad_request("messages", "is empty"))
-        }
-        (None, None, Some(messages)) => Input::Messages(messages),
+    let prompt = match (prompt, prompt_ids, messages) {
+        (Some(text), None, None) => Prompt::Text(text),
+        (None, Some(ids), None) => Prompt::Ids(ids),
+        (None, None, Some(messages)) => Prompt::Messages(messages),
         (None, None, None) => {
             return Err(ApiError::bad_request(
                 "prompt",
@@ -128,43 +106,16 @@ pub fn parse_execute(
     };
     let max_tokens: usize = take(&mut object, "max_tokens")?
         .ok_or_else(|| ApiError::bad_request("max_tokens", "is missing"))?;
-    if max_tokens > context {
-        return Err(ApiError::bad_request(
-            "max_tokens",
-            format!("is {max_tokens}, more than the model's context of {context} tokens"),
-        ));
-    }
-    let temperature = take(&mut object, "temperature")?.unwrap_or(0.0);
-    let top_p = take(&mut object, "top_p")?;
-    let top_k = take(&mut object, "top_k")?;
-    let seed = take(&mut object, "seed")?.unwrap_or(0);
-    let repeat_penalty = take(&mut object, "repeat_penalty")?;
-    let ignore_eos = take(&mut object, "ignore_eos")?.unwrap_or(false);
-    // Rendered last: every other field is checked first.
-    let prompt = match input {
-        Input::Prompt(prompt) => prompt,
-        Input::Messages(messages) => {
-            let chat = chat.ok_or_else(|| {
-                ApiError::bad_request(
-                    "messages",
-                    "the model has no chat template (no chat_template in tokenizer_config.json); \
-                     send prompt or prompt_ids",
-                )
-            })?;
-            Prompt::Ids(chat.prompt_ids(&messages)?)
-        }
-    };
     let request = Request {
         prompt,
         max_tokens,
-        temperature,
-        top_p,
-        top_k,
-        seed,
-        repeat_penalty,
-        ignore_eos,
+        temperature: take(&mut object, "temperature")?.unwrap_or(0.0),
+        top_p: take(&mut object, "top_p")?,
+        top_k: take(&mut object, "top_k")?,
+        seed: take(&mut object, "seed")?.unwrap_or(0),
+        repeat_penalty: take(&mut object, "repeat_penalty")?,
+        ignore_eos: take(&mut object, "ignore_eos")?.unwrap_or(false),
     };
-    request.validate().map_err(from_worker_error)?;
     Ok(Execute { job_id, request })
 }
 
@@ -183,9 +134,9 @@ fn take<T: DeserializeOwned>(
 
 /// A worker error about a request becomes a 400 naming its field; anything else is the
 /// server's fault.
-pub fn from_worker_error(error: crate::Error) -> ApiError {
+pub fn from_worker_error(error: Error) -> ApiError {
     match error {
-        crate::Error::Request { field, message } => ApiError::bad_request(field, message),
+        Error::Request { field, message } => ApiError::bad_request(field, message),
         other => ApiError::internal(other.to_string()),
     }
 }

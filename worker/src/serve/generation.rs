@@ -3,7 +3,6 @@
 
 use std::ops::ControlFlow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
@@ -11,10 +10,10 @@ use std::time::Instant;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::sync::oneshot;
 
-use super::api::{from_worker_error, ApiError, Event};
+use super::api::{ApiError, Event};
 use super::metrics::{JobReport, Metrics, Outcome};
-use crate::generate::{Request, StopReason};
-use crate::worker::{LoadOptions, Worker};
+use crate::request::{PreparedRequest, StopReason};
+use crate::worker::{LoadOptions, ModelFiles, Worker};
 
 /// What the generation thread tells a request's handler: the events of its stream, or a
 /// refusal (before `started`: the HTTP answer; after it: an `error` event).
@@ -25,7 +24,7 @@ pub enum Reply {
 
 struct Job {
     job_id: String,
-    request: Request,
+    request: PreparedRequest,
     replies: UnboundedSender<Reply>,
     arrived: Instant,
 }
@@ -46,7 +45,7 @@ impl Generator {
     /// Starts the thread, which loads the model and then serves the jobs; jobs submitted while
     /// it loads wait in the queue. The receiver tells how the load went.
     pub fn start(
-        model_dir: PathBuf,
+        files: ModelFiles,
         model: String,
         options: LoadOptions,
         capacity: usize,
@@ -75,7 +74,8 @@ impl Generator {
             .name("generation".into())
             .spawn(move || {
                 let started = Instant::now();
-                match Worker::load(&model_dir, options) {
+                let model_dir = files.info().model_dir.clone();
+                match files.load(options) {
                     Ok(worker) => {
                         let timings = worker.load_timings();
                         tracing::info!(
@@ -101,7 +101,7 @@ impl Generator {
     pub fn submit(
         &self,
         job_id: String,
-        request: Request,
+        request: PreparedRequest,
         arrived: Instant,
     ) -> Option<UnboundedReceiver<Reply>> {
         let most = self.capacity + 1;
@@ -189,24 +189,10 @@ impl GenerationThread {
             return;
         }
         let queued = arrived.elapsed();
-        // The prompt's own checks (tokens, context) need the tokenizer, which this thread owns.
-        let prompt_ids = match worker.prompt_ids(&request) {
-            Ok(ids) => ids,
-            Err(error) => {
-                let refusal = from_worker_error(error);
-                tracing::info!(field = refusal.field, reason = refusal.message, "refused");
-                self.metrics.request(if refusal.status.is_client_error() {
-                    Outcome::Invalid
-                } else {
-                    Outcome::Failed
-                });
-                let _ = replies.send(Reply::Refused(refusal));
-                return;
-            }
-        };
+        let prompt_ids = request.prompt_ids().to_vec();
         tracing::info!(
             prompt_tokens = prompt_ids.len(),
-            max_tokens = request.max_tokens,
+            max_tokens = request.request().max_tokens,
             queued_ms = queued.as_secs_f64() * 1000.0,
             "started"
         );

@@ -3,7 +3,6 @@
 //! others wait in a bounded queue.
 
 mod api;
-mod chat;
 mod generation;
 mod metrics;
 
@@ -32,10 +31,10 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::oneshot;
 
 use self::api::{ApiError, Event};
-use self::chat::ChatTemplate;
 use self::generation::{Generator, Reply};
 use self::metrics::{Metrics, Outcome};
-use crate::worker::{LoadOptions, ModelInfo};
+use crate::prompter::Prompter;
+use crate::worker::{LoadOptions, ModelFiles, ModelInfo};
 
 /// The largest `/execute` body accepted; larger ones get 413.
 pub const BODY_LIMIT: usize = 1 << 20;
@@ -54,7 +53,7 @@ pub struct ServeOptions {
 
 struct AppState {
     generator: Generator,
-    chat: Option<ChatTemplate>,
+    prompter: Arc<Prompter>,
     info: ModelInfo,
     load: LoadOptions,
     model: String,
@@ -69,14 +68,21 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// SIGTERM or ctrl-c; then returns once the open streams ended (at most `SHUTDOWN_GRACE`
 /// later). A model that fails to load is an error, after which nothing is served.
 pub fn run(options: ServeOptions) -> anyhow::Result<()> {
-    // Settings, tokenizer and chat template are read before listening, so that a bad folder
-    // fails at once; `/execute` checks requests against them while the weights load.
-    let info = ModelInfo::inspect(&options.model_dir)
+    // Settings, tokenizer and chat template are read once, before listening, so that a bad
+    // folder fails at once; `/execute` prepares requests with them while the weights load.
+    let files = ModelFiles::open(&options.model_dir)
         .with_context(|| format!("cannot read the model in {}", options.model_dir.display()))?;
-    let chat = ChatTemplate::load(&options.model_dir)?;
+    if let Some(problem) = files.prompter().chat_template_problem() {
+        anyhow::bail!(
+            "cannot read the model in {}: the chat template of tokenizer_config.json: {problem}",
+            options.model_dir.display()
+        );
+    }
+    let info = files.info().clone();
+    let prompter = files.prompter().clone();
     let metrics = Arc::new(Metrics::default());
     let (generator, loaded) = Generator::start(
-        options.model_dir.clone(),
+        files,
         options.model.clone(),
         options.load,
         options.queue,
@@ -84,7 +90,7 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
     )?;
     let state = Arc::new(AppState {
         generator,
-        chat,
+        prompter,
         info,
         load: options.load,
         model: options.model,
@@ -211,14 +217,20 @@ async fn execute(
             })
         }
     };
-    let parsed = match api::parse_execute(&body, state.info.context_length, state.chat.as_ref()) {
+    let parsed = match api::parse_execute(&body) {
         Ok(parsed) => parsed,
         Err(error) => return refuse(error),
     };
     let job_id = parsed
         .job_id
         .unwrap_or_else(|| format!("job-{}", state.next_job.fetch_add(1, Ordering::Relaxed)));
-    let Some(mut replies) = state.generator.submit(job_id, parsed.request, arrived) else {
+    // Checked and tokenized here, so that a refusal needs no turn of the generation thread.
+    let span = tracing::info_span!("job", job_id = job_id.as_str());
+    let prepared = match span.in_scope(|| state.prompter.prepare(&parsed.request)) {
+        Ok(prepared) => prepared,
+        Err(error) => return span.in_scope(|| refuse(api::from_worker_error(error))),
+    };
+    let Some(mut replies) = state.generator.submit(job_id, prepared, arrived) else {
         state.metrics.request(Outcome::Overloaded);
         return unavailable("the queue is full; retry later");
     };

@@ -20,29 +20,20 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, Tokenizer, TokenizerBuilder};
 
-use crate::arch::gguf::convert::write_gguf;
-use crate::arch::Architecture;
 use crate::error::{Error, Result};
-use crate::folder;
+use crate::fixture::{
+    BlockNorms, FixtureVariant, Geometry, MlpTensors, TensorLayout, BOS, ENDOFTEXT, HEADS,
+    SPECIAL_TOKENS,
+};
+use crate::model::Architecture;
+use crate::{arch, folder};
 
 pub mod shape;
+mod to_gguf;
 
-/// Special tokens, with the ids they get (they come first in the vocabulary).
-pub const SPECIAL_TOKENS: [&str; 6] = [
-    "<unk>",
-    "<s>",
-    "</s>",
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-];
-const BOS: u32 = 1;
-const EOS: u32 = 2;
-const ENDOFTEXT: u32 = 3;
-const IM_END: u32 = 5;
+pub use self::to_gguf::write_gguf;
 
 pub const VOCAB_SIZE: usize = 512;
-const HEADS: usize = 4;
 const MAX_POSITIONS: usize = 128;
 
 /// The sizes of a fixture model.
@@ -73,7 +64,7 @@ impl FixtureSize {
 pub struct FixtureSpec {
     /// The folder name under the fixtures directory, and the model id in test names.
     pub id: &'static str,
-    pub architecture: Architecture,
+    pub architecture: &'static dyn Architecture,
     pub size: FixtureSize,
     /// Seed of the weights, chosen so that greedy decoding is far from ties (see
     /// `cargo xtask fixtures`).
@@ -83,102 +74,33 @@ pub struct FixtureSpec {
     pub description: &'static str,
 }
 
-/// The SafeTensors fixtures every worker test and the conformance suite run: one per
-/// architecture, and sliding-window variants.
+/// The SafeTensors fixtures every worker test and the conformance suite run: each
+/// architecture's plain fixture, then their variants (sliding windows), in registry order.
 pub fn fixtures() -> Vec<FixtureSpec> {
-    use Architecture::*;
-    let base = |id, architecture, seed, description| FixtureSpec {
-        id,
+    let spec = |architecture: &'static dyn Architecture, variant: &FixtureVariant| FixtureSpec {
+        id: variant.id,
         architecture,
         size: FixtureSize::SMALL,
-        seed,
-        sliding_window: None,
-        description,
+        seed: variant.seed,
+        sliding_window: variant.sliding_window,
+        description: variant.description,
     };
-    let windowed = |id, architecture, seed, description| FixtureSpec {
-        sliding_window: Some(8),
-        ..base(id, architecture, seed, description)
-    };
-    vec![
-        base("llama", Llama, 9, "GQA, BOS added, untied output"),
-        base("mistral", Mistral, 11, "GQA, no window"),
-        base(
-            "phi",
-            Phi,
-            4,
-            "partial rotary, parallel attention/MLP, biases",
-        ),
-        base(
-            "phi3",
-            Phi3,
-            5,
-            "fused projections; a 64-token window limits the context, as Phi-3-mini-4k's does",
-        ),
-        base(
-            "qwen2",
-            Qwen2,
-            0,
-            "GQA, q/k/v biases, tied output, two EOS ids",
-        ),
-        base(
-            "qwen3",
-            Qwen3,
-            1,
-            "q/k norms, head_dim 32 unlike hidden/heads, tied output",
-        ),
-        base(
-            "gemma",
-            Gemma,
-            6,
-            "multi-query attention, head_dim 32, scaled embeddings",
-        ),
-        base(
-            "gemma2",
-            Gemma2,
-            0,
-            "soft-capping, query_pre_attn_scalar unlike head_dim",
-        ),
-        base(
-            "starcoder2",
-            Starcoder2,
-            6,
-            "LayerNorm, biases, GELU MLP, tied output",
-        ),
-        base("stablelm", StableLm, 5, "quarter rotary, q/k/v biases"),
-        windowed(
-            "mistral-sw8",
-            Mistral,
-            5,
-            "sliding window of 8 on every layer",
-        ),
-        windowed(
-            "qwen2-sw8",
-            Qwen2,
-            3,
-            "sliding_window 8 with use_sliding_window false, as the released Qwen2.5 configs: \
-             transformers ignores the window, candle's module would apply it",
-        ),
-        windowed(
-            "gemma2-sw8",
-            Gemma2,
-            1,
-            "sliding window of 8 on every other layer",
-        ),
-        windowed(
-            "starcoder2-sw8",
-            Starcoder2,
-            3,
-            "sliding window of 8 on every layer",
-        ),
-    ]
+    let plain = arch::ALL
+        .iter()
+        .filter_map(|a| a.fixtures().first().map(|v| spec(*a, v)));
+    let variants = arch::ALL
+        .iter()
+        .flat_map(|a| a.fixtures().iter().skip(1).map(|v| spec(*a, v)));
+    plain.chain(variants).collect()
 }
 
 /// SafeTensors fixtures made as the source of GGUF fixtures only, so not among [`fixtures`] (the
 /// transformers configs of `worker/tests/data/hf-configs/` cover those).
 pub fn wide_fixtures() -> Vec<FixtureSpec> {
+    let qwen2 = arch::by_name("qwen2").expect("qwen2 is registered");
     vec![FixtureSpec {
         id: "qwen2-h256",
-        architecture: Architecture::Qwen2,
+        architecture: qwen2,
         size: FixtureSize::WIDE,
         seed: 2,
         sliding_window: None,
@@ -370,100 +292,26 @@ enum Fill {
     Around { center: f32, half_width: f32 },
 }
 
-/// Per-architecture choices of the fixture model.
-struct Layout {
-    kv_heads: usize,
-    head_dim: usize,
-    tied: bool,
-    add_bos: bool,
-    eos: u32,
-    extra_eos: Option<u32>,
-}
-
 impl FixtureFiles {
     fn new(spec: &FixtureSpec) -> Self {
-        use Architecture::*;
         let arch = spec.architecture;
         let size = spec.size;
-        // The head size of the architectures that derive it from the hidden size.
-        let derived = size.hidden / HEADS;
-        let layout = match arch {
-            Llama | Mistral => Layout {
-                kv_heads: 2,
-                head_dim: derived,
-                tied: false,
-                add_bos: true,
-                eos: EOS,
-                extra_eos: None,
-            },
-            Phi => Layout {
-                kv_heads: HEADS,
-                head_dim: derived,
-                tied: false,
-                add_bos: false,
-                eos: ENDOFTEXT,
-                extra_eos: None,
-            },
-            Phi3 => Layout {
-                kv_heads: 2,
-                head_dim: derived,
-                tied: false,
-                add_bos: false,
-                eos: ENDOFTEXT,
-                extra_eos: Some(IM_END),
-            },
-            Qwen2 => Layout {
-                kv_heads: 2,
-                head_dim: derived,
-                tied: true,
-                add_bos: false,
-                eos: ENDOFTEXT,
-                extra_eos: Some(IM_END),
-            },
-            Qwen3 => Layout {
-                kv_heads: 2,
-                head_dim: 32,
-                tied: true,
-                add_bos: false,
-                eos: ENDOFTEXT,
-                extra_eos: Some(IM_END),
-            },
-            Gemma => Layout {
-                kv_heads: 1,
-                head_dim: 32,
-                tied: true,
-                add_bos: true,
-                eos: EOS,
-                extra_eos: None,
-            },
-            Gemma2 => Layout {
-                kv_heads: 2,
-                head_dim: derived,
-                tied: true,
-                add_bos: true,
-                eos: EOS,
-                extra_eos: None,
-            },
-            Starcoder2 => Layout {
-                kv_heads: 2,
-                head_dim: derived,
-                tied: true,
-                add_bos: false,
-                eos: ENDOFTEXT,
-                extra_eos: None,
-            },
-            StableLm => Layout {
-                kv_heads: 2,
-                head_dim: derived,
-                tied: false,
-                add_bos: false,
-                eos: ENDOFTEXT,
-                extra_eos: None,
-            },
+        let layout = arch.fixture_layout();
+        let geometry = Geometry {
+            hidden: size.hidden,
+            intermediate: size.intermediate,
+            layers: size.layers,
+            heads: HEADS,
+            kv_heads: layout.kv_heads,
+            // The head size of the architectures that derive it from the hidden size.
+            head_dim: layout.head_dim.unwrap_or(size.hidden / HEADS),
+            vocab: VOCAB_SIZE,
+            tied: layout.tied,
+            max_positions: MAX_POSITIONS,
         };
         let bos = if layout.add_bos { BOS } else { ENDOFTEXT };
         let mut config = json!({
-            "architectures": [class_name(arch)],
+            "architectures": [arch.class_name()],
             "model_type": arch.name(),
             "vocab_size": VOCAB_SIZE,
             "hidden_size": size.hidden,
@@ -479,39 +327,10 @@ impl FixtureFiles {
             "pad_token_id": 0,
             "torch_dtype": "float32",
         });
-        let extra = match arch {
-            Llama => {
-                json!({"hidden_act": "silu", "rms_norm_eps": 1e-5, "attention_bias": false, "mlp_bias": false})
-            }
-            Mistral => {
-                json!({"hidden_act": "silu", "rms_norm_eps": 1e-5, "head_dim": layout.head_dim, "sliding_window": spec.sliding_window})
-            }
-            Phi => {
-                json!({"hidden_act": "gelu_new", "layer_norm_eps": 1e-5, "partial_rotary_factor": 0.5, "qk_layernorm": false})
-            }
-            Phi3 => {
-                json!({"hidden_act": "silu", "rms_norm_eps": 1e-5, "sliding_window": 64, "original_max_position_embeddings": MAX_POSITIONS, "rope_scaling": null})
-            }
-            Qwen2 => {
-                json!({"hidden_act": "silu", "rms_norm_eps": 1e-6, "use_sliding_window": false, "sliding_window": spec.sliding_window.unwrap_or(MAX_POSITIONS), "max_window_layers": size.layers})
-            }
-            Qwen3 => {
-                json!({"hidden_act": "silu", "rms_norm_eps": 1e-6, "head_dim": layout.head_dim, "attention_bias": false, "use_sliding_window": false, "sliding_window": null, "max_window_layers": size.layers})
-            }
-            Gemma => {
-                json!({"hidden_act": "gelu_pytorch_tanh", "rms_norm_eps": 1e-6, "head_dim": layout.head_dim, "attention_bias": false})
-            }
-            Gemma2 => {
-                json!({"hidden_activation": "gelu_pytorch_tanh", "rms_norm_eps": 1e-6, "head_dim": layout.head_dim, "attention_bias": false, "query_pre_attn_scalar": 24, "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0, "sliding_window": spec.sliding_window.unwrap_or(MAX_POSITIONS)})
-            }
-            Starcoder2 => {
-                json!({"hidden_act": "gelu_pytorch_tanh", "norm_epsilon": 1e-5, "use_bias": true, "sliding_window": spec.sliding_window})
-            }
-            StableLm => {
-                json!({"hidden_act": "silu", "layer_norm_eps": 1e-5, "partial_rotary_factor": 0.25, "use_qkv_bias": true, "qk_layernorm": false, "use_parallel_residual": false})
-            }
-        };
-        merge(&mut config, extra);
+        merge(
+            &mut config,
+            arch.fixture_config(&geometry, spec.sliding_window),
+        );
 
         let eos_ids: Vec<u32> = std::iter::once(layout.eos)
             .chain(layout.extra_eos)
@@ -540,19 +359,7 @@ impl FixtureFiles {
             config,
             generation_config,
             tokenizer_config,
-            tensor_shapes: tensor_shapes(
-                arch,
-                &Geometry {
-                    hidden: size.hidden,
-                    intermediate: size.intermediate,
-                    layers: size.layers,
-                    heads: HEADS,
-                    kv_heads: layout.kv_heads,
-                    head_dim: layout.head_dim,
-                    vocab: VOCAB_SIZE,
-                    tied: layout.tied,
-                },
-            ),
+            tensor_shapes: tensor_shapes(&arch.tensor_layout(), &geometry),
             add_bos: layout.add_bos,
         }
     }
@@ -564,57 +371,22 @@ fn merge(into: &mut Value, extra: Value) {
     }
 }
 
-fn class_name(arch: Architecture) -> &'static str {
-    match arch {
-        Architecture::Llama => "LlamaForCausalLM",
-        Architecture::Mistral => "MistralForCausalLM",
-        Architecture::Phi => "PhiForCausalLM",
-        Architecture::Phi3 => "Phi3ForCausalLM",
-        Architecture::Qwen2 => "Qwen2ForCausalLM",
-        Architecture::Qwen3 => "Qwen3ForCausalLM",
-        Architecture::Gemma => "GemmaForCausalLM",
-        Architecture::Gemma2 => "Gemma2ForCausalLM",
-        Architecture::Starcoder2 => "Starcoder2ForCausalLM",
-        Architecture::StableLm => "StableLmForCausalLM",
-    }
-}
-
 /// Output logits spread of about 4 (std): top-1 and top-2 stay apart without making sampling
 /// collapse onto the greedy token.
 const OUTPUT_BOUND: f32 = 0.8;
 const BIAS_BOUND: f32 = 0.2;
-/// sqrt(hidden size 64): the scale of Gemma's embeddings in the residual stream.
-const GEMMA_BRANCH_GAIN: f32 = 8.0;
 
 /// A weight for `fan_in` inputs with variance `gain^2 / fan_in`.
 fn linear_bound(fan_in: usize, gain: f32) -> f32 {
     gain * (3.0 / fan_in as f32).sqrt()
 }
 
-/// The sizes that decide a model's tensor shapes.
-struct Geometry {
-    hidden: usize,
-    intermediate: usize,
-    layers: usize,
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
-    vocab: usize,
-    tied: bool,
-}
-
 /// The names and shapes of every tensor, in transformers' naming.
-fn tensor_shapes(arch: Architecture, geometry: &Geometry) -> Vec<(String, Vec<usize>, Fill)> {
-    use Architecture::*;
+fn tensor_shapes(layout: &TensorLayout, geometry: &Geometry) -> Vec<(String, Vec<usize>, Fill)> {
     let (h, i, v) = (geometry.hidden, geometry.intermediate, geometry.vocab);
     let q_dim = geometry.heads * geometry.head_dim;
     let kv_dim = geometry.kv_heads * geometry.head_dim;
-    // Gemma stores norm weights as offsets from 1.
-    let stored_offset = if matches!(arch, Gemma | Gemma2) {
-        1.0
-    } else {
-        0.0
-    };
+    let stored_offset = if layout.norm_offset { 1.0 } else { 0.0 };
     let norm = Fill::Around {
         center: 1.0 - stored_offset,
         half_width: 0.5,
@@ -641,53 +413,48 @@ fn tensor_shapes(arch: Architecture, geometry: &Geometry) -> Vec<(String, Vec<us
             vec![v, h],
             Fill::Uniform(OUTPUT_BOUND),
         );
-        if arch == Phi {
+        if layout.lm_head_bias {
             add("lm_head.bias".into(), vec![v], bias);
         }
     }
-    let layer_norms = matches!(arch, Phi | Starcoder2 | StableLm);
-    let final_norm = if arch == Phi {
-        "model.final_layernorm"
-    } else {
-        "model.norm"
-    };
+    let final_norm = layout.final_norm;
     add(format!("{final_norm}.weight"), vec![h], final_norm_fill);
-    if layer_norms {
+    if layout.layer_norm {
         add(format!("{final_norm}.bias"), vec![h], bias);
     }
 
+    let attention = &layout.attention;
     for l in 0..geometry.layers {
         let p = format!("model.layers.{l}");
         let mut norm_at = |name: &str| {
             add(format!("{p}.{name}.weight"), vec![h], norm);
-            if layer_norms {
+            if layout.layer_norm {
                 add(format!("{p}.{name}.bias"), vec![h], bias);
             }
         };
         norm_at("input_layernorm");
-        if arch == Gemma2 {
-            norm_at("pre_feedforward_layernorm");
-            // Gemma 2 normalizes each branch before adding it to the residual stream, which
-            // carries the embeddings scaled by sqrt(hidden); a large gain keeps the layers from
-            // being drowned out (else the fixture degenerates into a bigram model).
-            for branch in ["post_feedforward_layernorm", "post_attention_layernorm"] {
-                add(
-                    format!("{p}.{branch}.weight"),
-                    vec![h],
-                    Fill::Around {
-                        center: GEMMA_BRANCH_GAIN - 1.0,
-                        half_width: 0.5,
-                    },
-                );
+        match layout.block_norms {
+            BlockNorms::PostAttention => norm_at("post_attention_layernorm"),
+            BlockNorms::Parallel => {}
+            BlockNorms::Sandwich { gain } => {
+                norm_at("pre_feedforward_layernorm");
+                for branch in ["post_feedforward_layernorm", "post_attention_layernorm"] {
+                    add(
+                        format!("{p}.{branch}.weight"),
+                        vec![h],
+                        Fill::Around {
+                            center: gain - 1.0,
+                            half_width: 0.5,
+                        },
+                    );
+                }
             }
-        } else if arch != Phi {
-            norm_at("post_attention_layernorm");
         }
 
         let attn = format!("{p}.self_attn");
         let qk = Fill::Uniform(linear_bound(h, 1.5));
         let proj = Fill::Uniform(linear_bound(h, 1.0));
-        if arch == Phi3 {
+        if attention.fused_qkv {
             add(
                 format!("{attn}.qkv_proj.weight"),
                 vec![q_dim + 2 * kv_dim, h],
@@ -698,29 +465,21 @@ fn tensor_shapes(arch: Architecture, geometry: &Geometry) -> Vec<(String, Vec<us
             add(format!("{attn}.k_proj.weight"), vec![kv_dim, h], qk);
             add(format!("{attn}.v_proj.weight"), vec![kv_dim, h], proj);
         }
-        let qkv_bias = matches!(arch, Phi | Qwen2 | Starcoder2 | StableLm);
-        if qkv_bias {
+        if attention.qkv_bias {
             add(format!("{attn}.q_proj.bias"), vec![q_dim], bias);
             add(format!("{attn}.k_proj.bias"), vec![kv_dim], bias);
             add(format!("{attn}.v_proj.bias"), vec![kv_dim], bias);
         }
-        // Gemma's embeddings enter the residual stream scaled by sqrt(hidden): its layers need
-        // the same gain to matter.
-        let branch_gain = if arch == Gemma {
-            GEMMA_BRANCH_GAIN
-        } else {
-            1.0
-        };
-        let out_proj = if arch == Phi { "dense" } else { "o_proj" };
+        let out_proj = attention.output;
         add(
             format!("{attn}.{out_proj}.weight"),
             vec![h, q_dim],
-            Fill::Uniform(linear_bound(q_dim, branch_gain)),
+            Fill::Uniform(linear_bound(q_dim, layout.branch_gain)),
         );
-        if matches!(arch, Phi | Starcoder2) {
+        if attention.output_bias {
             add(format!("{attn}.{out_proj}.bias"), vec![h], bias);
         }
-        if arch == Qwen3 {
+        if attention.qk_norm {
             add(
                 format!("{attn}.q_norm.weight"),
                 vec![geometry.head_dim],
@@ -735,25 +494,22 @@ fn tensor_shapes(arch: Architecture, geometry: &Geometry) -> Vec<(String, Vec<us
 
         let mlp = format!("{p}.mlp");
         let up = Fill::Uniform(linear_bound(h, 1.0));
-        let down = Fill::Uniform(linear_bound(i, branch_gain));
-        match arch {
-            Phi => {
-                add(format!("{mlp}.fc1.weight"), vec![i, h], up);
-                add(format!("{mlp}.fc1.bias"), vec![i], bias);
-                add(format!("{mlp}.fc2.weight"), vec![h, i], down);
-                add(format!("{mlp}.fc2.bias"), vec![h], bias);
+        let down = Fill::Uniform(linear_bound(i, layout.branch_gain));
+        match layout.mlp {
+            MlpTensors::UpDown {
+                up: up_name,
+                down: down_name,
+            } => {
+                add(format!("{mlp}.{up_name}.weight"), vec![i, h], up);
+                add(format!("{mlp}.{up_name}.bias"), vec![i], bias);
+                add(format!("{mlp}.{down_name}.weight"), vec![h, i], down);
+                add(format!("{mlp}.{down_name}.bias"), vec![h], bias);
             }
-            Starcoder2 => {
-                add(format!("{mlp}.c_fc.weight"), vec![i, h], up);
-                add(format!("{mlp}.c_fc.bias"), vec![i], bias);
-                add(format!("{mlp}.c_proj.weight"), vec![h, i], down);
-                add(format!("{mlp}.c_proj.bias"), vec![h], bias);
-            }
-            Phi3 => {
+            MlpTensors::FusedGateUp => {
                 add(format!("{mlp}.gate_up_proj.weight"), vec![2 * i, h], up);
                 add(format!("{mlp}.down_proj.weight"), vec![h, i], down);
             }
-            _ => {
+            MlpTensors::GatedUpDown => {
                 add(format!("{mlp}.gate_proj.weight"), vec![i, h], up);
                 add(format!("{mlp}.up_proj.weight"), vec![i, h], up);
                 add(format!("{mlp}.down_proj.weight"), vec![h, i], down);

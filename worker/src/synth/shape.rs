@@ -17,11 +17,12 @@ use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, Tokenizer};
 
-use super::{class_name, tensor_shapes, write_json, Fill, Geometry, SPECIAL_TOKENS};
-use crate::arch::Architecture;
+use super::{tensor_shapes, write_json, Fill};
 use crate::backend::Dtype;
 use crate::error::{Error, Result};
-use crate::folder;
+use crate::fixture::{Geometry, SPECIAL_TOKENS};
+use crate::model::Architecture;
+use crate::{arch, folder};
 
 /// The file of a shape model that says what it is; `llm-worker-rbee bench` reads it.
 pub const SHAPE_FILE: &str = "synth-shape.json";
@@ -30,29 +31,30 @@ pub const SHAPE_FILE: &str = "synth-shape.json";
 const CHUNK: usize = 1 << 20;
 
 /// A real model whose shape can be synthesized.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Shape {
     /// TinyLlama/TinyLlama-1.1B-Chat-v1.0: llama, 22 layers x 2048, GQA 32/4, vocab 32000.
-    #[value(name = "tinyllama-1.1b")]
+    #[cfg_attr(feature = "clap", value(name = "tinyllama-1.1b"))]
     #[serde(rename = "tinyllama-1.1b")]
     TinyLlama,
     /// Qwen/Qwen2.5-0.5B: qwen2, 24 layers x 896, GQA 14/2, vocab 151936, tied output.
-    #[value(name = "qwen2.5-0.5b")]
+    #[cfg_attr(feature = "clap", value(name = "qwen2.5-0.5b"))]
     #[serde(rename = "qwen2.5-0.5b")]
     Qwen25,
     /// microsoft/phi-2: phi, 32 layers x 2560, 32 heads, vocab 51200.
-    #[value(name = "phi-2")]
+    #[cfg_attr(feature = "clap", value(name = "phi-2"))]
     #[serde(rename = "phi-2")]
     Phi2,
     /// mistralai/Mistral-7B-v0.1: mistral, 32 layers x 4096, GQA 32/8, vocab 32000.
-    #[value(name = "mistral-7b")]
+    #[cfg_attr(feature = "clap", value(name = "mistral-7b"))]
     #[serde(rename = "mistral-7b")]
     Mistral7b,
 }
 
 /// The sizes of a real model's config.json.
 struct RealShape {
-    architecture: Architecture,
+    architecture: &'static str,
     hidden: usize,
     intermediate: usize,
     layers: usize,
@@ -88,7 +90,7 @@ impl Shape {
     fn real(self) -> RealShape {
         match self {
             Shape::TinyLlama => RealShape {
-                architecture: Architecture::Llama,
+                architecture: "llama",
                 hidden: 2048,
                 intermediate: 5632,
                 layers: 22,
@@ -101,7 +103,7 @@ impl Shape {
                 extra: json!({"hidden_act": "silu", "rms_norm_eps": 1e-5, "attention_bias": false, "mlp_bias": false}),
             },
             Shape::Qwen25 => RealShape {
-                architecture: Architecture::Qwen2,
+                architecture: "qwen2",
                 hidden: 896,
                 intermediate: 4864,
                 layers: 24,
@@ -114,7 +116,7 @@ impl Shape {
                 extra: json!({"hidden_act": "silu", "rms_norm_eps": 1e-6, "use_sliding_window": false, "sliding_window": 32768, "max_window_layers": 24}),
             },
             Shape::Phi2 => RealShape {
-                architecture: Architecture::Phi,
+                architecture: "phi",
                 hidden: 2560,
                 intermediate: 10240,
                 layers: 32,
@@ -127,7 +129,7 @@ impl Shape {
                 extra: json!({"hidden_act": "gelu_new", "layer_norm_eps": 1e-5, "partial_rotary_factor": 0.4, "qk_layernorm": false}),
             },
             Shape::Mistral7b => RealShape {
-                architecture: Architecture::Mistral,
+                architecture: "mistral",
                 hidden: 4096,
                 intermediate: 14336,
                 layers: 32,
@@ -142,8 +144,9 @@ impl Shape {
         }
     }
 
-    fn geometry(&self) -> (Architecture, Geometry) {
+    fn geometry(&self) -> (&'static dyn Architecture, Geometry) {
         let real = self.real();
+        let architecture = arch::by_name(real.architecture).expect("a registered architecture");
         let geometry = Geometry {
             hidden: real.hidden,
             intermediate: real.intermediate,
@@ -153,14 +156,15 @@ impl Shape {
             head_dim: real.hidden / real.heads,
             vocab: real.vocab,
             tied: real.tied,
+            max_positions: real.max_positions,
         };
-        (real.architecture, geometry)
+        (architecture, geometry)
     }
 
     /// Bytes of model.safetensors in `dtype`, less the header.
     pub fn weight_bytes(self, dtype: Dtype) -> u64 {
         let (arch, geometry) = self.geometry();
-        let values: usize = tensor_shapes(arch, &geometry)
+        let values: usize = tensor_shapes(&arch.tensor_layout(), &geometry)
             .iter()
             .map(|(_, shape, _)| shape.iter().product::<usize>())
             .sum();
@@ -196,7 +200,7 @@ pub fn write_shape(
     // The synthetic tokenizer's ids: specials come first.
     let (bos, eos) = (1, 2);
     let mut config = json!({
-        "architectures": [class_name(arch)],
+        "architectures": [arch.class_name()],
         "model_type": arch.name(),
         "vocab_size": real.vocab,
         "hidden_size": real.hidden,
@@ -234,7 +238,7 @@ pub fn write_shape(
     let seed = 0;
     let total = shape.weight_bytes(dtype);
     let written = AtomicU64::new(0);
-    let tensors: Vec<(String, LazyTensor)> = tensor_shapes(arch, &geometry)
+    let tensors: Vec<(String, LazyTensor)> = tensor_shapes(&arch.tensor_layout(), &geometry)
         .into_iter()
         .enumerate()
         .map(|(index, (name, shape, fill))| {

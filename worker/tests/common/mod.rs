@@ -71,8 +71,11 @@ pub fn greedy(prompt: Prompt, max_tokens: usize) -> Request {
 }
 
 pub fn run(worker: &mut Worker, request: &Request) -> Generation {
+    let prepared = worker
+        .prepare(request)
+        .unwrap_or_else(|e| panic!("the request is valid: {e}"));
     worker
-        .generate(request, |_| ControlFlow::Continue(()))
+        .generate(&prepared, |_| ControlFlow::Continue(()))
         .unwrap_or_else(|e| panic!("generation succeeds: {e}"))
 }
 

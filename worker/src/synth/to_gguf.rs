@@ -1,4 +1,4 @@
-//! A SafeTensors model folder of llama, qwen2 or phi3 written as one GGUF file, laid out as
+//! A SafeTensors model folder of an architecture with a GGUF form written as one GGUF file, laid out as
 //! llama.cpp's `convert_hf_to_gguf.py` lays it out: its tensor names and order, llama's q/k rows
 //! permuted for the interleaved rotation, its metadata keys. 2-D weights are quantized to the
 //! type asked for, norms and biases stay f32. No vocabulary is written: the worker reads
@@ -14,36 +14,19 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use serde_json::Value as Json;
 
-use super::{expected_tensors, Kind, ARCHITECTURE_KEY, EMBEDDINGS, OUTPUT, OUTPUT_NORM};
-use crate::arch::ArchConfig;
 use crate::config::HfConfig;
 use crate::error::{Error, Result};
-use crate::folder;
+use crate::gguf::format::{GgufArchitecture, ARCHITECTURE_KEY, EMBEDDINGS, OUTPUT, OUTPUT_NORM};
+use crate::model::ArchConfig;
 use crate::weights::LM_HEAD;
-
-/// Block tensor names: GGUF's, then transformers'.
-const LAYER_NAMES: [(&str, &str); 13] = [
-    ("attn_norm.weight", "input_layernorm.weight"),
-    ("attn_q.weight", "self_attn.q_proj.weight"),
-    ("attn_q.bias", "self_attn.q_proj.bias"),
-    ("attn_k.weight", "self_attn.k_proj.weight"),
-    ("attn_k.bias", "self_attn.k_proj.bias"),
-    ("attn_v.weight", "self_attn.v_proj.weight"),
-    ("attn_v.bias", "self_attn.v_proj.bias"),
-    ("attn_qkv.weight", "self_attn.qkv_proj.weight"),
-    ("attn_output.weight", "self_attn.o_proj.weight"),
-    ("ffn_norm.weight", "post_attention_layernorm.weight"),
-    ("ffn_gate.weight", "mlp.gate_proj.weight"),
-    ("ffn_up.weight", "mlp.up_proj.weight"),
-    ("ffn_down.weight", "mlp.down_proj.weight"),
-];
+use crate::{arch, folder, gguf};
 
 /// Writes the model of the SafeTensors folder `source` (config.json and model.safetensors) to
 /// the GGUF file `out`, its 2-D weights quantized to `quantization`.
 pub fn write_gguf(source: &Path, quantization: GgmlDType, out: &Path) -> Result<()> {
     let config = HfConfig::load(&source.join(folder::CONFIG))?;
-    let arch = ArchConfig::parse(&config)?;
-    let kind = Kind::of(arch.architecture).ok_or_else(|| {
+    let arch = arch::parse(&config)?.config;
+    let kind = gguf::of(arch.architecture).ok_or_else(|| {
         config.error(
             "model_type",
             format!(
@@ -61,16 +44,17 @@ pub fn write_gguf(source: &Path, quantization: GgmlDType, out: &Path) -> Result<
     }
 
     let mut quantized = Vec::new();
-    for (name, shape) in expected_tensors(kind, &arch.dims, arch.tie_word_embeddings) {
-        let source_name = source_name(kind, &name);
+    let quirks = kind.quirks();
+    for (name, shape) in gguf::expected_tensors(kind, &arch.dims, arch.tie_word_embeddings) {
+        let source_name = source_name(kind, &arch, &name);
         let tensor = tensors
             .remove(&source_name)
             .ok_or_else(|| Error::weights(&weights_path, format!("`{source_name}` is missing")))?;
         let tensor = match name.rsplit('.').nth(1) {
-            Some("attn_q") if kind == Kind::Llama => {
+            Some("attn_q") if quirks.interleaved_rope => {
                 permute_for_interleaved_rope(&tensor, arch.dims.num_heads)?
             }
-            Some("attn_k") if kind == Kind::Llama => {
+            Some("attn_k") if quirks.interleaved_rope => {
                 permute_for_interleaved_rope(&tensor, arch.dims.num_kv_heads)?
             }
             _ => tensor,
@@ -99,7 +83,13 @@ pub fn write_gguf(source: &Path, quantization: GgmlDType, out: &Path) -> Result<
     }
     let unused: BTreeSet<&String> = tensors
         .keys()
-        .filter(|name| !arch.harmless_tensors().iter().any(|s| name.ends_with(s)))
+        .filter(|name| {
+            !arch
+                .architecture
+                .harmless_tensors()
+                .iter()
+                .any(|s| name.ends_with(s))
+        })
         .collect();
     if !unused.is_empty() {
         return Err(Error::weights(
@@ -122,7 +112,7 @@ pub fn write_gguf(source: &Path, quantization: GgmlDType, out: &Path) -> Result<
 }
 
 /// The transformers name of a GGUF tensor.
-fn source_name(kind: Kind, gguf_name: &str) -> String {
+fn source_name(kind: &dyn GgufArchitecture, arch: &ArchConfig, gguf_name: &str) -> String {
     match gguf_name {
         EMBEDDINGS => return "model.embed_tokens.weight".into(),
         OUTPUT_NORM => return "model.norm.weight".into(),
@@ -131,14 +121,11 @@ fn source_name(kind: Kind, gguf_name: &str) -> String {
     }
     let rest = gguf_name.strip_prefix("blk.").unwrap_or(gguf_name);
     let (layer, block_name) = rest.split_once('.').unwrap_or(("", rest));
-    let hf_name = match (kind, block_name) {
-        // Phi-3's gate and up projections, fused.
-        (Kind::Phi3, "ffn_up.weight") => "mlp.gate_up_proj.weight",
-        _ => LAYER_NAMES
-            .iter()
-            .find(|(gguf, _)| *gguf == block_name)
-            .map_or(block_name, |(_, hf)| *hf),
-    };
+    let hf_name = kind
+        .block_tensors(&arch.dims)
+        .into_iter()
+        .find(|t| t.name == block_name)
+        .map_or(block_name, |t| t.source);
     format!("model.layers.{layer}.{hf_name}")
 }
 
@@ -157,9 +144,10 @@ fn metadata(
     source: &Path,
     config: &HfConfig,
     arch: &ArchConfig,
-    kind: Kind,
+    kind: &dyn GgufArchitecture,
 ) -> Result<Vec<(String, Value)>> {
-    let name = kind.name();
+    let name = arch.architecture.name();
+    let quirks = kind.quirks();
     let dims = &arch.dims;
     let u32_of = |n: usize| Value::U32(n as u32);
     let key = |k: &str| format!("{name}.{k}");
@@ -180,11 +168,11 @@ fn metadata(
         ),
         (key("rope.freq_base"), Value::F32(arch.rope.theta as f32)),
     ];
-    // As llama.cpp: the rotated dimensions for llama and phi3, the window for phi3.
-    if kind != Kind::Qwen2 {
+    // As llama.cpp: the rotated dimensions and the window where the module reads them.
+    if quirks.reads_rope_dimension_count {
         metadata.push((key("rope.dimension_count"), u32_of(dims.head_dim)));
     }
-    if kind == Kind::Phi3 {
+    if quirks.reads_sliding_window {
         let window = config.opt_usize("sliding_window")?.unwrap_or(0);
         metadata.push((key("attention.sliding_window"), u32_of(window)));
     }

@@ -1,15 +1,25 @@
-//! Generation requests and their results.
+//! Generation requests, the prepared form generation takes, and their results.
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// The prompt: text (tokenized with the model's rules for special tokens) or token ids as is.
+/// The prompt: text (tokenized with the model's rules for special tokens), token ids as is, or
+/// chat messages (rendered with the model's chat template).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Prompt {
     Text(String),
     Ids(Vec<u32>),
+    Messages(Vec<Message>),
+}
+
+/// One chat message.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
 }
 
 /// One generation request. Temperature 0 is greedy; otherwise tokens are sampled with `seed`.
@@ -52,6 +62,9 @@ impl Request {
             Prompt::Ids(ids) if ids.is_empty() => {
                 return Err(Error::request("prompt_ids", "is empty"))
             }
+            Prompt::Messages(messages) if messages.is_empty() => {
+                return Err(Error::request("messages", "is empty"))
+            }
             _ => {}
         }
         if self.max_tokens == 0 {
@@ -83,6 +96,32 @@ impl Request {
             }
         }
         Ok(())
+    }
+}
+
+/// A request checked against the model and tokenized, by `Prompter::prepare`: what generation
+/// takes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PreparedRequest {
+    request: Request,
+    prompt_ids: Vec<u32>,
+}
+
+impl PreparedRequest {
+    pub(crate) fn new(request: Request, prompt_ids: Vec<u32>) -> Self {
+        Self {
+            request,
+            prompt_ids,
+        }
+    }
+
+    pub fn request(&self) -> &Request {
+        &self.request
+    }
+
+    /// The prompt as the model sees it: tokenized, or rendered with the chat template.
+    pub fn prompt_ids(&self) -> &[u32] {
+        &self.prompt_ids
     }
 }
 

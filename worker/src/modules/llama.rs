@@ -316,11 +316,12 @@ impl Llama {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "synth"))]
 mod tests {
     use candle_transformers::models::llama as candle_llama;
 
     use super::*;
+    use crate::arch::llama::Config as LlamaConfig;
     use crate::config::HfConfig;
     use crate::synth;
 
@@ -330,8 +331,8 @@ mod tests {
         let spec = synth::fixture("llama").unwrap();
         synth::write_fixture(&spec, dir.path()).unwrap();
         let hf = HfConfig::load(&dir.path().join("config.json")).unwrap();
-        let arch = crate::arch::ArchConfig::parse(&hf).unwrap();
-        let crate::arch::ModuleConfig::Llama(config) = arch.module() else {
+        let parsed = crate::arch::parse(&hf).unwrap();
+        let Some(LlamaConfig(config)) = parsed.module.as_any().downcast_ref() else {
             panic!("the llama fixture is a llama");
         };
         let device = Device::Cpu;

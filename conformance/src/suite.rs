@@ -1,0 +1,360 @@
+//! Running one trial: the model loaded once and kept for the trials that follow, the requests
+//! sent, each check of `checks` applied, and the record written.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use llm_worker_rbee::folder::WeightsFormat;
+use llm_worker_rbee::{Backend, Dtype, Generation, Request};
+
+use crate::cases::{Cases, Seed, Tolerance};
+use crate::checks::{recompute, reference, repeat, sampling, snapshot, source};
+use crate::engine::{self, Engine, Logits};
+use crate::hash::weights_sha256;
+use crate::paths::Paths;
+use crate::record::{Differential, Latency, Outcome, TrialRecord};
+use crate::reference::Reference;
+use crate::trial::{Transport, TrialSpec};
+
+/// A model loaded once per backend, dtype and transport, shared by its trials.
+struct Loaded {
+    engine: Box<dyn Engine>,
+    format: WeightsFormat,
+    weights_sha256: String,
+}
+
+type Slot = Arc<Mutex<Option<Result<Loaded, String>>>>;
+type SharedReference = Arc<Result<Option<Reference>, String>>;
+
+/// Runs trials, loading each model once and keeping it for the trials that follow.
+pub struct Suite {
+    pub cases: Cases,
+    pub paths: Paths,
+    workers: Mutex<HashMap<(String, Backend, Dtype, Transport), Slot>>,
+    references: Mutex<HashMap<String, SharedReference>>,
+}
+
+/// How a trial ended before the expected-failure list is applied.
+enum Verdict {
+    Ignored(String),
+    Ran {
+        failures: Vec<String>,
+        golden_sha256: Option<String>,
+        differential: Differential,
+        latency: Option<Latency>,
+    },
+}
+
+impl Verdict {
+    fn failed(message: String) -> Self {
+        Verdict::Ran {
+            failures: vec![message],
+            golden_sha256: None,
+            differential: Differential::default(),
+            latency: None,
+        }
+    }
+}
+
+impl Suite {
+    pub fn new(cases: Cases, paths: Paths) -> Self {
+        Self {
+            cases,
+            paths,
+            workers: Mutex::new(HashMap::new()),
+            references: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Runs one trial and writes its record.
+    pub fn run(&self, spec: &TrialSpec) -> TrialRecord {
+        let started = Instant::now();
+        let verdict = self.check(spec);
+        let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let expected = self.cases.expected_failure(&spec.name);
+        let (outcome, message, golden_sha256, differential, latency) = match verdict {
+            Verdict::Ignored(reason) => (Outcome::Ignored, Some(reason), None, None, None),
+            Verdict::Ran {
+                failures,
+                golden_sha256,
+                differential,
+                latency,
+            } => {
+                let (outcome, message) = match (failures.is_empty(), expected) {
+                    (true, None) => (Outcome::Passed, None),
+                    (false, None) => (Outcome::Failed, Some(failures.join("\n\n"))),
+                    (false, Some(e)) => (
+                        Outcome::ExpectedFailure,
+                        Some(format!(
+                            "expected failure ({}): {}",
+                            e.reason,
+                            failures.join("\n\n")
+                        )),
+                    ),
+                    (true, Some(e)) => (
+                        Outcome::Failed,
+                        Some(format!(
+                            "passed, but cases.toml lists it as an expected failure ({}); \
+                             remove the entry `{}`",
+                            e.reason, e.trials
+                        )),
+                    ),
+                };
+                (outcome, message, golden_sha256, Some(differential), latency)
+            }
+        };
+        let record = TrialRecord {
+            name: spec.name.clone(),
+            model: spec.model.clone(),
+            backend: spec.backend,
+            dtype: spec.dtype,
+            seed: spec.seed.to_string(),
+            prompt: spec.prompt.id.clone(),
+            outcome,
+            duration_ms,
+            message,
+            golden_sha256,
+            differential,
+            latency,
+        };
+        if let Err(e) = record.write(&self.paths.records) {
+            eprintln!("cannot write the record of {}: {e}", spec.name);
+        }
+        record
+    }
+
+    fn check(&self, spec: &TrialSpec) -> Verdict {
+        let dir = self.paths.model_dir(&spec.model);
+        if !dir.is_dir() {
+            return Verdict::Ignored(format!(
+                "model `{}` is not present in {} (run `cargo xtask fixtures`)",
+                spec.model,
+                dir.display()
+            ));
+        }
+        let slot = self.slot(spec);
+        let mut guard = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        let loaded = guard.get_or_insert_with(|| self.load(&dir, spec));
+        match loaded {
+            Ok(loaded) => self.check_loaded(spec, loaded),
+            Err(e) => Verdict::failed(e.clone()),
+        }
+    }
+
+    fn load(&self, dir: &Path, spec: &TrialSpec) -> Result<Loaded, String> {
+        let (engine, info) = engine::start(spec, dir, &self.paths)?;
+        let weights_sha256 = weights_sha256(&info.checkpoint.files)
+            .map_err(|e| format!("cannot hash the weights: {e}"))?;
+        Ok(Loaded {
+            engine,
+            format: info.format,
+            weights_sha256,
+        })
+    }
+
+    fn slot(&self, spec: &TrialSpec) -> Slot {
+        let mut workers = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
+        workers
+            .entry((spec.model.clone(), spec.backend, spec.dtype, spec.transport))
+            .or_default()
+            .clone()
+    }
+
+    fn reference(&self, model: &str) -> SharedReference {
+        let mut references = self
+            .references
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        references
+            .entry(model.to_string())
+            .or_insert_with(|| {
+                Arc::new(Reference::load(&self.paths.reference(), model).map_err(|e| e.to_string()))
+            })
+            .clone()
+    }
+
+    /// The greedy tokens of the SafeTensors fixture a GGUF fixture was quantized from, on the
+    /// same backend and dtype.
+    fn source_tokens(
+        &self,
+        source: &str,
+        spec: &TrialSpec,
+        request: &Request,
+    ) -> Result<Vec<u32>, String> {
+        let source_spec = TrialSpec {
+            model: source.to_string(),
+            ..spec.clone()
+        };
+        let slot = self.slot(&source_spec);
+        let mut guard = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        let dir = self.paths.model_dir(source);
+        let loaded = guard.get_or_insert_with(|| self.load(&dir, &source_spec));
+        let loaded = loaded
+            .as_mut()
+            .map_err(|e| format!("source fixture `{source}`: {e}"))?;
+        loaded
+            .engine
+            .generate(request)
+            .map(|g| g.token_ids)
+            .map_err(|e| format!("source fixture `{source}`: generation failed: {e}"))
+    }
+
+    fn request(&self, spec: &TrialSpec) -> Request {
+        let greedy = Request::greedy(spec.prompt.prompt(), self.cases.max_tokens);
+        match spec.seed {
+            Seed::Sampled(seed) => Request {
+                temperature: self.cases.sampling.temperature,
+                top_p: self.cases.sampling.top_p,
+                top_k: self.cases.sampling.top_k,
+                seed,
+                ..greedy
+            },
+            Seed::Label(_) => greedy,
+        }
+    }
+
+    fn check_loaded(&self, spec: &TrialSpec, loaded: &mut Loaded) -> Verdict {
+        let request = self.request(spec);
+        let engine = &mut loaded.engine;
+        let started = Instant::now();
+        let generation = match engine.generate(&request) {
+            Ok(g) => g,
+            Err(e) => return Verdict::failed(format!("generation failed: {e}")),
+        };
+        let first_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let mut failures = Vec::new();
+        let mut differential = Differential::default();
+
+        let contents = snapshot::contents(spec, &loaded.weights_sha256, &request, &generation);
+        let golden_sha256 = match snapshot::check(&self.paths.snapshots(), &spec.name, &contents) {
+            Ok(sha) => Some(sha),
+            Err(message) => {
+                failures.push(message);
+                None
+            }
+        };
+
+        let started = Instant::now();
+        let again = engine.generate(&request);
+        let latency = Latency {
+            first_ms,
+            repeat_ms: started.elapsed().as_secs_f64() * 1000.0,
+        };
+        failures.extend(repeat::check(&generation, again));
+
+        if spec.seed.is_greedy() {
+            let gguf = loaded.format == WeightsFormat::Gguf;
+            let tolerance = self.cases.tolerance(spec.backend, spec.dtype, gguf);
+            for (what, variant) in sampling::greedy_equivalents(&request) {
+                let outcome = engine.generate(&variant);
+                failures.extend(sampling::check(&generation, what, outcome));
+            }
+            let source = self.cases.models.source_of(&spec.model);
+            if let Some(source) = source {
+                match self.source_tokens(source, spec, &request) {
+                    Ok(tokens) => {
+                        differential.source_agreement =
+                            Some(source::agreement(source, &tokens, &generation.token_ids))
+                    }
+                    Err(e) => failures.push(e),
+                }
+            }
+            if let Some(logits) = engine.logits() {
+                if let Err(message) =
+                    check_recompute(logits, &generation, tolerance, &mut differential)
+                {
+                    failures.push(message);
+                }
+                let transformers_reference = !gguf && source.is_none();
+                if let Some(tolerance) = tolerance.filter(|_| transformers_reference) {
+                    let reference = self.reference(&spec.model);
+                    if let Err(message) = self.check_reference(
+                        logits,
+                        &reference,
+                        spec,
+                        &generation,
+                        &tolerance,
+                        &mut differential,
+                    ) {
+                        failures.push(message);
+                    }
+                }
+            }
+        }
+        Verdict::Ran {
+            failures,
+            golden_sha256,
+            differential,
+            latency: Some(latency),
+        }
+    }
+
+    /// The worker's logits teacher-forced on the reference's tokens, compared with its logits.
+    fn check_reference(
+        &self,
+        logits: &mut dyn Logits,
+        reference: &Result<Option<Reference>, String>,
+        spec: &TrialSpec,
+        generation: &Generation,
+        tolerance: &Tolerance,
+        differential: &mut Differential,
+    ) -> Result<(), String> {
+        let (expected, reference_logits) = reference::expected(
+            reference,
+            &spec.model,
+            &spec.prompt.id,
+            self.cases.max_tokens,
+            generation,
+        )?;
+        let forced = &expected.token_ids;
+        let ours = logits
+            .step_logits(
+                &expected.prompt_ids,
+                &forced[..forced.len().saturating_sub(1)],
+            )
+            .map_err(|e| format!("teacher-forced logits: {e}"))?;
+        reference::compare(
+            expected,
+            &reference_logits,
+            &ours,
+            generation,
+            tolerance,
+            differential,
+        )
+    }
+}
+
+/// The logits of every step decoding with the cache, and recomputed without it.
+fn check_recompute(
+    logits: &mut dyn Logits,
+    generation: &Generation,
+    tolerance: Option<Tolerance>,
+    differential: &mut Differential,
+) -> Result<(), String> {
+    let tokens = &generation.token_ids;
+    let cached = logits
+        .step_logits(&generation.prompt_ids, &tokens[..tokens.len() - 1])
+        .map_err(|e| format!("cached logits: {e}"))?;
+    let mut full = Vec::with_capacity(cached.len());
+    for step in 0..cached.len() {
+        let sequence: Vec<u32> = generation
+            .prompt_ids
+            .iter()
+            .chain(&tokens[..step])
+            .copied()
+            .collect();
+        full.push(
+            logits
+                .without_cache(&sequence)
+                .map_err(|e| format!("recomputed logits at step {step}: {e}"))?,
+        );
+    }
+    let (figures, verdict) = recompute::check(tokens, &cached, &full, tolerance);
+    if let Some(figures) = figures {
+        differential.max_recompute_logit_diff = Some(figures.max_logit_diff);
+        differential.recompute_near_ties = Some(figures.near_ties);
+    }
+    verdict
+}

@@ -1,0 +1,89 @@
+//! Chat messages to prompt text, with the Jinja chat template of the model's
+//! tokenizer_config.json, as transformers' `apply_chat_template` renders it.
+
+use std::path::Path;
+
+use minijinja::{context, Environment, ErrorKind};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::request::Message;
+
+/// The model's chat template with the special tokens it is rendered with.
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    bos_token: String,
+    eos_token: String,
+}
+
+const TEMPLATE: &str = "chat";
+
+impl ChatTemplate {
+    /// The template of a tokenizer_config.json already read (`path` names it in errors);
+    /// `None` when it has none.
+    pub fn from_config(
+        path: &Path,
+        config: &serde_json::Map<String, Value>,
+    ) -> Result<Option<Self>> {
+        let source = match config.get("chat_template") {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::String(source)) => source.clone(),
+            // Several named templates: the one named `default` is the chat template.
+            Some(Value::Array(named)) => match named.iter().find(|t| t["name"] == "default") {
+                Some(t) => t["template"].as_str().unwrap_or_default().to_string(),
+                None => return Ok(None),
+            },
+            Some(other) => {
+                return Err(Error::field(
+                    path,
+                    "chat_template",
+                    format!("expected a string, found {other}"),
+                ))
+            }
+        };
+        let mut env = Environment::new();
+        // Hugging Face templates are written for Python's Jinja: `.strip()`, `.items()`, ...
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |message: String| {
+            Err::<String, _>(minijinja::Error::new(ErrorKind::InvalidOperation, message))
+        });
+        env.add_template_owned(TEMPLATE, source)
+            .map_err(|e| Error::field(path, "chat_template", e.to_string()))?;
+        Ok(Some(Self {
+            env,
+            bos_token: special_token(config, "bos_token"),
+            eos_token: special_token(config, "eos_token"),
+        }))
+    }
+
+    /// The rendered text of `messages`, ending with the prompt of the assistant's turn.
+    pub fn render(&self, messages: &[Message]) -> Result<String> {
+        let rendered = self.env.get_template(TEMPLATE).and_then(|template| {
+            template.render(context! {
+                messages => messages,
+                bos_token => &self.bos_token,
+                eos_token => &self.eos_token,
+                add_generation_prompt => true,
+            })
+        });
+        rendered.map_err(|error| {
+            Error::request(
+                "messages",
+                format!("the model's chat template fails on them: {error}"),
+            )
+        })
+    }
+}
+
+/// A special token of tokenizer_config.json, written as a string or as `{"content": ...}`.
+fn special_token(config: &serde_json::Map<String, Value>, key: &str) -> String {
+    match config.get(key) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Object(o)) => o
+            .get("content")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        _ => String::new(),
+    }
+}

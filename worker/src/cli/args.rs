@@ -1,0 +1,52 @@
+//! The options several commands share.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+use llm_worker_rbee::{Backend, Dtype, LoadOptions};
+
+#[derive(Args)]
+pub struct ModelArgs {
+    /// Model folder: config.json, tokenizer.json, model.safetensors (or an index and shards),
+    /// optionally generation_config.json and tokenizer_config.json; or tokenizer.json and one
+    /// .gguf file. Or the id of a model fetched and verified by `cargo xtask fetch-models`.
+    #[arg(long, value_name = "DIR|ID")]
+    pub model: PathBuf,
+}
+
+impl ModelArgs {
+    /// The folder to load: the path given, or the verified folder of a fetched model's id.
+    pub fn folder(&self) -> Result<PathBuf> {
+        Ok(llm_worker_rbee::model_id::resolve(&self.model)?)
+    }
+}
+
+#[derive(Args)]
+pub struct DeviceArgs {
+    /// Where to run; `cuda` and `metal` need a binary built with that cargo feature.
+    #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+    pub backend: Backend,
+    /// Device ordinal for cuda and metal.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub device: usize,
+    /// Floating-point type for weights and activations. On CPU, bf16 is far slower than f32.
+    #[arg(long, value_enum, default_value_t = Dtype::F32)]
+    pub dtype: Dtype,
+}
+
+impl DeviceArgs {
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            backend: self.backend,
+            device: self.device,
+            dtype: self.dtype,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
