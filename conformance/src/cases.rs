@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use llm_worker_rbee::{Backend, Dtype, Prompt};
+use llm_worker_rbee_api::{Backend, Dtype, Prompt};
 use serde::Deserialize;
 
 use crate::error::Error;
@@ -265,19 +265,6 @@ mod tests {
             .any(|p| p.ids.as_ref().is_some_and(|ids| ids.len() == 1)));
         assert!(cases.tolerance(Backend::Cpu, Dtype::F32, false).is_some());
         assert!(cases.tolerance(Backend::Cpu, Dtype::F32, true).is_some());
-        for gguf in &cases.models.gguf {
-            let spec = llm_worker_rbee::synth::gguf_fixture(&gguf.id)
-                .unwrap_or_else(|| panic!("`{}` is not a GGUF fixture of synth", gguf.id));
-            assert_eq!(spec.source, gguf.source, "{}", gguf.id);
-        }
-        let listed: Vec<&str> = cases.models.gguf.iter().map(|g| g.id.as_str()).collect();
-        for spec in llm_worker_rbee::synth::gguf_fixtures() {
-            assert!(
-                listed.contains(&spec.id),
-                "GGUF fixture `{}` has no cases",
-                spec.id
-            );
-        }
     }
 
     #[test]

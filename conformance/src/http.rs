@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
-use llm_worker_rbee::request::GenerationTimings;
-use llm_worker_rbee::{Backend, Dtype, Generation, Prompt, Request, StopReason};
+use llm_worker_rbee_api::GenerationTimings;
+use llm_worker_rbee_api::{Backend, Dtype, Generation, Prompt, Request, StopReason};
 use serde::Deserialize;
 use serde_json::json;
 

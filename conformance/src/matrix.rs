@@ -235,7 +235,7 @@ mod tests {
     use crate::checks::source::agreement;
     use crate::record::{Differential, TrialRecord};
     use crate::report::{RunInfo, SCHEMA};
-    use llm_worker_rbee::{Backend, Dtype};
+    use llm_worker_rbee_api::{Backend, Dtype};
 
     fn cases() -> Cases {
         let text = r#"

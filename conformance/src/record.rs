@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use llm_worker_rbee::{Backend, Dtype};
+use llm_worker_rbee_api::{Backend, Dtype};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;

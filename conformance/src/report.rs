@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use llm_worker_rbee::{Backend, Dtype};
+use llm_worker_rbee_api::{Backend, Dtype};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
@@ -53,7 +53,7 @@ impl RunInfo {
             git_commit,
             git_dirty,
             started_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-            worker_version: llm_worker_rbee::VERSION.into(),
+            worker_version: llm_worker_rbee_api::VERSION.into(),
         }
     }
 }

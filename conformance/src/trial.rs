@@ -1,7 +1,7 @@
 //! Trials: the cross product of the cases for the backends, dtypes and transport a run
 //! selects.
 
-use llm_worker_rbee::{Backend, Dtype};
+use llm_worker_rbee_api::{Backend, Dtype};
 
 use crate::cases::{Cases, PromptCase, Seed};
 

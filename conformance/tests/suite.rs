@@ -133,7 +133,7 @@ fn trials_pass_fail_are_expected_to_fail_or_are_ignored_as_the_goldens_say() {
     );
 
     // A backend this binary was built without fails with the reason, it is not skipped.
-    if !Backend::Cuda.is_compiled_in() {
+    if !llm_worker_rbee::backend::is_compiled_in(Backend::Cuda) {
         let cuda = outcomes_on(root.path(), "", Backend::Cuda, Transport::Library);
         assert_eq!(cuda[0].0, "qwen2/cuda-f32/greedy/single-token");
         assert_eq!(cuda[0].1, Outcome::Failed);

@@ -1,5 +1,7 @@
 use std::path::{Path, PathBuf};
 
+use llm_worker_rbee_api::error::{FileError, RequestError};
+
 /// Everything the worker can refuse or fail at. Each variant names what was wrong and where, so
 /// the message alone tells a user what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +52,24 @@ impl From<candle_core::Error> for Error {
             error = *inner;
         }
         Error::Candle(error)
+    }
+}
+
+impl From<RequestError> for Error {
+    fn from(error: RequestError) -> Self {
+        Error::Request {
+            field: error.field,
+            message: error.message,
+        }
+    }
+}
+
+impl From<FileError> for Error {
+    fn from(error: FileError) -> Self {
+        Error::File {
+            path: error.path,
+            message: error.message,
+        }
     }
 }
 

@@ -29,7 +29,6 @@ pub mod fixture;
 pub mod folder;
 pub mod gguf;
 pub mod model;
-pub mod model_id;
 pub mod modules;
 pub mod prompter;
 pub mod request;
@@ -43,9 +42,10 @@ pub mod worker;
 
 pub use backend::{Backend, Dtype};
 pub use error::{Error, Result};
+pub use llm_worker_rbee_api::model_id;
 pub use model::Architecture;
 pub use request::{Generation, Message, PreparedRequest, Prompt, Request, StopReason, TokenEvent};
 pub use worker::{LoadOptions, ModelFiles, ModelInfo, Worker};
 
 /// This crate's version, as reports record it.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const VERSION: &str = llm_worker_rbee_api::VERSION;

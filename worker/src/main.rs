@@ -36,8 +36,9 @@ enum Command {
     /// once listening; `/health` says `ready` once the model is loaded. Logs JSON lines to
     /// stderr. SIGTERM or ctrl-c cancels the running generation and exits.
     Serve(serve::ServeArgs),
-    /// Write a random-weight model with the shape of a real one (its config's sizes, a made-up
-    /// tokenizer of its vocabulary size), for measuring speed and memory without downloads.
+    /// Write models with random weights: the fixture models the tests run on (`--fixtures`), or
+    /// one with the shape of a real model (`--shape`: its config's sizes, a made-up tokenizer of
+    /// its vocabulary size), for measuring speed and memory without downloads.
     Synth(synth::SynthArgs),
     /// Measure load time, prefill and decode speed, memory and the memory-bandwidth roofline
     /// of a model, and the same decode as a plain candle loop; `--check` compares the figures

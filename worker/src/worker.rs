@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use serde::Serialize;
 
-use crate::backend::{Backend, Dtype};
+use crate::backend::{candle_dtype, open_device, Backend, Dtype};
 use crate::chat::ChatTemplate;
 use crate::checkpoint::CheckpointSummary;
 use crate::config::{HfConfig, Rope};
@@ -194,7 +194,7 @@ impl ModelFiles {
     /// Loads the weights onto the device and warms the model up.
     pub fn load(self, options: LoadOptions) -> Result<Worker> {
         let started = Instant::now();
-        let device = options.backend.device(options.device)?;
+        let device = open_device(options.backend, options.device)?;
         for key in &self.info.unrecognized_config_keys {
             tracing::warn!(
                 key = key.as_str(),
@@ -202,7 +202,7 @@ impl ModelFiles {
                  not change the model's math"
             );
         }
-        let dtype = options.dtype.candle();
+        let dtype = candle_dtype(options.dtype);
         let model = match (&self.module, &self.folder.weights) {
             (Module::Gguf(gguf), Weights::Gguf(path)) => gguf::load(path, *gguf, &device, dtype)?,
             (Module::SafeTensors(module), _) => {

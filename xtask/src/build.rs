@@ -3,10 +3,11 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use llm_worker_rbee::Backend;
+use llm_worker_rbee_api::Backend;
 use xshell::{cmd, Shell};
 
-use crate::{cuda, project_root, target_dir};
+use crate::cuda;
+use crate::paths::{project_root, target_dir};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -109,4 +110,20 @@ pub fn build(args: &Args, extra: &[&str]) -> Result<Built> {
     let worker = executable("llm-worker-rbee", "bin")?;
     let harness = executable("conformance", "test")?;
     Ok(Built { worker, harness })
+}
+
+/// Builds the release worker binary for `backend` and returns its path.
+pub fn release_worker(backend: Backend) -> Result<PathBuf> {
+    let sh = Shell::new()?;
+    sh.change_dir(project_root());
+    let target = prepare(&sh, backend, None)?;
+    let features: Vec<String> = backend_feature(backend)
+        .map(|f| vec!["--features".into(), f])
+        .unwrap_or_default();
+    cmd!(
+        sh,
+        "cargo build --release -p llm-worker-rbee --bin llm-worker-rbee {features...} --target-dir {target}"
+    )
+    .run()?;
+    Ok(target.join("release/llm-worker-rbee"))
 }

@@ -8,11 +8,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use flate2::write::GzEncoder;
-use llm_worker_rbee::Backend;
+use llm_worker_rbee_api::Backend;
 use xshell::{cmd, Shell};
 
 use crate::build::{self, Built};
-use crate::{project_root, target_dir, test};
+use crate::harness;
+use crate::paths::{project_root, target_dir};
 
 /// The size a bundle may have, to travel to the GPU machine with room to spare.
 const MAX_BYTES: u64 = 60 * 1000 * 1000;
@@ -128,7 +129,7 @@ pub fn stage(
         root.join("ci/bench/targets.toml"),
         stage.join("targets.toml"),
     )?;
-    let (commit, dirty) = test::git_state(sh);
+    let (commit, dirty) = harness::git_state(sh);
     std::fs::write(
         stage.join("bundle.env"),
         format!(

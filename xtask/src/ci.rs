@@ -5,10 +5,11 @@ use anyhow::{bail, Context, Result};
 use conformance::cases::Cases;
 use conformance::report::{Report, RunInfo};
 use conformance::trial::Transport;
-use llm_worker_rbee::{Backend, Dtype};
+use llm_worker_rbee_api::{Backend, Dtype};
 use xshell::{cmd, Shell};
 
-use crate::{hosts, project_root, test};
+use crate::paths::{conformance_dir, project_root};
+use crate::{harness, hosts, test};
 
 type Step = fn(&Shell) -> Result<()>;
 
@@ -30,7 +31,7 @@ const STEPS: &[(&str, Step)] = &[
     }),
     ("fault injection", fault_injection),
     ("remote hosts", remote_hosts),
-    ("workflow", crate::ci_workflow::ci_step),
+    ("workflow", crate::workflow::ci_step),
     ("support matrix", |_| {
         crate::support_matrix::run(&crate::support_matrix::Args { check: true })
     }),
@@ -75,9 +76,9 @@ pub fn run(args: &Args) -> Result<()> {
 /// fault cannot happen there, candle's quantized modules start a new cache at position 0 on
 /// their own (worker/tests/gguf.rs checks that).
 fn fault_injection(sh: &Shell) -> Result<()> {
-    let records = test::conformance_dir().join("fault-injection-records");
+    let records = conformance_dir().join("fault-injection-records");
     let args = test::Args::cpu();
-    let outcome = test::harness(sh, &args, &records, &["fault-injection"])?
+    let outcome = harness::command(sh, &args.selection(), &records, &["fault-injection"])?
         .env("INSTA_UPDATE", "no")
         .quiet()
         .ignore_stdout()

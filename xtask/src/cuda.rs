@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::target_dir;
+use crate::paths::target_dir;
 
 /// CUDA 13.0 pieces: the newest toolkit the project's H100 machine's driver (580, CUDA 13.0)
 /// accepts PTX from.

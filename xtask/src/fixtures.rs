@@ -1,24 +1,14 @@
 //! `cargo xtask fixtures`: the tiny random-weight models the tests run on, and the GGUF models
-//! quantized from some of them.
+//! quantized from some of them, written afresh and checked (`conformance/examples/fixtures.rs`,
+//! built with the harness); or a model with a real model's shape (`llm-worker-rbee synth`).
 
-use std::collections::{BTreeSet, HashMap};
-use std::fmt::Write as _;
-use std::ops::ControlFlow;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
-use conformance::cases::Cases;
-use llm_worker_rbee::synth::shape::Shape;
-use llm_worker_rbee::synth::{self, FixtureSpec};
-use llm_worker_rbee::{Dtype, LoadOptions, Request, Worker};
-use sha2::{Digest, Sha256};
+use anyhow::Result;
+use llm_worker_rbee_api::Dtype;
+use xshell::{cmd, Shell};
 
-use crate::{project_root, target_dir};
-
-/// Greedy decoding must keep the top two logits this far apart at every step...
-const MIN_MARGIN: f32 = 0.02;
-/// ...and produce this many distinct tokens per prompt.
-const MIN_DISTINCT: usize = 8;
+use crate::paths::{fixtures_dir, project_root, shape_dir, target_dir};
 
 #[derive(clap::Args, Default)]
 pub struct Args {
@@ -30,7 +20,7 @@ pub struct Args {
     #[arg(long)]
     update_lock: bool,
     /// For one fixture, try seeds from --from up and print the first whose decoding passes the
-    /// checks (to pick `seed` in worker/src/synth.rs after changing a fixture's shape).
+    /// checks (to pick its `seed` in worker/src/arch/ after changing its shape).
     #[arg(long, value_name = "ID")]
     search_seed: Option<String>,
     /// With --search-seed: the first seed to try.
@@ -41,318 +31,62 @@ pub struct Args {
         requires = "search_seed"
     )]
     from: u64,
-    /// Instead of the fixtures: a random-weight model with this real model's shape (sizes,
-    /// vocabulary size), for `cargo xtask bench`; written to target/shapes/<shape>-<dtype>/
-    /// or --out.
-    #[arg(long, value_enum, value_name = "NAME", conflicts_with_all = ["update_lock", "search_seed"])]
-    shape: Option<Shape>,
+    /// Instead of the fixtures: a random-weight model with this real model's shape
+    /// (tinyllama-1.1b, qwen2.5-0.5b, phi-2, mistral-7b: `llm-worker-rbee synth --help`), for
+    /// `cargo xtask bench`; written to target/shapes/<shape>-<dtype>/ or --out.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["update_lock", "search_seed"])]
+    shape: Option<String>,
     /// With --shape: the dtype of its weights.
     #[arg(long, value_enum, default_value_t = Dtype::Bf16, requires = "shape")]
     dtype: Dtype,
 }
 
-pub fn lock_path() -> PathBuf {
-    project_root().join("conformance/fixtures.lock")
-}
-
-pub fn default_dir() -> PathBuf {
-    target_dir().join("fixtures")
-}
-
-/// The folder of a shape model in `dtype` under target/shapes/.
-pub fn shape_dir(shape: Shape, dtype: Dtype) -> PathBuf {
-    target_dir()
-        .join("shapes")
-        .join(format!("{}-{dtype}", shape.name()))
-}
-
-/// Writes the shape model into `dir`, with a progress bar.
-fn write_shape(shape: Shape, dtype: Dtype, dir: &Path) -> Result<()> {
-    let total = shape.weight_bytes(dtype);
-    let bar = indicatif::ProgressBar::new(total).with_style(
-        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} ({eta})")?,
-    );
-    bar.set_message(format!("{} {dtype}", shape.name()));
-    let progress = |done: u64, _total: u64| bar.set_position(done);
-    synth::shape::write_shape(shape, dtype, dir, &progress)?;
-    bar.finish();
-    Ok(())
-}
-
-/// The shape model's folder under target/shapes/, written first unless a complete one is
-/// there (its shape file is written last).
-pub fn write_shape_if_missing(shape: Shape, dtype: Dtype) -> Result<PathBuf> {
-    let dir = shape_dir(shape, dtype);
-    let complete = synth::shape::read_shape_info(&dir)
-        .is_some_and(|info| info.shape == shape && info.dtype == dtype);
-    if !complete {
-        write_shape(shape, dtype, &dir)?;
-    }
-    Ok(dir)
-}
-
 pub fn run(args: &Args) -> Result<()> {
-    if let Some(shape) = args.shape {
-        let dir = args
-            .out
-            .clone()
-            .unwrap_or_else(|| shape_dir(shape, args.dtype));
-        write_shape(shape, args.dtype, &dir)?;
-        println!("{}", dir.display());
+    let sh = Shell::new()?;
+    sh.change_dir(project_root());
+    if let Some(shape) = &args.shape {
+        let dtype = args.dtype.name();
+        let out = args.out.clone().unwrap_or_else(|| shape_dir(shape, dtype));
+        cmd!(
+            sh,
+            "cargo run -p llm-worker-rbee -- synth --shape {shape} --dtype {dtype} --out {out}"
+        )
+        .run()?;
         return Ok(());
     }
-    let cases = Cases::load(&conformance::cases::default_path())?;
-    if let Some(id) = &args.search_seed {
-        return search_seed(id, args.from, &cases);
-    }
-    let out = args.out.clone().unwrap_or_else(default_dir);
-    let specs = synth::safetensors_fixtures();
-    let ggufs = synth::gguf_fixtures();
-    for spec in &specs {
-        synth::write_fixture(spec, &out.join(spec.id))?;
-    }
-    for spec in &ggufs {
-        synth::write_gguf_fixture(spec, &out.join(spec.source), &out.join(spec.id))?;
-    }
-    let ids: Vec<&str> = specs
-        .iter()
-        .map(|s| s.id)
-        .chain(ggufs.iter().map(|g| g.id))
-        .collect();
-    let lock = lock_lines(&out, &ids)?;
+    let out = args.out.clone().unwrap_or_else(fixtures_dir);
+    let mut flags = vec!["--out".to_string(), out.display().to_string()];
     if args.update_lock {
-        std::fs::write(lock_path(), &lock)
-            .with_context(|| format!("cannot write {}", lock_path().display()))?;
-        eprintln!("wrote {}", lock_path().display());
-    } else {
-        verify_lock(&lock)?;
-        eprintln!(
-            "{} fixtures in {}: bytes match {}",
-            ids.len(),
-            out.display(),
-            lock_path().display()
-        );
+        flags.push("--update-lock".into());
     }
-
-    println!(
-        "{:<16} {:>5}  {:>10}  {:<22} {:>8}  eos",
-        "fixture", "seed", "min margin", "at", "distinct"
-    );
-    let mut short = Vec::new();
-    let mut reports = HashMap::new();
-    for spec in &specs {
-        let report = check(&out.join(spec.id), &cases)
-            .with_context(|| format!("checking fixture `{}`", spec.id))?;
-        println!("{:<16} {:>5}  {}", spec.id, spec.seed, report.columns());
-        if !report.passes() {
-            short.push(spec.id);
-        }
-        reports.insert(spec.id, report);
+    if let Some(id) = &args.search_seed {
+        let scratch = target_dir().join("fixture-seed-search");
+        flags = vec![
+            "--out".into(),
+            scratch.display().to_string(),
+            "--search-seed".into(),
+            id.clone(),
+            "--from".into(),
+            args.from.to_string(),
+        ];
     }
-    // GGUF fixtures are reported, not held to the margin, distinct-token and EOS checks: their
-    // weights are their source's, whose seed the lock fixes, and quantizing moves the logits by
-    // up to about 0.5 (Q8_0) or 8 (4-bit) against the source's, so where the source nears a tie
-    // the quantized model has ties and flips of its own. Each greedy token must still be the
-    // top logit (`check` fails otherwise).
-    println!(
-        "\n{:<16} {:<10}  {:>10}  {:<22} {:>8}  {:<4}  steps equal to the source's, per prompt",
-        "gguf fixture", "source", "min margin", "at", "distinct", "eos"
-    );
-    for spec in &ggufs {
-        let report = check(&out.join(spec.id), &cases)
-            .with_context(|| format!("checking fixture `{}`", spec.id))?;
-        let agreement = agreement(&reports[spec.source], &report);
-        println!(
-            "{:<16} {:<10}  {}  {}",
-            spec.id,
-            spec.source,
-            report.columns(),
-            agreement
-                .iter()
-                .map(|n| n.to_string())
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
-    }
-    if !short.is_empty() {
-        bail!(
-            "fixtures {} fall short: every greedy step needs a top-1/top-2 logit margin of at \
-             least {MIN_MARGIN}, every prompt at least {MIN_DISTINCT} distinct tokens and no EOS; \
-             pick another seed with `cargo xtask fixtures --search-seed ID`",
-            short.join(", ")
-        );
-    }
-    Ok(())
+    examples_fixtures(&sh, &flags)
 }
 
-/// `sha256sum` lines for every file of every fixture, so `sha256sum -c` can check them too.
-fn lock_lines(out: &Path, ids: &[&str]) -> Result<String> {
-    let mut lines = String::new();
-    for id in ids {
-        let dir = out.join(id);
-        let mut names: Vec<String> = std::fs::read_dir(&dir)?
-            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
-            .collect::<Result<_, _>>()?;
-        names.sort();
-        for name in names {
-            let bytes = std::fs::read(dir.join(&name))?;
-            let digest = Sha256::digest(&bytes);
-            writeln!(lines, "{}  {id}/{name}", hex(&digest))?;
-        }
-    }
-    Ok(lines)
+/// Writes the fixtures whose folder is missing into target/fixtures (this command checks
+/// their bytes).
+pub fn write_missing() -> Result<()> {
+    let sh = Shell::new()?;
+    sh.change_dir(project_root());
+    let out = fixtures_dir().display().to_string();
+    examples_fixtures(&sh, &["--out".into(), out, "--missing".into()])
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn verify_lock(actual: &str) -> Result<()> {
-    let path = lock_path();
-    let expected = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "cannot read {}; create it with `cargo xtask fixtures --update-lock`",
-            path.display()
-        )
-    })?;
-    if expected == actual {
-        return Ok(());
-    }
-    let expected: BTreeSet<&str> = expected.lines().collect();
-    let actual: BTreeSet<&str> = actual.lines().collect();
-    let mut report = String::new();
-    for line in expected.difference(&actual) {
-        writeln!(report, "  locked:    {line}")?;
-    }
-    for line in actual.difference(&expected) {
-        writeln!(report, "  generated: {line}")?;
-    }
-    bail!(
-        "the fixtures written now differ from {}:\n{report}If the change is deliberate, run \
-         `cargo xtask fixtures --update-lock` and commit the lock.",
-        path.display()
+/// Runs `conformance/examples/fixtures.rs`: an example, so that it shares the harness's build.
+fn examples_fixtures(sh: &Shell, flags: &[String]) -> Result<()> {
+    Ok(cmd!(
+        sh,
+        "cargo run -p conformance --example fixtures -- {flags...}"
     )
-}
-
-struct Report {
-    min_margin: f32,
-    min_margin_at: String,
-    min_distinct: usize,
-    /// Prompts whose greedy tokens include an EOS id.
-    eos_hits: Vec<String>,
-    /// The greedy tokens of each prompt.
-    tokens: Vec<Vec<u32>>,
-}
-
-impl Report {
-    fn passes(&self) -> bool {
-        self.min_margin >= MIN_MARGIN
-            && self.min_distinct >= MIN_DISTINCT
-            && self.eos_hits.is_empty()
-    }
-
-    /// Margin, where, distinct tokens and EOS hits, as table columns.
-    fn columns(&self) -> String {
-        format!(
-            "{:>10.4}  {:<22} {:>8}  {:<4}",
-            self.min_margin,
-            self.min_margin_at,
-            self.min_distinct,
-            if self.eos_hits.is_empty() {
-                "none".to_string()
-            } else {
-                self.eos_hits.join(",")
-            },
-        )
-    }
-}
-
-/// Per prompt, how many greedy steps of `quantized` give the tokens of `source`.
-fn agreement(source: &Report, quantized: &Report) -> Vec<usize> {
-    source
-        .tokens
-        .iter()
-        .zip(&quantized.tokens)
-        .map(|(a, b)| a.iter().zip(b).take_while(|(x, y)| x == y).count())
-        .collect()
-}
-
-/// Greedy decoding of every prompt, with the top-1/top-2 margin of each step.
-fn check(dir: &Path, cases: &Cases) -> Result<Report> {
-    let mut worker = Worker::load(dir, LoadOptions::default())?;
-    let mut report = Report {
-        min_margin: f32::INFINITY,
-        min_margin_at: String::new(),
-        min_distinct: usize::MAX,
-        eos_hits: Vec::new(),
-        tokens: Vec::new(),
-    };
-    for case in &cases.prompts {
-        let mut request = Request::greedy(case.prompt(), cases.max_tokens);
-        request.ignore_eos = true;
-        let request = worker.prepare(&request)?;
-        let generation = worker.generate(&request, |_| ControlFlow::Continue(()))?;
-        let tokens = &generation.token_ids;
-        let steps = worker.step_logits(&generation.prompt_ids, &tokens[..tokens.len() - 1])?;
-        for (step, (logits, token)) in steps.iter().zip(tokens).enumerate() {
-            let (top, margin) = top_margin(logits);
-            if top != *token as usize {
-                bail!(
-                    "prompt `{}` step {step}: generated {token}, but the top logit is {top}",
-                    case.id
-                );
-            }
-            if margin < report.min_margin {
-                report.min_margin = margin;
-                report.min_margin_at = format!("{}@{step}", case.id);
-            }
-        }
-        let distinct = tokens.iter().collect::<BTreeSet<_>>().len();
-        report.min_distinct = report.min_distinct.min(distinct);
-        if tokens.iter().any(|t| worker.codec().eos_ids().contains(t)) {
-            report.eos_hits.push(case.id.clone());
-        }
-        report.tokens.push(generation.token_ids);
-    }
-    Ok(report)
-}
-
-/// The index of the largest logit and its lead over the second largest.
-fn top_margin(logits: &[f32]) -> (usize, f32) {
-    let mut best = (0, f32::NEG_INFINITY);
-    let mut second = f32::NEG_INFINITY;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > best.1 {
-            second = best.1;
-            best = (i, v);
-        } else if v > second {
-            second = v;
-        }
-    }
-    (best.0, best.1 - second)
-}
-
-fn search_seed(id: &str, from: u64, cases: &Cases) -> Result<()> {
-    let Some(spec) = synth::fixture(id) else {
-        let ids: Vec<_> = synth::fixtures().iter().map(|f| f.id).collect();
-        bail!("no fixture `{id}`; fixtures: {}", ids.join(", "));
-    };
-    let dir = target_dir().join("fixture-seed-search").join(id);
-    for seed in from..from + 1000 {
-        let candidate = FixtureSpec {
-            seed,
-            ..spec.clone()
-        };
-        synth::write_fixture(&candidate, &dir)?;
-        let report = check(&dir, cases)?;
-        eprintln!(
-            "seed {seed}: min margin {:.4} at {}, min distinct {}, eos {:?}",
-            report.min_margin, report.min_margin_at, report.min_distinct, report.eos_hits
-        );
-        if report.passes() {
-            println!("{id}: seed {seed}");
-            return Ok(());
-        }
-    }
-    bail!("no seed in {from}..{} passes for `{id}`", from + 1000)
+    .run()?)
 }

@@ -17,21 +17,19 @@ use conformance::record::TrialRecord;
 use conformance::report::Report;
 use conformance::trial::Transport;
 use flate2::read::GzDecoder;
-use llm_worker_rbee::{Backend, Dtype};
+use llm_worker_rbee_api::{Backend, Dtype};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use xshell::Shell;
 
-use crate::{project_root, test};
+use crate::harness;
+use crate::paths::{conformance_dir, project_root, SOURCE_COMMIT_FILE};
 
 /// How long a host may take to answer ssh at all.
 const CONNECT_TIMEOUT_S: u32 = 10;
 
 /// How long stopping a timed-out run on its host may take.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The file of a source tree that names its commit, for a tree without `.git`.
-pub const SOURCE_COMMIT_FILE: &str = ".source-commit";
 
 /// Makes cargo findable by a non-interactive ssh shell (rustup's env file), or stops with what
 /// to do.
@@ -193,7 +191,7 @@ pub struct HostResults {
 }
 
 pub fn results_dir(name: &str) -> PathBuf {
-    test::conformance_dir().join("hosts").join(name)
+    conformance_dir().join("hosts").join(name)
 }
 
 /// Runs the suite on `hosts` in parallel (the backend `only`, else each host's own), prints
@@ -258,7 +256,7 @@ struct Staged {
 /// The source of the current commit, as `git archive` gives it, in target/hosts-source/ with
 /// its commit named in SOURCE_COMMIT_FILE. Uncommitted changes are not in it.
 fn stage_source(sh: &Shell) -> Result<PathBuf> {
-    let (commit, dirty) = test::git_state(sh);
+    let (commit, dirty) = harness::git_state(sh);
     if dirty {
         eprintln!(
             "hosts: the working tree has uncommitted changes; source hosts build commit {commit} without them"
@@ -268,7 +266,7 @@ fn stage_source(sh: &Shell) -> Result<PathBuf> {
         .output()
         .context("git archive of the current commit")?
         .stdout;
-    let dir = crate::target_dir().join("hosts-source");
+    let dir = crate::paths::target_dir().join("hosts-source");
     if dir.exists() {
         std::fs::remove_dir_all(&dir)?;
     }
@@ -570,11 +568,25 @@ fn table(runs: &[HostRun]) -> String {
     format!("{}\n{notes}", conformance::table::table_by_column(&columns))
 }
 
+/// What `cargo xtask test --host ...` asks for.
+pub struct Test<'a> {
+    /// Host names of the hosts file, or `all`.
+    pub names: &'a [String],
+    /// The hosts file [default: ci/hosts.toml].
+    pub file: Option<&'a Path>,
+    /// The backend to run on every host, else each host's own.
+    pub backend: Option<Backend>,
+    pub via: Transport,
+    pub filters: &'a [String],
+    /// Keep each host's reports in golden/reports/.
+    pub record: bool,
+}
+
 /// `cargo xtask test --host ...`: run, keep what came back, and fail if any host did.
-pub fn test(args: &test::Args) -> Result<()> {
-    let file = args.hosts_file.clone().unwrap_or_else(hosts_file);
-    let hosts = select(&load(&file)?, &args.hosts)?;
-    let runs = run(&hosts, args.backend, args.via, &args.filters)?;
+pub fn test(args: &Test) -> Result<()> {
+    let file = args.file.map_or_else(hosts_file, Path::to_path_buf);
+    let hosts = select(&load(&file)?, args.names)?;
+    let runs = run(&hosts, args.backend, args.via, args.filters)?;
     let mut failed = Vec::new();
     for run in &runs {
         match &run.outcome {
@@ -586,7 +598,7 @@ pub fn test(args: &test::Args) -> Result<()> {
                 }
                 if args.record {
                     for (path, report) in &results.reports {
-                        test::record(report, path, &[])?;
+                        harness::record(report, path, &[])?;
                     }
                 }
             }

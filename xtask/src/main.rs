@@ -4,18 +4,18 @@ mod bench;
 mod build;
 mod bundle;
 mod ci;
-mod ci_workflow;
 mod cuda;
 mod fixtures;
+mod harness;
 mod hosts;
 mod models;
+mod paths;
 mod reference;
 mod results;
 mod snapshots;
 mod support_matrix;
 mod test;
-
-use std::path::{Path, PathBuf};
+mod workflow;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -70,9 +70,6 @@ enum Command {
     /// (also under nextest and with the fault injected), the remote hosts, and the support
     /// matrix.
     Ci(ci::Args),
-    /// Write .github/workflows/conformance.yml from the CI jobs of ci/matrix.toml (`--check`:
-    /// fail with the difference when the committed file is not what it gives).
-    CiWorkflow(ci_workflow::Args),
 }
 
 fn main() -> Result<()> {
@@ -89,22 +86,5 @@ fn main() -> Result<()> {
         Command::SupportMatrix(args) => support_matrix::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Ci(args) => ci::run(&args),
-        Command::CiWorkflow(args) => ci_workflow::run(&args),
-    }
-}
-
-/// The workspace root.
-fn project_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives inside the workspace")
-        .to_path_buf()
-}
-
-/// Cargo's target directory (honours CARGO_TARGET_DIR).
-fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => project_root().join(dir),
-        None => project_root().join("target"),
     }
 }

@@ -4,7 +4,7 @@
 use anyhow::{bail, Result};
 use xshell::{cmd, Shell};
 
-use crate::project_root;
+use crate::paths::project_root;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -35,7 +35,7 @@ pub fn run(args: &Args) -> Result<()> {
             cmd!(sh, "python3 {script} --model {id} {folder}").run()?;
         }
         None => {
-            crate::test::write_missing_fixtures()?;
+            crate::fixtures::write_missing()?;
             let check = args.check.then_some("--check");
             cmd!(sh, "python3 {script} {check...}").run()?;
         }

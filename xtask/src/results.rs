@@ -10,7 +10,8 @@ use conformance::cases::Cases;
 use conformance::report::Report;
 use flate2::read::GzDecoder;
 
-use crate::{project_root, target_dir, test};
+use crate::harness;
+use crate::paths::{project_root, target_dir};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -70,7 +71,7 @@ pub fn run(args: &Args) -> Result<()> {
         );
         failed += report.failed();
         if args.record {
-            test::record(&report, &report_file, &[])?;
+            harness::record(&report, &report_file, &[])?;
         }
     }
 

@@ -1,12 +1,17 @@
 //! `cargo xtask snapshots`: review the pending `.snap.new` files insta wrote under
 //! golden/snapshots/, one diff at a time.
+//!
+//! Kept because `cargo insta review` cannot do it here: cargo-insta (1.49) looks for pending
+//! snapshots in the folders of the workspace's packages, found through `cargo metadata`, and
+//! golden/snapshots/ is in none of them (it answers "No pending snapshots", with
+//! `--workspace-root .` too). It would also be one more tool for a fresh machine to build.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::project_root;
+use crate::paths::project_root;
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -7,7 +7,7 @@ use conformance::cases::Cases;
 use conformance::matrix::{self, CommittedReport};
 use conformance::report::Report;
 
-use crate::project_root;
+use crate::paths::project_root;
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -13,8 +13,8 @@ pub mod source;
 
 #[cfg(test)]
 mod testing {
-    use llm_worker_rbee::request::GenerationTimings;
-    use llm_worker_rbee::{Generation, StopReason};
+    use llm_worker_rbee_api::GenerationTimings;
+    use llm_worker_rbee_api::{Generation, StopReason};
 
     /// A generation of `tokens` after the prompt `[9]`.
     pub fn generation(tokens: &[u32], text: &str) -> Generation {

@@ -1,7 +1,7 @@
 //! Greedy tokens equal transformers' (or leave them only at a near tie, where the tolerance
 //! allows it), and the logits teacher-forced on its tokens are within the tolerance.
 
-use llm_worker_rbee::Generation;
+use llm_worker_rbee_api::Generation;
 
 use super::logits::{max_abs_diff, near_tie, nmse};
 use crate::cases::Tolerance;

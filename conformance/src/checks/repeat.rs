@@ -1,6 +1,6 @@
 //! The same request twice gives the same tokens and text.
 
-use llm_worker_rbee::Generation;
+use llm_worker_rbee_api::Generation;
 
 /// A failure when `again`, the trial's request repeated, is not `first`.
 pub fn check(first: &Generation, again: Result<Generation, String>) -> Option<String> {

@@ -1,7 +1,7 @@
 //! Sampling settings that leave only the greedy token give the greedy tokens, whatever the
 //! temperature and seed: top-k 1, and a tiny top-p.
 
-use llm_worker_rbee::{Generation, Request};
+use llm_worker_rbee_api::{Generation, Request};
 
 /// The requests to send beside the greedy one, each with its name.
 pub fn greedy_equivalents(greedy: &Request) -> [(&'static str, Request); 2] {
@@ -45,7 +45,7 @@ pub fn check(
 
 #[cfg(test)]
 mod tests {
-    use llm_worker_rbee::Prompt;
+    use llm_worker_rbee_api::Prompt;
 
     use super::super::testing::generation;
     use super::*;

@@ -3,7 +3,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
-use llm_worker_rbee::{Backend, Dtype, Generation, Request, StopReason};
+use llm_worker_rbee_api::{Backend, Dtype, Generation, Request, StopReason};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 

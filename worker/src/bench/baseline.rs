@@ -7,13 +7,15 @@
 use std::path::Path;
 use std::time::Instant;
 
-use crate::arch::{llama as llama_arch, mistral as mistral_arch, qwen2 as qwen2_arch};
-use crate::error::{Error, Result};
-use crate::worker::{LoadOptions, ModelFiles};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use candle_transformers::models::{llama, mistral, qwen2};
+
+use crate::arch::{llama as llama_arch, mistral as mistral_arch, qwen2 as qwen2_arch};
+use crate::backend::{candle_dtype, open_device};
+use crate::error::{Error, Result};
+use crate::worker::{LoadOptions, ModelFiles};
 
 /// One of the candle-transformers modules with their caches.
 enum Plain {
@@ -68,8 +70,8 @@ impl Baseline {
         };
         let module = module.as_any();
         let files = model_files.folder().weights.files();
-        let device = load.backend.device(load.device)?;
-        let dtype = load.dtype.candle();
+        let device = open_device(load.backend, load.device)?;
+        let dtype = candle_dtype(load.dtype);
         let failed = failed(model_dir);
         // SAFETY: as the worker's own loading: the files are only read.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, &device) }

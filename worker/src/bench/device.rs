@@ -33,7 +33,7 @@ impl Probe {
     pub fn new(backend: Backend, ordinal: usize) -> Result<Probe> {
         #[cfg(feature = "cuda")]
         {
-            let context = match backend.device(ordinal)? {
+            let context = match crate::backend::open_device(backend, ordinal)? {
                 candle_core::Device::Cuda(device) => Some(device.cuda_stream().context().clone()),
                 _ => None,
             };

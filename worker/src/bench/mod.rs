@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 /// the host's settle); then the measured ones.
 pub const WARMUP: Duration = Duration::from_secs(2);
 
+use llm_worker_rbee_api::process;
+
 use self::figures::{BaselineFigures, BenchReport, HostRss, RunFigures, Spread};
 use crate::error::Result;
 use crate::fixture::SPECIAL_TOKENS;
@@ -297,20 +299,9 @@ pub fn prompt_ids(len: usize, vocab: usize) -> Vec<u32> {
 /// Resident and peak resident bytes of this process.
 fn host_rss_now() -> Option<(u64, u64)> {
     Some((
-        process_memory("self", "VmRSS")?,
-        process_memory("self", "VmHWM")?,
+        process::memory("self", "VmRSS")?,
+        process::memory("self", "VmHWM")?,
     ))
-}
-
-/// A memory figure of `/proc/<process>/status` (`VmRSS`, `VmHWM`; `process` a pid or `self`),
-/// in bytes; `None` where there is no such file (not Linux) or line.
-pub fn process_memory(process: &str, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{process}/status")).ok()?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|value| value.trim().strip_suffix("kB")?.trim().parse().ok())?;
-    Some(kib * 1024)
 }
 
 #[cfg(test)]

@@ -5,12 +5,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use conformance::cases::{default_path, Cases};
 use conformance::http::HttpWorker;
-use llm_worker_rbee::{Backend, Dtype, Prompt, Request};
+use llm_worker_rbee_api::{process, Backend, Dtype, Prompt, Request};
 use serde::Serialize;
 
-use super::build_release;
-use crate::target_dir;
+use crate::build::release_worker;
+use crate::paths::{fixtures_dir, target_dir};
 
 #[derive(clap::Args)]
 pub struct HttpArgs {
@@ -77,7 +78,7 @@ pub fn run(args: &HttpArgs) -> Result<()> {
         bail!("--clients and --requests must be at least 1");
     }
     let model_dir = model_dir(&args.model)?;
-    let worker = build_release(args.backend)?;
+    let worker = release_worker(args.backend)?;
     eprintln!(
         "starting {} serve on {}",
         worker.display(),
@@ -227,7 +228,7 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 
 /// A memory figure of `/proc/<pid>/status` (`VmRSS`, `VmHWM`), in bytes.
 fn memory(pid: u32, field: &str) -> Result<u64> {
-    llm_worker_rbee::bench::process_memory(&pid.to_string(), field)
+    process::memory(&pid.to_string(), field)
         .with_context(|| format!("/proc/{pid}/status is missing or has no {field} line"))
 }
 
@@ -237,11 +238,10 @@ fn model_dir(model: &str) -> Result<PathBuf> {
     if path.is_dir() {
         return Ok(path);
     }
-    if llm_worker_rbee::synth::fixture(model).is_none()
-        && llm_worker_rbee::synth::gguf_fixture(model).is_none()
-    {
+    let cases = Cases::load(&default_path())?;
+    if !cases.models.ids().iter().any(|id| id == model) {
         bail!("--model {model}: neither a folder nor a fixture id (see `cargo xtask fixtures`)");
     }
-    crate::test::write_missing_fixtures()?;
-    Ok(crate::fixtures::default_dir().join(model))
+    crate::fixtures::write_missing()?;
+    Ok(fixtures_dir().join(model))
 }

@@ -7,13 +7,7 @@
 mod http;
 mod model;
 
-use std::path::PathBuf;
-
 use anyhow::Result;
-use llm_worker_rbee::Backend;
-use xshell::{cmd, Shell};
-
-use crate::project_root;
 
 #[derive(clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -36,20 +30,4 @@ pub fn run(args: &Args) -> Result<()> {
         Some(Bench::Http(args)) => http::run(args),
         None => model::run(&args.model),
     }
-}
-
-/// Builds the release worker binary for `backend` and returns its path.
-fn build_release(backend: Backend) -> Result<PathBuf> {
-    let sh = Shell::new()?;
-    sh.change_dir(project_root());
-    let target = crate::build::prepare(&sh, backend, None)?;
-    let features: Vec<String> = crate::build::backend_feature(backend)
-        .map(|f| vec!["--features".into(), f])
-        .unwrap_or_default();
-    cmd!(
-        sh,
-        "cargo build --release -p llm-worker-rbee --bin llm-worker-rbee {features...} --target-dir {target}"
-    )
-    .run()?;
-    Ok(target.join("release/llm-worker-rbee"))
 }

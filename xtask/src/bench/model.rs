@@ -4,13 +4,11 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use llm_worker_rbee::bench::BenchOptions;
-use llm_worker_rbee::synth::shape::Shape;
-use llm_worker_rbee::{Backend, Dtype};
+use llm_worker_rbee_api::{Backend, Dtype};
 use xshell::{cmd, Shell};
 
-use super::build_release;
-use crate::{project_root, target_dir};
+use crate::build::release_worker;
+use crate::paths::{project_root, shape_dir, target_dir};
 
 #[derive(clap::Args)]
 pub struct ModelArgs {
@@ -20,29 +18,32 @@ pub struct ModelArgs {
     /// A model folder, or the id of a model fetched by `cargo xtask fetch-models`.
     #[arg(long, value_name = "DIR|ID", conflicts_with = "shape")]
     model: Option<String>,
-    /// A real model's shape with random weights, written into target/shapes/ when missing
-    /// (`cargo xtask fixtures --shape`).
-    #[arg(long, value_enum)]
-    shape: Option<Shape>,
+    /// A real model's shape with random weights (tinyllama-1.1b, qwen2.5-0.5b, phi-2,
+    /// mistral-7b), written into target/shapes/ when missing (`cargo xtask fixtures --shape`).
+    #[arg(long, value_name = "NAME")]
+    shape: Option<String>,
     /// The dtype of weights and activations [default: f32 on cpu, else bf16].
     #[arg(long, value_enum)]
     dtype: Option<Dtype>,
-    #[command(flatten)]
-    options: BenchOptions,
     /// Compare the figures with these targets (e.g. ci/bench/targets.toml); exit non-zero if
     /// one that applies is missed.
     #[arg(long, value_name = "FILE")]
     check: Option<PathBuf>,
+    /// What to measure, passed on to `llm-worker-rbee bench` (its `--help` lists them):
+    /// `-- --prompt-len 128,512 --gen 128 --reps 3 --no-baseline`.
+    #[arg(last = true, value_name = "BENCH FLAGS")]
+    options: Vec<String>,
 }
 
 pub fn run(args: &ModelArgs) -> Result<()> {
-    // Checked here too, before the release build.
-    args.options.check().map_err(anyhow::Error::msg)?;
     let dtype = args.dtype.unwrap_or(match args.backend {
         Backend::Cpu => Dtype::F32,
         _ => Dtype::Bf16,
     });
-    let (model, label) = match (&args.model, args.shape) {
+    let worker = release_worker(args.backend)?;
+    let sh = Shell::new()?;
+    sh.change_dir(project_root());
+    let (model, label) = match (&args.model, &args.shape) {
         (Some(model), None) => {
             let name = PathBuf::from(model)
                 .file_name()
@@ -50,19 +51,22 @@ pub fn run(args: &ModelArgs) -> Result<()> {
             (model.clone(), name)
         }
         (None, Some(shape)) => {
-            let dir = crate::fixtures::write_shape_if_missing(shape, dtype)?;
-            (dir.display().to_string(), shape.name().to_string())
+            let dir = shape_dir(shape, dtype.name());
+            let dtype = dtype.name();
+            cmd!(
+                sh,
+                "{worker} synth --shape {shape} --dtype {dtype} --missing --out {dir}"
+            )
+            .run()?;
+            (dir.display().to_string(), shape.clone())
         }
         _ => bail!("give --model DIR|ID or --shape NAME (or the `http` subcommand)"),
     };
-    let worker = build_release(args.backend)?;
     let out = target_dir().join("bench");
     std::fs::create_dir_all(&out)?;
     let json = out.join(format!("{label}-{}-{dtype}.json", args.backend));
-    let sh = Shell::new()?;
-    sh.change_dir(project_root());
     let (backend, dtype) = (args.backend.name(), dtype.name());
-    let mut extra = args.options.to_flags();
+    let mut extra = args.options.clone();
     if let Some(check) = &args.check {
         extra.extend(["--check".into(), check.display().to_string()]);
     }

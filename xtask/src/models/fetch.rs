@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use llm_worker_rbee::model_id::{self, VerifiedFile, VerifiedModel};
+use llm_worker_rbee_api::model_id::{self, VerifiedFile, VerifiedModel};
 
 use super::hub::{FetchError, Fetched, Hub};
 use super::manifest::{self, FileSpec, Lock, LockedFile, Model};

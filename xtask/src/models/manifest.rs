@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::project_root;
+use crate::paths::project_root;
 
 pub fn default_manifest() -> PathBuf {
     project_root().join("conformance/models.toml")

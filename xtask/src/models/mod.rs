@@ -8,7 +8,7 @@ pub mod manifest;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use llm_worker_rbee::model_id::{self, VerifiedModel};
+use llm_worker_rbee_api::model_id::{self, VerifiedModel};
 use serde::Serialize;
 
 use manifest::{FileSpec, Lock, Manifest, Model};

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::FileError;
+
+type Result<T> = std::result::Result<T, FileError>;
 
 /// The record of a fetched model, in its folder.
 pub const RECORD: &str = "verified.json";
@@ -44,9 +46,9 @@ impl VerifiedModel {
     pub fn read(folder: &Path) -> Result<Self> {
         let path = folder.join(RECORD);
         let text = std::fs::read_to_string(&path)
-            .map_err(|e| Error::file(&path, format!("cannot read: {e}")))?;
+            .map_err(|e| FileError::new(&path, format!("cannot read: {e}")))?;
         serde_json::from_str(&text)
-            .map_err(|e| Error::file(&path, format!("not a fetch-models record: {e}")))
+            .map_err(|e| FileError::new(&path, format!("not a fetch-models record: {e}")))
     }
 
     /// Checks that every recorded file is still in the folder with its recorded size; hashes
@@ -121,7 +123,7 @@ pub fn resolve_in(models_dir: &Path, model: &Path) -> Result<PathBuf> {
         "fetch it with `cargo xtask fetch-models {id}` (`cargo xtask models` lists the ids)"
     );
     if !folder.join(RECORD).is_file() {
-        return Err(Error::file(
+        return Err(FileError::new(
             model,
             format!(
                 "is neither a model folder nor a verified fetched model (no {}); {fetch}",
@@ -131,7 +133,7 @@ pub fn resolve_in(models_dir: &Path, model: &Path) -> Result<PathBuf> {
     }
     let record = VerifiedModel::read(&folder)?;
     record.check_files(&folder).map_err(|why| {
-        Error::file(
+        FileError::new(
             &folder,
             format!("changed since it was verified ({why}); {fetch} again"),
         )
