@@ -25,6 +25,7 @@ pub mod chat;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod files;
 pub mod fixture;
 pub mod folder;
 pub mod gguf;
@@ -42,10 +43,11 @@ pub mod worker;
 
 pub use backend::{Backend, Dtype};
 pub use error::{Error, Result};
+pub use files::{ModelFiles, ModelInfo};
 pub use llm_worker_rbee_api::model_id;
 pub use model::Architecture;
 pub use request::{Generation, Message, PreparedRequest, Prompt, Request, StopReason, TokenEvent};
-pub use worker::{LoadOptions, ModelFiles, ModelInfo, Worker};
+pub use worker::{LoadOptions, Worker};
 
 /// This crate's version, as reports record it.
 pub const VERSION: &str = llm_worker_rbee_api::VERSION;

@@ -15,7 +15,8 @@ use candle_transformers::models::{llama, mistral, qwen2};
 use crate::arch::{llama as llama_arch, mistral as mistral_arch, qwen2 as qwen2_arch};
 use crate::backend::{candle_dtype, open_device};
 use crate::error::{Error, Result};
-use crate::worker::{LoadOptions, ModelFiles};
+use crate::files::ModelFiles;
+use crate::worker::LoadOptions;
 
 /// One of the candle-transformers modules with their caches.
 enum Plain {

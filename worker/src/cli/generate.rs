@@ -5,7 +5,9 @@ use std::ops::ControlFlow;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use llm_worker_rbee::{Architecture, Backend, Dtype, ModelFiles, Prompt, Request, StopReason};
+use llm_worker_rbee::{
+    Architecture, Backend, Dtype, ModelFiles, Prompt, Request, StopReason, Worker,
+};
 use serde::Serialize;
 
 use super::args::{DeviceArgs, Format, ModelArgs};
@@ -71,8 +73,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         .with_context(|| format!("cannot load the model in {}", model_dir.display()))?;
     // The request is checked and tokenized before the weights are loaded.
     let request = files.prompter().prepare(&request)?;
-    let mut worker = files
-        .load(options)
+    let mut worker = Worker::from_files(files, options)
         .with_context(|| format!("cannot load the model in {}", model_dir.display()))?;
 
     let streaming = args.format == Format::Text;

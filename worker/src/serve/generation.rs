@@ -12,8 +12,9 @@ use tokio::sync::oneshot;
 
 use super::api::{ApiError, Event};
 use super::metrics::{JobReport, Metrics, Outcome};
+use crate::files::ModelFiles;
 use crate::request::{PreparedRequest, StopReason};
-use crate::worker::{LoadOptions, ModelFiles, Worker};
+use crate::worker::{LoadOptions, Worker};
 
 /// What the generation thread tells a request's handler: the events of its stream, or a
 /// refusal (before `started`: the HTTP answer; after it: an `error` event).
@@ -75,7 +76,7 @@ impl Generator {
             .spawn(move || {
                 let started = Instant::now();
                 let model_dir = files.info().model_dir.clone();
-                match files.load(options) {
+                match Worker::from_files(files, options) {
                     Ok(worker) => {
                         let timings = worker.load_timings();
                         tracing::info!(

@@ -33,8 +33,9 @@ use tokio::sync::oneshot;
 use self::api::{ApiError, Event};
 use self::generation::{Generator, Reply};
 use self::metrics::{Metrics, Outcome};
+use crate::files::{ModelFiles, ModelInfo};
 use crate::prompter::Prompter;
-use crate::worker::{LoadOptions, ModelFiles, ModelInfo};
+use crate::worker::LoadOptions;
 
 /// The largest `/execute` body accepted; larger ones get 413.
 pub const BODY_LIMIT: usize = 1 << 20;

@@ -1,0 +1,167 @@
+//! A model folder read up to, but not including, its weights ([`ModelFiles`]), and what
+//! `inspect` reports of it ([`ModelInfo`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::chat::ChatTemplate;
+use crate::checkpoint::CheckpointSummary;
+use crate::config::{HfConfig, Rope};
+use crate::error::Result;
+use crate::folder::{read_json_object, ModelFolder, Weights, WeightsFormat};
+use crate::gguf::format::{GgufArchitecture, Header};
+use crate::model::{ArchConfig, Architecture, Dims, ModuleConfig, Window};
+use crate::prompter::Prompter;
+use crate::tokens::{ModelSpecials, TextCodec};
+use crate::{arch, gguf, weights};
+
+/// What was detected in a model folder; `llm-worker-rbee inspect` prints it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelInfo {
+    pub model_dir: PathBuf,
+    /// SafeTensors (settings from config.json) or GGUF (settings from the file's metadata).
+    pub format: WeightsFormat,
+    pub architecture: &'static dyn Architecture,
+    pub dims: Dims,
+    /// The longest prompt plus generation the worker runs.
+    pub context_length: usize,
+    pub window: Window,
+    pub rope: Rope,
+    pub tie_word_embeddings: bool,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+    pub tokenizer_vocab_size: usize,
+    pub checkpoint: CheckpointSummary,
+    /// Keys of config.json that nothing read and that are not known to be harmless; for GGUF,
+    /// the keys of the architecture's metadata namespace (`llama.*`, ...) that nothing read.
+    pub unrecognized_config_keys: Vec<String>,
+}
+
+impl ModelInfo {
+    /// Reads config (or GGUF metadata), tokenizer and checkpoint headers, without loading any
+    /// weights.
+    pub fn inspect(model_dir: &Path) -> Result<ModelInfo> {
+        ModelFiles::open(model_dir).map(|files| files.info)
+    }
+}
+
+/// What builds the module over the weights.
+pub(crate) enum Module {
+    SafeTensors(Box<dyn ModuleConfig>),
+    Gguf(&'static dyn GgufArchitecture),
+}
+
+/// A model folder read up to, but not including, its weights: its settings, its tokenizer and
+/// chat template (read once, shared by everything that prepares requests) and its checkpoint
+/// headers. A bad folder fails here, before any weight is read.
+pub struct ModelFiles {
+    pub(crate) info: ModelInfo,
+    pub(crate) arch: ArchConfig,
+    pub(crate) module: Module,
+    pub(crate) prompter: Arc<Prompter>,
+    pub(crate) folder: ModelFolder,
+}
+
+impl ModelFiles {
+    pub fn open(model_dir: &Path) -> Result<Self> {
+        let folder = ModelFolder::open(model_dir)?;
+        let (arch, module, specials, unread_keys, checkpoint) = match &folder.weights {
+            Weights::Gguf(path) => {
+                let header = Header::read(path)?;
+                let (arch, gguf) = gguf::parse(&header)?;
+                let specials = header.special_tokens()?;
+                let (unread, summary) = (header.unread_keys(), header.summary());
+                (arch, Module::Gguf(gguf), specials, unread, summary)
+            }
+            _ => {
+                let config = HfConfig::load(&folder.config())?;
+                let parsed = arch::parse(&config)?;
+                let specials = ModelSpecials {
+                    eos_ids: config.token_ids("eos_token_id")?,
+                    explicit: None,
+                };
+                let summary = weights::summarize(&folder)?;
+                let module = Module::SafeTensors(parsed.module);
+                (
+                    parsed.config,
+                    module,
+                    specials,
+                    config.unread_keys(),
+                    summary,
+                )
+            }
+        };
+        let tokenizer_config = match &folder.tokenizer_config {
+            Some(path) => Some((path.as_path(), read_json_object(path)?)),
+            None => None,
+        };
+        let codec = TextCodec::load(
+            &folder,
+            &specials,
+            tokenizer_config.as_ref().map(|(path, map)| (*path, map)),
+        )?;
+        let chat = match &tokenizer_config {
+            Some((path, map)) => ChatTemplate::from_config(path, map)
+                .map_or_else(|e| Some(Err(e.to_string())), |t| t.map(Ok)),
+            None => None,
+        };
+        let info = ModelInfo {
+            model_dir: model_dir.to_path_buf(),
+            format: folder.weights.format(),
+            architecture: arch.architecture,
+            dims: arch.dims.clone(),
+            context_length: arch.context_length(),
+            window: arch.window.clone(),
+            rope: arch.rope.clone(),
+            tie_word_embeddings: arch.tie_word_embeddings,
+            bos_token_id: codec.bos_id(),
+            eos_token_ids: codec.eos_ids().to_vec(),
+            tokenizer_vocab_size: codec.vocab_size(),
+            checkpoint,
+            unrecognized_config_keys: unread_keys,
+        };
+        let prompter = Prompter::new(
+            codec,
+            chat,
+            info.dims.vocab_size,
+            info.context_length,
+            &info.window,
+            info.architecture.name(),
+        );
+        Ok(Self {
+            info,
+            arch,
+            module,
+            prompter: Arc::new(prompter),
+            folder,
+        })
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// What checks and tokenizes requests for this model; shared with the [`Worker`] loaded
+    /// from these files.
+    pub fn prompter(&self) -> &Arc<Prompter> {
+        &self.prompter
+    }
+
+    pub fn folder(&self) -> &ModelFolder {
+        &self.folder
+    }
+
+    pub fn arch(&self) -> &ArchConfig {
+        &self.arch
+    }
+
+    /// The settings of the module a SafeTensors checkpoint is built with.
+    pub fn module_config(&self) -> Option<&dyn ModuleConfig> {
+        match &self.module {
+            Module::SafeTensors(module) => Some(module.as_ref()),
+            Module::Gguf(_) => None,
+        }
+    }
+}
