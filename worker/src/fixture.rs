@@ -135,3 +135,166 @@ impl TensorLayout {
         branch_gain: 1.0,
     };
 }
+
+/// How a fixture tensor's values are drawn.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Fill {
+    /// Uniform in `[-bound, bound)`.
+    Uniform(f32),
+    /// Uniform in `[center - half_width, center + half_width)`.
+    Around { center: f32, half_width: f32 },
+}
+
+/// A tensor of a fixture checkpoint: its name, shape and how its values are drawn.
+pub type FixtureTensor = (String, Vec<usize>, Fill);
+
+/// Output logits spread of about 4 (std): top-1 and top-2 stay apart without making sampling
+/// collapse onto the greedy token.
+pub const OUTPUT_BOUND: f32 = 0.8;
+pub const BIAS_BOUND: f32 = 0.2;
+
+/// A weight for `fan_in` inputs with variance `gain^2 / fan_in`.
+pub fn linear_bound(fan_in: usize, gain: f32) -> f32 {
+    gain * (3.0 / fan_in as f32).sqrt()
+}
+
+impl TensorLayout {
+    /// The names, shapes and fills of every tensor of a checkpoint of `geometry`, in
+    /// transformers' naming and in the order synth draws them.
+    pub fn tensors(&self, geometry: &Geometry) -> Vec<FixtureTensor> {
+        let (h, i, v) = (geometry.hidden, geometry.intermediate, geometry.vocab);
+        let q_dim = geometry.heads * geometry.head_dim;
+        let kv_dim = geometry.kv_heads * geometry.head_dim;
+        let stored_offset = if self.norm_offset { 1.0 } else { 0.0 };
+        let norm = Fill::Around {
+            center: 1.0 - stored_offset,
+            half_width: 0.5,
+        };
+        // Zero-centred final norm weights keep a model with tied embeddings from predicting its
+        // last input token at every step: the embedding carried through the residual stream no
+        // longer lines up with its own output row.
+        let final_norm_fill = Fill::Around {
+            center: -stored_offset,
+            half_width: 1.5,
+        };
+        let bias = Fill::Uniform(BIAS_BOUND);
+        let mut t: Vec<(String, Vec<usize>, Fill)> = Vec::new();
+        let mut add = |name: String, shape: Vec<usize>, fill: Fill| t.push((name, shape, fill));
+
+        add(
+            "model.embed_tokens.weight".into(),
+            vec![v, h],
+            Fill::Uniform(OUTPUT_BOUND),
+        );
+        if !geometry.tied {
+            add(
+                "lm_head.weight".into(),
+                vec![v, h],
+                Fill::Uniform(OUTPUT_BOUND),
+            );
+            if self.lm_head_bias {
+                add("lm_head.bias".into(), vec![v], bias);
+            }
+        }
+        let final_norm = self.final_norm;
+        add(format!("{final_norm}.weight"), vec![h], final_norm_fill);
+        if self.layer_norm {
+            add(format!("{final_norm}.bias"), vec![h], bias);
+        }
+
+        let attention = &self.attention;
+        for l in 0..geometry.layers {
+            let p = format!("model.layers.{l}");
+            let mut norm_at = |name: &str| {
+                add(format!("{p}.{name}.weight"), vec![h], norm);
+                if self.layer_norm {
+                    add(format!("{p}.{name}.bias"), vec![h], bias);
+                }
+            };
+            norm_at("input_layernorm");
+            match self.block_norms {
+                BlockNorms::PostAttention => norm_at("post_attention_layernorm"),
+                BlockNorms::Parallel => {}
+                BlockNorms::Sandwich { gain } => {
+                    norm_at("pre_feedforward_layernorm");
+                    for branch in ["post_feedforward_layernorm", "post_attention_layernorm"] {
+                        add(
+                            format!("{p}.{branch}.weight"),
+                            vec![h],
+                            Fill::Around {
+                                center: gain - 1.0,
+                                half_width: 0.5,
+                            },
+                        );
+                    }
+                }
+            }
+
+            let attn = format!("{p}.self_attn");
+            let qk = Fill::Uniform(linear_bound(h, 1.5));
+            let proj = Fill::Uniform(linear_bound(h, 1.0));
+            if attention.fused_qkv {
+                add(
+                    format!("{attn}.qkv_proj.weight"),
+                    vec![q_dim + 2 * kv_dim, h],
+                    qk,
+                );
+            } else {
+                add(format!("{attn}.q_proj.weight"), vec![q_dim, h], qk);
+                add(format!("{attn}.k_proj.weight"), vec![kv_dim, h], qk);
+                add(format!("{attn}.v_proj.weight"), vec![kv_dim, h], proj);
+            }
+            if attention.qkv_bias {
+                add(format!("{attn}.q_proj.bias"), vec![q_dim], bias);
+                add(format!("{attn}.k_proj.bias"), vec![kv_dim], bias);
+                add(format!("{attn}.v_proj.bias"), vec![kv_dim], bias);
+            }
+            let out_proj = attention.output;
+            add(
+                format!("{attn}.{out_proj}.weight"),
+                vec![h, q_dim],
+                Fill::Uniform(linear_bound(q_dim, self.branch_gain)),
+            );
+            if attention.output_bias {
+                add(format!("{attn}.{out_proj}.bias"), vec![h], bias);
+            }
+            if attention.qk_norm {
+                add(
+                    format!("{attn}.q_norm.weight"),
+                    vec![geometry.head_dim],
+                    norm,
+                );
+                add(
+                    format!("{attn}.k_norm.weight"),
+                    vec![geometry.head_dim],
+                    norm,
+                );
+            }
+
+            let mlp = format!("{p}.mlp");
+            let up = Fill::Uniform(linear_bound(h, 1.0));
+            let down = Fill::Uniform(linear_bound(i, self.branch_gain));
+            match self.mlp {
+                MlpTensors::UpDown {
+                    up: up_name,
+                    down: down_name,
+                } => {
+                    add(format!("{mlp}.{up_name}.weight"), vec![i, h], up);
+                    add(format!("{mlp}.{up_name}.bias"), vec![i], bias);
+                    add(format!("{mlp}.{down_name}.weight"), vec![h, i], down);
+                    add(format!("{mlp}.{down_name}.bias"), vec![h], bias);
+                }
+                MlpTensors::FusedGateUp => {
+                    add(format!("{mlp}.gate_up_proj.weight"), vec![2 * i, h], up);
+                    add(format!("{mlp}.down_proj.weight"), vec![h, i], down);
+                }
+                MlpTensors::GatedUpDown => {
+                    add(format!("{mlp}.gate_proj.weight"), vec![i, h], up);
+                    add(format!("{mlp}.up_proj.weight"), vec![i, h], up);
+                    add(format!("{mlp}.down_proj.weight"), vec![h, i], down);
+                }
+            }
+        }
+        t
+    }
+}

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::config::{HfConfig, Rope};
 use crate::error::Result;
-use crate::fixture::{FixtureLayout, FixtureVariant, Geometry, TensorLayout};
+use crate::fixture::{FixtureLayout, FixtureTensor, FixtureVariant, Geometry, TensorLayout};
 
 /// One supported architecture: its names, how it reads `config.json` (refusing what its module
 /// cannot compute), the tensors it may leave unread, and how `synth` writes its fixtures.
@@ -53,8 +53,14 @@ pub trait Architecture: Send + Sync {
         sliding_window: Option<usize>,
     ) -> serde_json::Value;
 
-    /// The tensors of its checkpoints, as `synth` names and fills them.
+    /// The layout of its checkpoints' tensors, from which [`Self::fixture_tensors`] lists them.
     fn tensor_layout(&self) -> TensorLayout;
+
+    /// The tensors of its fixtures' checkpoints, as `synth` names and fills them; an
+    /// architecture whose tensors [`TensorLayout`] cannot describe lists them itself.
+    fn fixture_tensors(&self, geometry: &Geometry) -> Vec<FixtureTensor> {
+        self.tensor_layout().tensors(geometry)
+    }
 }
 
 impl fmt::Debug for dyn Architecture {

@@ -21,10 +21,7 @@ use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, Tokenizer, TokenizerBuilder};
 
 use crate::error::{Error, Result};
-use crate::fixture::{
-    BlockNorms, FixtureVariant, Geometry, MlpTensors, TensorLayout, BOS, ENDOFTEXT, HEADS,
-    SPECIAL_TOKENS,
-};
+use crate::fixture::{Fill, FixtureVariant, Geometry, BOS, ENDOFTEXT, HEADS, SPECIAL_TOKENS};
 use crate::model::Architecture;
 use crate::{arch, folder};
 
@@ -284,14 +281,6 @@ struct FixtureFiles {
     add_bos: bool,
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Fill {
-    /// Uniform in `[-bound, bound)`.
-    Uniform(f32),
-    /// Uniform in `[center - half_width, center + half_width)`.
-    Around { center: f32, half_width: f32 },
-}
-
 impl FixtureFiles {
     fn new(spec: &FixtureSpec) -> Self {
         let arch = spec.architecture;
@@ -359,7 +348,7 @@ impl FixtureFiles {
             config,
             generation_config,
             tokenizer_config,
-            tensor_shapes: tensor_shapes(&arch.tensor_layout(), &geometry),
+            tensor_shapes: arch.fixture_tensors(&geometry),
             add_bos: layout.add_bos,
         }
     }
@@ -371,155 +360,7 @@ fn merge(into: &mut Value, extra: Value) {
     }
 }
 
-/// Output logits spread of about 4 (std): top-1 and top-2 stay apart without making sampling
-/// collapse onto the greedy token.
-const OUTPUT_BOUND: f32 = 0.8;
-const BIAS_BOUND: f32 = 0.2;
-
-/// A weight for `fan_in` inputs with variance `gain^2 / fan_in`.
-fn linear_bound(fan_in: usize, gain: f32) -> f32 {
-    gain * (3.0 / fan_in as f32).sqrt()
-}
-
-/// The names and shapes of every tensor, in transformers' naming.
-fn tensor_shapes(layout: &TensorLayout, geometry: &Geometry) -> Vec<(String, Vec<usize>, Fill)> {
-    let (h, i, v) = (geometry.hidden, geometry.intermediate, geometry.vocab);
-    let q_dim = geometry.heads * geometry.head_dim;
-    let kv_dim = geometry.kv_heads * geometry.head_dim;
-    let stored_offset = if layout.norm_offset { 1.0 } else { 0.0 };
-    let norm = Fill::Around {
-        center: 1.0 - stored_offset,
-        half_width: 0.5,
-    };
-    // Zero-centred final norm weights keep a model with tied embeddings from predicting its
-    // last input token at every step: the embedding carried through the residual stream no
-    // longer lines up with its own output row.
-    let final_norm_fill = Fill::Around {
-        center: -stored_offset,
-        half_width: 1.5,
-    };
-    let bias = Fill::Uniform(BIAS_BOUND);
-    let mut t: Vec<(String, Vec<usize>, Fill)> = Vec::new();
-    let mut add = |name: String, shape: Vec<usize>, fill: Fill| t.push((name, shape, fill));
-
-    add(
-        "model.embed_tokens.weight".into(),
-        vec![v, h],
-        Fill::Uniform(OUTPUT_BOUND),
-    );
-    if !geometry.tied {
-        add(
-            "lm_head.weight".into(),
-            vec![v, h],
-            Fill::Uniform(OUTPUT_BOUND),
-        );
-        if layout.lm_head_bias {
-            add("lm_head.bias".into(), vec![v], bias);
-        }
-    }
-    let final_norm = layout.final_norm;
-    add(format!("{final_norm}.weight"), vec![h], final_norm_fill);
-    if layout.layer_norm {
-        add(format!("{final_norm}.bias"), vec![h], bias);
-    }
-
-    let attention = &layout.attention;
-    for l in 0..geometry.layers {
-        let p = format!("model.layers.{l}");
-        let mut norm_at = |name: &str| {
-            add(format!("{p}.{name}.weight"), vec![h], norm);
-            if layout.layer_norm {
-                add(format!("{p}.{name}.bias"), vec![h], bias);
-            }
-        };
-        norm_at("input_layernorm");
-        match layout.block_norms {
-            BlockNorms::PostAttention => norm_at("post_attention_layernorm"),
-            BlockNorms::Parallel => {}
-            BlockNorms::Sandwich { gain } => {
-                norm_at("pre_feedforward_layernorm");
-                for branch in ["post_feedforward_layernorm", "post_attention_layernorm"] {
-                    add(
-                        format!("{p}.{branch}.weight"),
-                        vec![h],
-                        Fill::Around {
-                            center: gain - 1.0,
-                            half_width: 0.5,
-                        },
-                    );
-                }
-            }
-        }
-
-        let attn = format!("{p}.self_attn");
-        let qk = Fill::Uniform(linear_bound(h, 1.5));
-        let proj = Fill::Uniform(linear_bound(h, 1.0));
-        if attention.fused_qkv {
-            add(
-                format!("{attn}.qkv_proj.weight"),
-                vec![q_dim + 2 * kv_dim, h],
-                qk,
-            );
-        } else {
-            add(format!("{attn}.q_proj.weight"), vec![q_dim, h], qk);
-            add(format!("{attn}.k_proj.weight"), vec![kv_dim, h], qk);
-            add(format!("{attn}.v_proj.weight"), vec![kv_dim, h], proj);
-        }
-        if attention.qkv_bias {
-            add(format!("{attn}.q_proj.bias"), vec![q_dim], bias);
-            add(format!("{attn}.k_proj.bias"), vec![kv_dim], bias);
-            add(format!("{attn}.v_proj.bias"), vec![kv_dim], bias);
-        }
-        let out_proj = attention.output;
-        add(
-            format!("{attn}.{out_proj}.weight"),
-            vec![h, q_dim],
-            Fill::Uniform(linear_bound(q_dim, layout.branch_gain)),
-        );
-        if attention.output_bias {
-            add(format!("{attn}.{out_proj}.bias"), vec![h], bias);
-        }
-        if attention.qk_norm {
-            add(
-                format!("{attn}.q_norm.weight"),
-                vec![geometry.head_dim],
-                norm,
-            );
-            add(
-                format!("{attn}.k_norm.weight"),
-                vec![geometry.head_dim],
-                norm,
-            );
-        }
-
-        let mlp = format!("{p}.mlp");
-        let up = Fill::Uniform(linear_bound(h, 1.0));
-        let down = Fill::Uniform(linear_bound(i, layout.branch_gain));
-        match layout.mlp {
-            MlpTensors::UpDown {
-                up: up_name,
-                down: down_name,
-            } => {
-                add(format!("{mlp}.{up_name}.weight"), vec![i, h], up);
-                add(format!("{mlp}.{up_name}.bias"), vec![i], bias);
-                add(format!("{mlp}.{down_name}.weight"), vec![h, i], down);
-                add(format!("{mlp}.{down_name}.bias"), vec![h], bias);
-            }
-            MlpTensors::FusedGateUp => {
-                add(format!("{mlp}.gate_up_proj.weight"), vec![2 * i, h], up);
-                add(format!("{mlp}.down_proj.weight"), vec![h, i], down);
-            }
-            MlpTensors::GatedUpDown => {
-                add(format!("{mlp}.gate_proj.weight"), vec![i, h], up);
-                add(format!("{mlp}.up_proj.weight"), vec![i, h], up);
-                add(format!("{mlp}.down_proj.weight"), vec![h, i], down);
-            }
-        }
-    }
-    t
-}
-
-/// Fills every tensor from one ChaCha8 stream, in the order `tensor_shapes` lists them.
+/// Fills every tensor from one ChaCha8 stream, in the order the architecture lists them.
 fn weights(
     spec: &FixtureSpec,
     shapes: &[(String, Vec<usize>, Fill)],

@@ -17,10 +17,10 @@ use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, Tokenizer};
 
-use super::{tensor_shapes, write_json, Fill};
+use super::write_json;
 use crate::backend::Dtype;
 use crate::error::{Error, Result};
-use crate::fixture::{Geometry, SPECIAL_TOKENS};
+use crate::fixture::{Fill, Geometry, SPECIAL_TOKENS};
 use crate::model::Architecture;
 use crate::{arch, folder};
 
@@ -164,7 +164,8 @@ impl Shape {
     /// Bytes of model.safetensors in `dtype`, less the header.
     pub fn weight_bytes(self, dtype: Dtype) -> u64 {
         let (arch, geometry) = self.geometry();
-        let values: usize = tensor_shapes(&arch.tensor_layout(), &geometry)
+        let values: usize = arch
+            .fixture_tensors(&geometry)
             .iter()
             .map(|(_, shape, _)| shape.iter().product::<usize>())
             .sum();
@@ -238,7 +239,8 @@ pub fn write_shape(
     let seed = 0;
     let total = shape.weight_bytes(dtype);
     let written = AtomicU64::new(0);
-    let tensors: Vec<(String, LazyTensor)> = tensor_shapes(&arch.tensor_layout(), &geometry)
+    let tensors: Vec<(String, LazyTensor)> = arch
+        .fixture_tensors(&geometry)
         .into_iter()
         .enumerate()
         .map(|(index, (name, shape, fill))| {
