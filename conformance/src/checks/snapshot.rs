@@ -121,12 +121,6 @@ pub fn check(dir: &Path, name: &str, contents: &str) -> Result<String, String> {
 mod tests {
     use super::*;
 
-    /// insta as in CI: nothing written, a missing or different snapshot fails.
-    fn in_ci<T>(f: impl FnOnce() -> T) -> T {
-        std::env::set_var("INSTA_UPDATE", "no");
-        f()
-    }
-
     #[test]
     fn a_matching_golden_passes_with_its_hash_and_another_fails_with_the_diff() {
         let dir = tempfile::tempdir().unwrap();
@@ -137,14 +131,14 @@ mod tests {
             "---\nsource: conformance\n---\nline one\nline two\n",
         )
         .unwrap();
-        let sha = in_ci(|| check(dir.path(), name, "line one\nline two")).unwrap();
+        let sha = check(dir.path(), name, "line one\nline two").unwrap();
         assert_eq!(sha, hex(&Sha256::digest(std::fs::read(&golden).unwrap())));
-        let differs = in_ci(|| check(dir.path(), name, "line one\nline 2")).unwrap_err();
+        let differs = check(dir.path(), name, "line one\nline 2").unwrap_err();
         assert!(
             differs.contains("-line two") && differs.contains("+line 2"),
             "{differs}"
         );
-        let missing = in_ci(|| check(dir.path(), "n/cpu-f32/greedy/p", "x")).unwrap_err();
+        let missing = check(dir.path(), "n/cpu-f32/greedy/p", "x").unwrap_err();
         assert!(missing.contains("no golden snapshot"), "{missing}");
     }
 }
