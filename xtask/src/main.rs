@@ -48,7 +48,7 @@ enum Command {
     /// sha256 against conformance/models.lock (the first fetch of a file records it there).
     /// Verified models are what `llm-worker-rbee --model ID` and `cargo xtask test --model ID`
     /// load.
-    FetchModels(models::fetch::Args),
+    FetchModels(models::FetchArgs),
     /// List the models of the manifest and whether each is verified, present in the cache or
     /// absent here; reads no network.
     Models(models::Args),
@@ -78,7 +78,7 @@ fn main() -> Result<()> {
         Command::Test(args) => test::run(&args),
         Command::Build(args) => build::run(&args),
         Command::Bundle(args) => bundle::run(&args),
-        Command::FetchModels(args) => models::fetch::run(&args),
+        Command::FetchModels(args) => models::fetch_models(&args),
         Command::Models(args) => models::run(&args),
         Command::Reference(args) => reference::run(&args),
         Command::Results(args) => results::run(&args),

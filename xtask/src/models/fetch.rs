@@ -7,23 +7,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use llm_worker_rbee_api::model_id::{self, VerifiedFile, VerifiedModel};
 
+use super::args::FetchArgs;
 use super::hub::{FetchError, Fetched, Hub};
 use super::manifest::{self, FileSpec, Lock, LockedFile, Model};
 
-#[derive(clap::Args)]
-pub struct Args {
-    /// Model ids of the manifest (`cargo xtask models` lists them).
-    #[arg(value_name = "ID")]
-    pub ids: Vec<String>,
-    /// Fetch every model of the manifest.
-    #[arg(long, conflicts_with = "ids")]
-    pub all: bool,
-    /// The models manifest; its lock is the file beside it with the extension `.lock`.
-    #[arg(long, value_name = "FILE")]
-    pub manifest: Option<PathBuf>,
-}
-
-pub fn run(args: &Args) -> Result<()> {
+pub fn run(args: &FetchArgs) -> Result<()> {
     let (manifest, mut lock, lock_path) = manifest::load(args.manifest.as_deref())?;
     let models = manifest.select(&args.ids, args.all)?;
     let hub = Hub::new()?;

@@ -1,168 +1,55 @@
 //! Real models: the manifest and its lock, `cargo xtask fetch-models`, and `cargo xtask models`,
-//! which lists them without touching the network.
+//! which lists them without touching the network. Both need hf-hub, whose client (xet, TLS) is
+//! most of what xtask would build: they are behind the `fetch` feature, and without it this
+//! build runs `cargo run -p xtask --features fetch` with the same arguments.
 
+mod args;
+#[cfg(feature = "fetch")]
 pub mod fetch;
+#[cfg(feature = "fetch")]
 mod hub;
+#[cfg(feature = "fetch")]
+mod list;
+#[cfg(feature = "fetch")]
 pub mod manifest;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Result;
 use llm_worker_rbee_api::model_id::{self, VerifiedModel};
-use serde::Serialize;
 
-use manifest::{FileSpec, Lock, Manifest, Model};
+pub use self::args::{Args, FetchArgs};
 
-#[derive(clap::Args)]
-pub struct Args {
-    /// The models manifest [default: conformance/models.toml].
-    #[arg(long, value_name = "FILE")]
-    pub manifest: Option<PathBuf>,
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    pub format: Format,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    Table,
-    Json,
-}
-
-/// Where a model stands on this machine.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum State {
-    /// Every file verified against its pin; the worker and the suite take its id.
-    Verified,
-    /// Every file is in the Hugging Face cache, not verified yet: fetch-models checks them.
-    Present,
-    /// Some files are in the cache.
-    Partial,
-    Absent,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Listed {
-    pub id: String,
-    pub architecture: String,
-    pub format: &'static str,
-    /// The sum of the files' sizes, when the manifest or the lock knows each.
-    pub size_bytes: Option<u64>,
-    pub state: State,
-    /// The folder the worker loads for this id, when verified.
-    pub folder: Option<PathBuf>,
-    pub note: Option<String>,
-}
-
+/// `cargo xtask models`.
 pub fn run(args: &Args) -> Result<()> {
-    let (manifest, lock, _) = manifest::load(args.manifest.as_deref())?;
-    let listed = list(
-        &manifest,
-        &lock,
-        &model_id::models_dir(),
-        &hf_hub::resolve_cache_dir(),
-    )?;
-    match args.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&listed)?),
-        Format::Table => print!("{}", table(&listed)),
+    #[cfg(feature = "fetch")]
+    return list::run(args);
+    #[cfg(not(feature = "fetch"))]
+    {
+        let _ = args;
+        with_fetch()
     }
+}
+
+/// `cargo xtask fetch-models`.
+pub fn fetch_models(args: &FetchArgs) -> Result<()> {
+    #[cfg(feature = "fetch")]
+    return fetch::run(args);
+    #[cfg(not(feature = "fetch"))]
+    {
+        let _ = args;
+        with_fetch()
+    }
+}
+
+/// Runs this command again in a build of xtask with the `fetch` feature.
+#[cfg(not(feature = "fetch"))]
+fn with_fetch() -> Result<()> {
+    let sh = xshell::Shell::new()?;
+    sh.change_dir(crate::paths::project_root());
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    xshell::cmd!(sh, "cargo run -q -p xtask --features fetch -- {args...}").run()?;
     Ok(())
-}
-
-pub fn list(
-    manifest: &Manifest,
-    lock: &Lock,
-    models_dir: &Path,
-    cache: &Path,
-) -> Result<Vec<Listed>> {
-    manifest
-        .models
-        .iter()
-        .map(|model| {
-            let files = model.files(lock)?;
-            let state = state(model, &files, models_dir, cache);
-            Ok(Listed {
-                id: model.id.clone(),
-                architecture: model.architecture.clone(),
-                format: model.format.name(),
-                size_bytes: files.iter().map(|f| f.size).sum(),
-                state,
-                folder: (state == State::Verified).then(|| models_dir.join(&model.id)),
-                note: model.note.clone(),
-            })
-        })
-        .collect()
-}
-
-fn state(model: &Model, files: &[FileSpec], models_dir: &Path, cache: &Path) -> State {
-    let folder = models_dir.join(&model.id);
-    let record = VerifiedModel::read(&folder).ok();
-    let verified = record.as_ref().is_some_and(|record| {
-        record.check_files(&folder).is_ok()
-            && files.iter().all(|spec| {
-                record.files.iter().any(|f| {
-                    f.name == spec.name
-                        && f.repo == spec.repo
-                        && f.path == spec.path
-                        && spec.sha256.as_ref().is_none_or(|s| *s == f.sha256)
-                })
-            })
-    });
-    if verified {
-        return State::Verified;
-    }
-    let cached = files.iter().filter(|spec| in_cache(spec, cache)).count();
-    match cached {
-        0 => State::Absent,
-        n if n == files.len() => State::Present,
-        _ => State::Partial,
-    }
-}
-
-/// Whether the cache has a snapshot of the file at its pinned commit, else at the commit its
-/// `main` ref names.
-fn in_cache(spec: &FileSpec, cache: &Path) -> bool {
-    let repo_dir = hub::repo_dir(cache, &spec.repo);
-    let commit = spec.revision.clone().or_else(|| {
-        std::fs::read_to_string(repo_dir.join("refs/main"))
-            .ok()
-            .map(|c| c.trim().to_string())
-    });
-    commit.is_some_and(|c| {
-        repo_dir
-            .join("snapshots")
-            .join(c)
-            .join(&spec.path)
-            .is_file()
-    })
-}
-
-fn table(listed: &[Listed]) -> String {
-    let mut out = format!(
-        "{:<30} {:<10} {:<12} {:>10}  {:<9} note\n",
-        "id", "arch", "format", "size", "state"
-    );
-    for m in listed {
-        let size = m
-            .size_bytes
-            .map_or("unknown".into(), |b| indicatif::HumanBytes(b).to_string());
-        let state = match m.state {
-            State::Verified => "verified",
-            State::Present => "present",
-            State::Partial => "partial",
-            State::Absent => "absent",
-        };
-        out.push_str(&format!(
-            "{:<30} {:<10} {:<12} {:>10}  {:<9} {}\n",
-            m.id,
-            m.architecture,
-            m.format,
-            size,
-            state,
-            m.note.as_deref().unwrap_or("")
-        ));
-    }
-    out
 }
 
 /// The folder of a fetched model whose files were all verified, or why there is none.
