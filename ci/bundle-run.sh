@@ -2,7 +2,8 @@
 # Makes the fixture models (checked against their lock) and runs the conformance suite from this
 # bundle, on a machine with no Rust and no network, and
 # packs what a reviewer needs into one results archive: per dtype report.json, junit.xml, the
-# harness log, and every pending snapshot (.snap.new); never accepts a snapshot.
+# harness log, the logs of the CUDA fast path's checks (cuda_*.txt, cuda bundles), and every
+# pending snapshot (.snap.new); never accepts a snapshot.
 #
 #   ./run.sh [--dtype f32|bf16|f16]... [--via library|http]... [--fault-injection]
 #            [--cuda-lib-dir DIR] [--host-label LABEL] [--out FILE] [-- FILTER...]
@@ -71,6 +72,18 @@ fi
 echo "fixtures: $(wc -l < "$here/conformance/fixtures.lock") files match conformance/fixtures.lock"
 
 status=0
+# First the CUDA fast path's checks (worker/tests/cuda_*.rs): each kernel against the candle ops
+# it replaces, the fast engine against the candle engine.
+for check in "$here"/bin/cuda_*; do
+  [ -x "$check" ] || continue
+  name="$(basename "$check")"
+  if "$check" --nocapture --test-threads=1 2>&1 | tee "$results/$name.txt"; then
+    echo "$name: passed (results/$name.txt)"
+  else
+    echo "run.sh: $name failed (results/$name.txt)" >&2
+    status=1
+  fi
+done
 run_harness() { # binary, dtype, transport, results subfolder
   local dir="$results/$4"
   mkdir -p "$dir"

@@ -45,6 +45,7 @@ pub fn start(
                 backend: spec.backend,
                 device: 0,
                 dtype: spec.dtype,
+                engine: None,
             };
             let worker =
                 Worker::load(dir, options).map_err(|e| format!("cannot load the model: {e}"))?;

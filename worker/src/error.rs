@@ -34,6 +34,10 @@ pub enum Error {
     #[error("backend `{backend}`: {message}")]
     Backend { backend: String, message: String },
 
+    /// The engine asked for cannot run this model here.
+    #[error("engine `fast`: {0}")]
+    Engine(String),
+
     /// Generated token ids could not be turned into text.
     #[error("cannot decode the generated tokens: {0}")]
     Decode(String),

@@ -25,6 +25,7 @@ pub mod chat;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod fast;
 pub mod files;
 pub mod fixture;
 pub mod folder;

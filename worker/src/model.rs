@@ -105,6 +105,11 @@ pub struct Parsed {
 pub trait ModuleConfig: Send + Sync + fmt::Debug {
     fn load(&self, vb: VarBuilder<'static>) -> CandleResult<Box<dyn CausalLm>>;
 
+    /// The module as the CUDA fast path sees it, for the llama-family modules it covers.
+    fn llama_shape(&self) -> Option<crate::fast::shape::LlamaShape> {
+        None
+    }
+
     /// For the bench's plain candle baseline, which builds candle's module from the same
     /// settings.
     fn as_any(&self) -> &dyn Any;

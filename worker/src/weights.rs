@@ -12,6 +12,7 @@ use candle_nn::{Init, VarBuilder};
 
 use crate::checkpoint::{summarize_list, CheckpointSummary};
 use crate::error::{Error, Result};
+use crate::fast::LlamaShape;
 use crate::folder::{ModelFolder, Weights};
 use crate::model::{ArchConfig, CausalLm, ModuleConfig};
 
@@ -191,12 +192,12 @@ impl SimpleBackend for TrackingBackend {
 }
 
 /// Loads the SafeTensors checkpoint of `folder` onto `device` and builds the module `module`
-/// configures, failing unless it reads every tensor (but the harmless ones) with the right
-/// shape.
+/// configures, or the fast path of its shape when one is given, failing unless it reads every
+/// tensor (but the harmless ones) with the right shape.
 pub fn load_model(
     folder: &ModelFolder,
     arch: &ArchConfig,
-    module: &dyn ModuleConfig,
+    (module, fast_shape): (&dyn ModuleConfig, Option<&LlamaShape>),
     device: &Device,
     dtype: DType,
 ) -> Result<Box<dyn CausalLm>> {
@@ -213,7 +214,14 @@ pub fn load_model(
         dtype,
         device.clone(),
     );
-    let model = module.load(vb).map_err(|e| {
+    let built = match fast_shape {
+        #[cfg(feature = "cuda")]
+        Some(shape) => crate::fast::llama::load(vb, shape),
+        #[cfg(not(feature = "cuda"))]
+        Some(_) => unreachable!("fast::choose gives a shape only with the cuda feature"),
+        None => module.load(vb),
+    };
+    let model = built.map_err(|e| {
         Error::weights(
             root,
             format!("cannot build the {} model: {e}", arch.architecture),

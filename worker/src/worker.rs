@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::backend::{candle_dtype, open_device, Backend, Dtype};
 use crate::error::{Error, Result};
+use crate::fast::{self, Engine};
 use crate::files::{ModelFiles, ModelInfo, Module};
 use crate::folder::Weights;
 use crate::model::CausalLm;
@@ -28,6 +29,8 @@ pub struct LoadOptions {
     /// Device ordinal for `cuda`/`metal`.
     pub device: usize,
     pub dtype: Dtype,
+    /// The implementation to run; `None`: candle's (see `fast::choose`).
+    pub engine: Option<Engine>,
 }
 
 impl Default for LoadOptions {
@@ -36,6 +39,7 @@ impl Default for LoadOptions {
             backend: Backend::Cpu,
             device: 0,
             dtype: Dtype::F32,
+            engine: None,
         }
     }
 }
@@ -51,6 +55,7 @@ pub struct LoadTimings {
 
 pub struct Worker {
     model: Box<dyn CausalLm>,
+    engine: Engine,
     prompter: Arc<Prompter>,
     info: ModelInfo,
     options: LoadOptions,
@@ -75,15 +80,25 @@ impl Worker {
             );
         }
         let dtype = candle_dtype(options.dtype);
+        let module = match &files.module {
+            Module::SafeTensors(module) => Some(module.as_ref()),
+            Module::Gguf(_) => None,
+        };
+        let (engine, fast_shape) = fast::choose(options.engine, &device, module)?;
         let model = match (&files.module, &files.folder.weights) {
             (Module::Gguf(gguf), Weights::Gguf(path)) => gguf::load(path, *gguf, &device, dtype)?,
-            (Module::SafeTensors(module), _) => {
-                weights::load_model(&files.folder, &files.arch, module.as_ref(), &device, dtype)?
-            }
+            (Module::SafeTensors(module), _) => weights::load_model(
+                &files.folder,
+                &files.arch,
+                (module.as_ref(), fast_shape.as_ref()),
+                &device,
+                dtype,
+            )?,
             (Module::Gguf(_), _) => unreachable!("GGUF settings come from a GGUF file"),
         };
         let mut worker = Self {
             model,
+            engine,
             prompter: files.prompter,
             info: files.info,
             options,
@@ -116,6 +131,11 @@ impl Worker {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// The implementation that runs the model.
+    pub fn engine(&self) -> Engine {
+        self.engine
     }
 
     pub fn options(&self) -> &LoadOptions {

@@ -21,16 +21,25 @@ pub struct Args {
     pub cuda_compute_cap: Option<u32>,
 }
 
+/// The worker's tests that need a CUDA device: each fused kernel against candle's ops, and the
+/// fast engine against the candle engine.
+const CUDA_CHECKS: [&str; 2] = ["cuda_ops", "cuda_engine"];
+
 /// What a build produced.
 pub struct Built {
     pub worker: PathBuf,
     pub harness: PathBuf,
+    /// For cuda: the worker's checks of its CUDA fast path (`CUDA_CHECKS`), by test name.
+    pub cuda_checks: Vec<(&'static str, PathBuf)>,
 }
 
 pub fn run(args: &Args) -> Result<()> {
     let built = build(args, &[])?;
     println!("worker:  {}", built.worker.display());
     println!("harness: {}", built.harness.display());
+    for (name, path) in &built.cuda_checks {
+        println!("{name}: {}", path.display());
+    }
     Ok(())
 }
 
@@ -90,9 +99,17 @@ pub fn build(args: &Args, extra: &[&str]) -> Result<Built> {
     // One cargo invocation for both, so that they share one feature resolution: building the
     // binary apart (without the test dependencies) would compile candle a second time. The
     // worker's `cli` tests need its binary, which makes cargo build it here.
+    let cuda_checks: Vec<&str> = if args.backend == Backend::Cuda {
+        CUDA_CHECKS
+            .iter()
+            .flat_map(|name| ["--test", name])
+            .collect()
+    } else {
+        Vec::new()
+    };
     let messages = cmd!(
         sh,
-        "cargo test --no-run --message-format=json-render-diagnostics -p conformance --test conformance -p llm-worker-rbee --test cli {profile...} {feature_args...} --target-dir {target}"
+        "cargo test --no-run --message-format=json-render-diagnostics -p conformance --test conformance -p llm-worker-rbee --test cli {cuda_checks...} {profile...} {feature_args...} --target-dir {target}"
     )
     .read()?;
     let artifacts: Vec<serde_json::Value> = messages
@@ -109,7 +126,18 @@ pub fn build(args: &Args, extra: &[&str]) -> Result<Built> {
     };
     let worker = executable("llm-worker-rbee", "bin")?;
     let harness = executable("conformance", "test")?;
-    Ok(Built { worker, harness })
+    let cuda_checks = match args.backend {
+        Backend::Cuda => CUDA_CHECKS
+            .iter()
+            .map(|name| Ok((*name, executable(name, "test")?)))
+            .collect::<Result<_>>()?,
+        Backend::Cpu | Backend::Metal => Vec::new(),
+    };
+    Ok(Built {
+        worker,
+        harness,
+        cuda_checks,
+    })
 }
 
 /// Builds the release worker binary for `backend` and returns its path.

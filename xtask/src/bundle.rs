@@ -93,9 +93,16 @@ pub fn stage(
     };
     // The fault-injection build writes its worker binary over the same path, so the plain
     // binaries are copied before it runs.
-    let Built { worker, harness } = build::build(&build_args, &[])?;
+    let Built {
+        worker,
+        harness,
+        cuda_checks,
+    } = build::build(&build_args, &[])?;
     copy(&worker, "llm-worker-rbee")?;
     copy(&harness, "conformance")?;
+    for (name, path) in &cuda_checks {
+        copy(path, name)?;
+    }
     let faulty = build::build(&build_args, &["fault-injection"])?;
     copy(&faulty.harness, "conformance-fault-injection")?;
     let root = project_root();

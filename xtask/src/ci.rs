@@ -15,7 +15,8 @@ type Step = fn(&Shell) -> Result<()>;
 
 const STEPS: &[(&str, Step)] = &[
     ("formatting", |sh| {
-        Ok(cmd!(sh, "cargo fmt --all --check").run()?)
+        cmd!(sh, "cargo fmt --all --check").run()?;
+        crate::kernel_format::check(sh)
     }),
     ("clippy", |sh| {
         Ok(cmd!(

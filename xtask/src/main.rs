@@ -8,6 +8,7 @@ mod cuda;
 mod fixtures;
 mod harness;
 mod hosts;
+mod kernel_format;
 mod models;
 mod paths;
 mod reference;
@@ -15,6 +16,7 @@ mod results;
 mod snapshots;
 mod support_matrix;
 mod test;
+mod tools;
 mod workflow;
 
 use anyhow::Result;

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 use crate::config::{HfConfig, RopeDefaults, RopeKind, RopeScaling};
 use crate::error::Result;
+use crate::fast::{Heads, LlamaShape, QkvKind};
 use crate::fixture::{FixtureLayout, FixtureVariant, Geometry, TensorLayout, EOS};
 use crate::model::{ArchConfig, Architecture, CausalLm, Dims, ModuleConfig, Parsed, Window};
 use crate::modules::llama as llama_module;
@@ -130,6 +131,27 @@ impl ModuleConfig for Config {
             cache: empty_cache.clone(),
             empty_cache,
         }))
+    }
+
+    fn llama_shape(&self) -> Option<LlamaShape> {
+        let c = &self.0;
+        Some(LlamaShape {
+            hidden: c.hidden_size,
+            intermediate: c.intermediate_size,
+            vocab: c.vocab_size,
+            layers: c.num_hidden_layers,
+            heads: Heads {
+                heads: c.num_attention_heads,
+                kv_heads: c.num_key_value_heads,
+                head_dim: c.hidden_size / c.num_attention_heads,
+            },
+            rms_eps: c.rms_norm_eps,
+            inv_freq: llama_module::rope_frequencies(c),
+            max_positions: c.max_position_embeddings,
+            tie_embeddings: c.tie_word_embeddings,
+            window: None,
+            qkv: QkvKind::Plain,
+        })
     }
 
     fn as_any(&self) -> &dyn Any {

@@ -7,12 +7,14 @@
 use std::any::Any;
 
 use candle_core::{DType, Device, Module, Result as CandleResult, Tensor};
-use candle_nn::VarBuilder;
+use candle_nn::{Activation, VarBuilder};
 use candle_transformers::models::mistral as candle_mistral;
 use serde_json::{json, Value};
 
 use crate::config::{HfConfig, RopeDefaults};
 use crate::error::Result;
+use crate::fast::shape::default_inv_freq;
+use crate::fast::{Heads, LlamaShape, QkvKind};
 use crate::fixture::{FixtureLayout, FixtureVariant, Geometry, TensorLayout, EOS};
 use crate::model::{self, ArchConfig, Architecture, CausalLm, Dims, ModuleConfig, Parsed, Window};
 use crate::modules::mask;
@@ -140,6 +142,28 @@ impl ModuleConfig for Config {
             dtype: vb.dtype(),
             model: candle_mistral::Model::new(&self.module, vb)?,
         }))
+    }
+
+    fn llama_shape(&self) -> Option<LlamaShape> {
+        let c = &self.module;
+        let head_dim = c.head_dim.unwrap_or(c.hidden_size / c.num_attention_heads);
+        (c.hidden_act == Activation::Silu).then(|| LlamaShape {
+            hidden: c.hidden_size,
+            intermediate: c.intermediate_size,
+            vocab: c.vocab_size,
+            layers: c.num_hidden_layers,
+            heads: Heads {
+                heads: c.num_attention_heads,
+                kv_heads: c.num_key_value_heads,
+                head_dim,
+            },
+            rms_eps: c.rms_norm_eps,
+            inv_freq: default_inv_freq(c.rope_theta, head_dim),
+            max_positions: c.max_position_embeddings,
+            tie_embeddings: false,
+            window: self.window,
+            qkv: QkvKind::Plain,
+        })
     }
 
     fn as_any(&self) -> &dyn Any {

@@ -8,12 +8,14 @@
 use std::any::Any;
 
 use candle_core::{Result as CandleResult, Tensor};
-use candle_nn::VarBuilder;
+use candle_nn::{Activation, VarBuilder};
 use candle_transformers::models::qwen2 as candle_qwen2;
 use serde_json::{json, Value};
 
 use crate::config::{HfConfig, RopeDefaults};
 use crate::error::Result;
+use crate::fast::shape::default_inv_freq;
+use crate::fast::{Heads, LlamaShape, QkvKind};
 use crate::fixture::{
     AttentionTensors, FixtureLayout, FixtureVariant, Geometry, TensorLayout, ENDOFTEXT, IM_END,
 };
@@ -124,6 +126,28 @@ impl ModuleConfig for Config {
         Ok(Box::new(Model(candle_qwen2::ModelForCausalLM::new(
             &self.0, vb,
         )?)))
+    }
+
+    fn llama_shape(&self) -> Option<LlamaShape> {
+        let c = &self.0;
+        (c.hidden_act == Activation::Silu).then(|| LlamaShape {
+            hidden: c.hidden_size,
+            intermediate: c.intermediate_size,
+            vocab: c.vocab_size,
+            layers: c.num_hidden_layers,
+            heads: Heads {
+                heads: c.num_attention_heads,
+                kv_heads: c.num_key_value_heads,
+                head_dim: c.hidden_size / c.num_attention_heads,
+            },
+            rms_eps: c.rms_norm_eps,
+            inv_freq: default_inv_freq(c.rope_theta, c.hidden_size / c.num_attention_heads),
+            max_positions: c.max_position_embeddings,
+            tie_embeddings: c.tie_word_embeddings,
+            // The window limits the context instead (`use_sliding_window` is false).
+            window: None,
+            qkv: QkvKind::Bias,
+        })
     }
 
     fn as_any(&self) -> &dyn Any {

@@ -6,12 +6,14 @@
 use std::any::Any;
 
 use candle_core::{Result as CandleResult, Tensor};
-use candle_nn::VarBuilder;
+use candle_nn::{Activation, VarBuilder};
 use candle_transformers::models::qwen3 as candle_qwen3;
 use serde_json::{json, Value};
 
 use crate::config::{HfConfig, RopeDefaults};
 use crate::error::Result;
+use crate::fast::shape::default_inv_freq;
+use crate::fast::{Heads, LlamaShape, QkvKind};
 use crate::fixture::{
     AttentionTensors, FixtureLayout, FixtureVariant, Geometry, TensorLayout, ENDOFTEXT, IM_END,
 };
@@ -112,6 +114,27 @@ impl ModuleConfig for Config {
         Ok(Box::new(Model(candle_qwen3::ModelForCausalLM::new(
             &self.0, vb,
         )?)))
+    }
+
+    fn llama_shape(&self) -> Option<LlamaShape> {
+        let c = &self.0;
+        (c.hidden_act == Activation::Silu && !c.attention_bias).then(|| LlamaShape {
+            hidden: c.hidden_size,
+            intermediate: c.intermediate_size,
+            vocab: c.vocab_size,
+            layers: c.num_hidden_layers,
+            heads: Heads {
+                heads: c.num_attention_heads,
+                kv_heads: c.num_key_value_heads,
+                head_dim: c.head_dim,
+            },
+            rms_eps: c.rms_norm_eps,
+            inv_freq: default_inv_freq(c.rope_theta, c.head_dim),
+            max_positions: c.max_position_embeddings,
+            tie_embeddings: c.tie_word_embeddings,
+            window: None,
+            qkv: QkvKind::Norm,
+        })
     }
 
     fn as_any(&self) -> &dyn Any {

@@ -1,5 +1,6 @@
 //! The figures of a bench run, as its JSON holds them.
 
+use crate::fast::Engine;
 use serde::{Deserialize, Serialize};
 
 use super::device::{Bandwidth, DeviceMemory};
@@ -45,6 +46,9 @@ pub struct BenchReport {
     pub architecture: &'static dyn Architecture,
     pub backend: Backend,
     pub dtype: Dtype,
+    /// The implementation measured (absent from reports made before the fast engine: candle).
+    #[serde(default)]
+    pub engine: Engine,
     pub device: String,
     /// Seconds since the Unix epoch when the bench started.
     pub started_unix_s: u64,

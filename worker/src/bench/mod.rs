@@ -100,6 +100,8 @@ pub fn run(
         load.backend, load.dtype
     ));
     let mut worker = Worker::load(model_dir, load)?;
+    let engine = worker.engine();
+    log(&format!("engine: {engine}"));
     let load_timings = worker.load_timings().clone();
     let after_load_device = probe.memory_in_use();
     let after_load_rss = host_rss_now();
@@ -205,6 +207,7 @@ pub fn run(
         architecture: info.architecture,
         backend: load.backend,
         dtype: load.dtype,
+        engine,
         device: device_name,
         started_unix_s,
         load_ms: load_timings.load_ms,

@@ -136,6 +136,7 @@ mod tests {
             architecture: crate::arch::by_name("llama").unwrap(),
             backend: Backend::Cuda,
             dtype: Dtype::Bf16,
+            engine: crate::fast::Engine::Fast,
             device: "d".into(),
             started_unix_s: 0,
             load_ms: 0.0,

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
+use llm_worker_rbee::fast::Engine;
 use llm_worker_rbee::{Backend, Dtype, LoadOptions};
 
 #[derive(Args)]
@@ -33,6 +34,11 @@ pub struct DeviceArgs {
     /// Floating-point type for weights and activations. On CPU, bf16 is far slower than f32.
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
     pub dtype: Dtype,
+    /// The implementation to run: `candle` (candle's modules; everything) or `fast` (fused
+    /// CUDA kernels and a CUDA graph; CUDA, the llama family from SafeTensors) [default:
+    /// candle].
+    #[arg(long, value_enum)]
+    pub engine: Option<Engine>,
 }
 
 impl DeviceArgs {
@@ -41,6 +47,7 @@ impl DeviceArgs {
             backend: self.backend,
             device: self.device,
             dtype: self.dtype,
+            engine: self.engine,
         }
     }
 }

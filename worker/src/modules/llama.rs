@@ -68,36 +68,41 @@ fn default_inv_freq(cfg: &Config) -> Vec<f32> {
         .collect()
 }
 
+/// The rotary frequencies of candle's `llama::Cache` (llama3 scaling applied).
+pub fn rope_frequencies(config: &Config) -> Vec<f32> {
+    match &config.rope_scaling {
+        None
+        | Some(Llama3RopeConfig {
+            rope_type: Llama3RopeType::Default,
+            ..
+        }) => default_inv_freq(config),
+        Some(scaling) => {
+            let original = scaling.original_max_position_embeddings as f32;
+            let low_freq_wavelen = original / scaling.low_freq_factor;
+            let high_freq_wavelen = original / scaling.high_freq_factor;
+            default_inv_freq(config)
+                .into_iter()
+                .map(|freq| {
+                    let wavelen = 2. * PI / freq;
+                    if wavelen < high_freq_wavelen {
+                        freq
+                    } else if wavelen > low_freq_wavelen {
+                        freq / scaling.factor
+                    } else {
+                        let smooth = (original / wavelen - scaling.low_freq_factor)
+                            / (scaling.high_freq_factor - scaling.low_freq_factor);
+                        (1. - smooth) * freq / scaling.factor + smooth * freq
+                    }
+                })
+                .collect()
+        }
+    }
+}
+
 impl Cache {
     /// As candle's `llama::Cache::new`, the same tables.
     pub fn new(dtype: DType, config: &Config, device: &Device) -> Result<Self> {
-        let theta = match &config.rope_scaling {
-            None
-            | Some(Llama3RopeConfig {
-                rope_type: Llama3RopeType::Default,
-                ..
-            }) => default_inv_freq(config),
-            Some(scaling) => {
-                let original = scaling.original_max_position_embeddings as f32;
-                let low_freq_wavelen = original / scaling.low_freq_factor;
-                let high_freq_wavelen = original / scaling.high_freq_factor;
-                default_inv_freq(config)
-                    .into_iter()
-                    .map(|freq| {
-                        let wavelen = 2. * PI / freq;
-                        if wavelen < high_freq_wavelen {
-                            freq
-                        } else if wavelen > low_freq_wavelen {
-                            freq / scaling.factor
-                        } else {
-                            let smooth = (original / wavelen - scaling.low_freq_factor)
-                                / (scaling.high_freq_factor - scaling.low_freq_factor);
-                            (1. - smooth) * freq / scaling.factor + smooth * freq
-                        }
-                    })
-                    .collect()
-            }
-        };
+        let theta = rope_frequencies(config);
         let theta = Tensor::new(theta, device)?;
         let positions = config.max_position_embeddings;
         let idx_theta = Tensor::arange(0, positions as u32, device)?
