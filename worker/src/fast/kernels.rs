@@ -85,10 +85,6 @@ impl Kernels {
         }
     }
 
-    pub fn device(&self) -> &CudaDevice {
-        &self.device
-    }
-
     fn function<T: Element>(&self, name: &str) -> Result<CudaFunction> {
         let name = format!("{name}_{}", T::SUFFIX);
         Ok(self

@@ -15,7 +15,7 @@ use candle_core::cuda_backend::cudarc::driver::sys::{
 use candle_core::cuda_backend::cudarc::driver::{CudaGraph, CudaSlice, CudaStream, CudaView};
 use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage, WrapErr};
 use candle_core::op::BackpropOp;
-use candle_core::{DType, Device, Result, Storage, Tensor};
+use candle_core::{DType, Result, Storage, Tensor};
 use candle_nn::VarBuilder;
 
 use super::kernels::{splits, Element, Kernels, QkvExtra};
@@ -93,7 +93,6 @@ where
     CudaBlas: Gemm<T>,
 {
     shape: LlamaShape,
-    device: Device,
     cuda: CudaDevice,
     stream: Arc<CudaStream>,
     kernels: Kernels,
@@ -268,7 +267,6 @@ where
             stream: cuda.cuda_stream(),
             kernels: Kernels::new(&cuda),
             blas: cuda.cublas_handle(),
-            device,
             cuda,
             embed,
             lm_head,
@@ -567,15 +565,5 @@ where
     fn reset(&mut self) -> Result<()> {
         // Positions are overwritten before they are read: nothing to clear.
         Ok(())
-    }
-}
-
-impl<T: FastElement> FastLlama<T>
-where
-    CudaBlas: Gemm<T>,
-{
-    /// The device the model runs on.
-    pub fn device(&self) -> &Device {
-        &self.device
     }
 }

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::model::ModuleConfig;
 
 #[cfg(feature = "cuda")]
-pub use kernels::{Element, Kernels, QkvExtra, ATTENTION_CHUNK};
+pub use kernels::{Element, Kernels, QkvExtra};
 pub use shape::{Heads, LlamaShape, QkvKind};
 
 /// Which implementation runs a model's forward pass.
