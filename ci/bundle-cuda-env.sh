@@ -23,7 +23,7 @@ if [ "$BACKEND" = cuda ]; then
   lib_path="$(printf '%s\n' "${found[@]}" | awk '!seen[$0]++' | paste -sd: -)"
   export LD_LIBRARY_PATH="$lib_path${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   echo "CUDA libraries from: $lib_path"
-  if ldd "$here/bin/llm-worker-rbee" "$here/bin/conformance" | grep 'not found'; then
+  if ldd "$here"/bin/* | grep 'not found'; then
     echo "$(basename "$0"): the binaries have unresolved libraries (above)" >&2
     exit 1
   fi

@@ -69,9 +69,14 @@ __device__ float block_max(float v) {
   return warp_max(v);
 }
 
+// Values of a row each thread of the row kernels keeps in registers: rows of up to
+// ROW_VALUES * blockDim.x values, read once.
+#define ROW_VALUES 16
+
 // One block per row of `hidden` values. With `residual`: residual += x, rounded to T as candle's
 // add is (the residual stream, updated in place), and the norm is of that sum.
-// out = v * rsqrt(mean(v^2) + eps) * weight, as candle's rmsnorm kernel computes it.
+// out = v * rsqrt(mean(v^2) + eps) * weight, as candle's rmsnorm kernel computes it. Every load
+// is issued before the one reduction, so a single row (decode) costs one memory round trip.
 template <typename T>
 __device__ void rms_norm(const T* x, T* residual, T* out, const T* weight, int hidden, float eps) {
   const size_t row = blockIdx.x;
@@ -80,21 +85,34 @@ __device__ void rms_norm(const T* x, T* residual, T* out, const T* weight, int h
   if (residual != nullptr) {
     residual += row * hidden;
   }
+  float values[ROW_VALUES];
+  float weights[ROW_VALUES];
   float squares = 0.0f;
-  for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
-    float v = to_f32(x[i]);
-    if (residual != nullptr) {
-      const T sum = from_f32<T>(v + to_f32(residual[i]));
-      residual[i] = sum;
-      v = to_f32(sum);
+#pragma unroll
+  for (int k = 0; k < ROW_VALUES; ++k) {
+    const int i = threadIdx.x + k * blockDim.x;
+    values[k] = 0.0f;
+    weights[k] = 0.0f;
+    if (i < hidden) {
+      float v = to_f32(x[i]);
+      if (residual != nullptr) {
+        const T sum = from_f32<T>(v + to_f32(residual[i]));
+        residual[i] = sum;
+        v = to_f32(sum);
+      }
+      values[k] = v;
+      weights[k] = to_f32(weight[i]);
+      squares += v * v;
     }
-    squares += v * v;
   }
   squares = block_sum(squares);
   const float scale = rsqrtf(squares / hidden + eps);
-  const T* source = residual != nullptr ? residual : x;
-  for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
-    out[i] = from_f32<T>(scale * to_f32(source[i]) * to_f32(weight[i]));
+#pragma unroll
+  for (int k = 0; k < ROW_VALUES; ++k) {
+    const int i = threadIdx.x + k * blockDim.x;
+    if (i < hidden) {
+      out[i] = from_f32<T>(scale * values[k] * weights[k]);
+    }
   }
 }
 
@@ -246,23 +264,25 @@ __device__ void attention_split(const T* q, const T* k_cache, const T* v_cache, 
 }
 
 // Attention, second pass: block (h, t) merges the splits of head h of token t into out
-// (tokens, heads, head_dim), rounded to T once.
+// (tokens, heads, head_dim), rounded to T once. Splits past the token's length hold nothing
+// (max -inf, sum 0) and are skipped.
 template <typename T>
 __device__ void attention_combine(const float* partial_out, const float* partial_max_sum, T* out,
-                                  int splits, int head_dim) {
+                                  const int* len, int splits, int head_dim) {
   const int row = blockIdx.y * gridDim.x + blockIdx.x;
   const float* max_sum = partial_max_sum + (size_t)row * splits * 2;
+  const int used = min(splits, (len[0] + (int)blockIdx.y + ATTENTION_CHUNK - 1) / ATTENTION_CHUNK);
   float max = -INFINITY;
-  for (int s = 0; s < splits; ++s) {
+  for (int s = 0; s < used; ++s) {
     max = fmaxf(max, max_sum[2 * s]);
   }
   float total = 0.0f;
-  for (int s = 0; s < splits; ++s) {
+  for (int s = 0; s < used; ++s) {
     total += max_sum[2 * s + 1] * __expf(max_sum[2 * s] - max);
   }
   for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
     float acc = 0.0f;
-    for (int s = 0; s < splits; ++s) {
+    for (int s = 0; s < used; ++s) {
       const float weight = __expf(max_sum[2 * s] - max);
       acc += partial_out[((size_t)row * splits + s) * head_dim + d] * weight;
     }
@@ -285,6 +305,43 @@ __device__ void silu_mul(const T* gate_up, T* out, int rows, int inter) {
   }
 }
 
+// y (outputs) = w (outputs, inputs) x (inputs), one token's product: one warp per output row,
+// GEMV_ROWS rows per block, weights read in 16-byte loads when rows and pointers allow it, f32
+// accumulation, rounded to T once. At one token cuBLAS's GEMM kernels leave much of the memory
+// bandwidth unused and add a split-K reduction.
+#define GEMV_ROWS 4
+template <typename T>
+__device__ void gemv(const T* w, const T* x, T* y, int inputs, int outputs) {
+  const int lane = threadIdx.x & 31;
+  const int row = blockIdx.x * GEMV_ROWS + (threadIdx.x >> 5);
+  if (row >= outputs) {
+    return;
+  }
+  const T* weights = w + (size_t)row * inputs;
+  constexpr int V = 16 / sizeof(T);
+  const bool aligned = inputs % V == 0 && ((uintptr_t)w | (uintptr_t)x) % 16 == 0;
+  const int vectors = aligned ? inputs / V : 0;
+  float acc = 0.0f;
+#pragma unroll 4
+  for (int j = lane; j < vectors; j += 32) {
+    const uint4 packed_w = reinterpret_cast<const uint4*>(weights)[j];
+    const uint4 packed_x = reinterpret_cast<const uint4*>(x)[j];
+    const T* ws = reinterpret_cast<const T*>(&packed_w);
+    const T* xs = reinterpret_cast<const T*>(&packed_x);
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      acc += to_f32(ws[k]) * to_f32(xs[k]);
+    }
+  }
+  for (int i = vectors * V + lane; i < inputs; i += 32) {
+    acc += to_f32(weights[i]) * to_f32(x[i]);
+  }
+  acc = warp_sum(acc);
+  if (lane == 0) {
+    y[row] = from_f32<T>(acc);
+  }
+}
+
 // out (tokens, hidden): the rows of `table` that `ids` name.
 template <typename T>
 __device__ void embedding(const T* table, const uint32_t* ids, T* out, int hidden) {
@@ -296,9 +353,10 @@ __device__ void embedding(const T* table, const uint32_t* ids, T* out, int hidde
 }
 
 // One block: out[0] = the index of the largest of n logits, the lowest index among equals (as
-// the worker's greedy sampler picks).
+// the worker's greedy sampler picks); then pos_len's position and length (two ints) advance by
+// one, so a replayed decode step runs the chosen token at the next position.
 template <typename T>
-__device__ void argmax(const T* logits, uint32_t* out, int n) {
+__device__ void argmax(const T* logits, uint32_t* out, int* pos_len, int n) {
   __shared__ float best_values[32];
   __shared__ uint32_t best_indices[32];
   float best = -INFINITY;
@@ -333,6 +391,8 @@ __device__ void argmax(const T* logits, uint32_t* out, int n) {
       }
     }
     out[0] = index;
+    pos_len[0] += 1;
+    pos_len[1] += 1;
   }
 }
 
@@ -372,18 +432,24 @@ __device__ void argmax(const T* logits, uint32_t* out, int n) {
                        head_dim, capacity, window, scale);                                         \
   }                                                                                                \
   extern "C" __global__ void attention_combine_##SUFFIX(                                           \
-      const float* partial_out, const float* partial_max_sum, T* out, int splits, int head_dim) {  \
-    attention_combine<T>(partial_out, partial_max_sum, out, splits, head_dim);                     \
+      const float* partial_out, const float* partial_max_sum, T* out, const int* len, int splits,  \
+      int head_dim) {                                                                              \
+    attention_combine<T>(partial_out, partial_max_sum, out, len, splits, head_dim);                \
   }                                                                                                \
   extern "C" __global__ void silu_mul_##SUFFIX(const T* gate_up, T* out, int rows, int inter) {    \
     silu_mul<T>(gate_up, out, rows, inter);                                                        \
+  }                                                                                                \
+  extern "C" __global__ void gemv_##SUFFIX(const T* w, const T* x, T* y, int inputs,               \
+                                           int outputs) {                                          \
+    gemv<T>(w, x, y, inputs, outputs);                                                             \
   }                                                                                                \
   extern "C" __global__ void embedding_##SUFFIX(const T* table, const uint32_t* ids, T* out,       \
                                                 int hidden) {                                      \
     embedding<T>(table, ids, out, hidden);                                                         \
   }                                                                                                \
-  extern "C" __global__ void argmax_##SUFFIX(const T* logits, uint32_t* out, int n) {              \
-    argmax<T>(logits, out, n);                                                                     \
+  extern "C" __global__ void argmax_##SUFFIX(const T* logits, uint32_t* out, int* pos_len,         \
+                                             int n) {                                              \
+    argmax<T>(logits, out, pos_len, n);                                                            \
   }
 
 DECODE_KERNELS(float, f32)

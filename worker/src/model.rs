@@ -121,6 +121,14 @@ pub trait CausalLm: Send {
     /// and returns the logits of the last position, in the module's shape and dtype.
     fn forward(&mut self, ids: &Tensor, offset: usize) -> CandleResult<Tensor>;
 
+    /// Greedy decoding's next token, for a model that picks it where its logits are: runs `ids`
+    /// at `offset` as [`Self::forward`] does and returns the index of the largest last logit,
+    /// the lowest among equal ones. `None`, having run nothing, when the model does not pick;
+    /// the caller then takes the logits.
+    fn forward_greedy(&mut self, _ids: &[u32], _offset: usize) -> CandleResult<Option<u32>> {
+        Ok(None)
+    }
+
     /// Empties the KV cache, so that the next forward starts at position 0.
     fn reset(&mut self) -> CandleResult<()>;
 }

@@ -272,6 +272,13 @@ pub fn load_model(
             ),
         ));
     }
+    drop(read);
+    drop(tracker);
+    #[cfg(feature = "cuda")]
+    if fast_shape.is_some() {
+        crate::fast::llama::release_pool_memory(device)
+            .map_err(|e| Error::weights(root, format!("cannot release load memory: {e}")))?;
+    }
     Ok(model)
 }
 

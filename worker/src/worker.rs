@@ -196,22 +196,32 @@ impl Worker {
         let (request, prompt_ids) = (prepared.request(), prepared.prompt_ids());
         let codec = prompter.codec();
         let mut sampler = LogitsProcessor::from_sampling(request.seed, sampling(request));
-        let mut text = IncrementalText::new(codec);
-        let mut token_ids: Vec<u32> = Vec::with_capacity(request.max_tokens);
-        let started = Instant::now();
-        let mut logits = forward(model.as_mut(), device, prompt_ids, 0)?;
-        let mut prefill_ms = 0.0;
-        let stop_reason = loop {
+        let greedy = is_greedy(request);
+        // The next token after `ids` at `offset`, `generated` so far.
+        let mut choose = |ids: &[u32], offset: usize, generated: &[u32]| -> Result<u32> {
+            if greedy && request.repeat_penalty.is_none() {
+                if let Some(id) = model.forward_greedy(ids, offset)? {
+                    return Ok(id);
+                }
+            }
+            let mut logits = forward(model.as_mut(), device, ids, offset)?;
             if let Some(penalty) = request.repeat_penalty {
-                let context: Vec<u32> = prompt_ids.iter().chain(&token_ids).copied().collect();
+                let context: Vec<u32> = prompt_ids.iter().chain(generated).copied().collect();
                 logits =
                     candle_transformers::utils::apply_repeat_penalty(&logits, penalty, &context)?;
             }
-            let id = if is_greedy(request) {
+            Ok(if greedy {
                 argmax(&logits)?
             } else {
                 sampler.sample(&logits)?
-            };
+            })
+        };
+        let mut text = IncrementalText::new(codec);
+        let mut token_ids: Vec<u32> = Vec::with_capacity(request.max_tokens);
+        let started = Instant::now();
+        let mut id = choose(prompt_ids, 0, &[])?;
+        let mut prefill_ms = 0.0;
+        let stop_reason = loop {
             let index = token_ids.len();
             token_ids.push(id);
             if index == 0 {
@@ -235,7 +245,7 @@ impl Worker {
             if full {
                 break StopReason::MaxTokens;
             }
-            logits = forward(model.as_mut(), device, &[id], prompt_ids.len() + index)?;
+            id = choose(&[id], prompt_ids.len() + index, &token_ids)?;
         };
         let total_ms = elapsed_ms(started);
         let decode_ms = total_ms - prefill_ms;

@@ -2,7 +2,8 @@
 //! 1,100-token prompt with 256 greedy tokens and of a short prompt, the tokens those of the f32
 //! candle engine: in f32 the logits within an NMSE bound of the candle engine's and the same
 //! greedy tokens; in bf16 and f16 the fast engine no further from the f32 logits than the candle
-//! engine in the same dtype (up to `SLACK`). Needs a CUDA device:
+//! engine in the same dtype (up to `SLACK`); in every dtype its greedy tokens, picked on the
+//! device, those the host picks from its logits. Needs a CUDA device:
 //! `cargo test -p llm-worker-rbee --features cuda --test cuda_engine -- --nocapture` prints the
 //! distances.
 #![cfg(feature = "cuda")]
@@ -77,6 +78,15 @@ fn nmse(ours: &[f32], reference: &[f32]) -> f64 {
     error / norm.max(f64::MIN_POSITIVE)
 }
 
+/// The index of the largest value, the lowest among equal ones.
+fn argmax(values: &[f32]) -> u32 {
+    let best = values
+        .iter()
+        .enumerate()
+        .fold(0, |best, (i, v)| if *v > values[best] { i } else { best });
+    best as u32
+}
+
 /// The largest per-step NMSE of `ours` from `reference`, and its step.
 fn largest(ours: &[Vec<f32>], reference: &[Vec<f32>]) -> (usize, f64) {
     assert_eq!(ours.len(), reference.len());
@@ -123,6 +133,12 @@ fn fast_engine_logits_follow_the_candle_engine_at_every_step() {
                     format!("{dtype:?}"),
                     prompt.len(),
                 );
+                // Greedy tokens picked on the device, the decode step replayed on the inputs its
+                // own argmax left: those the host picks from the same engine's logits.
+                let picked = greedy(&mut fast, prompt, *steps);
+                let logits = fast.step_logits(prompt, &picked).unwrap();
+                let host: Vec<u32> = logits[..picked.len()].iter().map(|l| argmax(l)).collect();
+                assert_eq!(picked, host, "{id} {dtype:?} {name}: device greedy tokens");
                 if dtype == Dtype::F32 {
                     assert!(
                         apart <= bound(dtype),

@@ -143,7 +143,7 @@ fn rms_norm_and_add_rms_norm_match_candle() {
         let (device, cuda) = device();
         let kernels = Kernels::new(&cuda);
         let eps = 1e-5;
-        for &hidden in &[896, 4096] {
+        for &hidden in &[64, 896, 2048, 4096, 16_384] {
             for &rows in TOKENS {
                 let shape = format!("rows {rows} hidden {hidden}");
                 let n = rows * hidden;
@@ -501,6 +501,64 @@ fn silu_mul_matches_candle_silu_times_up() {
 }
 
 #[test]
+fn gemv_matches_candle_matmul_at_one_token() {
+    fn run<T: Element + WithDType>() {
+        let (device, cuda) = device();
+        let kernels = Kernels::new(&cuda);
+        // (width, outputs): the products of tinyllama-1.1b, qwen2.5-0.5b and mistral-7b, a
+        // fixture's, and widths the 16-byte loads cannot take (then read one value at a time).
+        let products = [
+            (2048, 2560),
+            (2048, 11_264),
+            (5632, 2048),
+            (2048, 32_000),
+            (896, 1152),
+            (4864, 896),
+            (4096, 6144),
+            (14_336, 4096),
+            (64, 96),
+            (100, 7),
+            (37, 33),
+        ];
+        for (width, outputs) in products {
+            // x at the start of its buffer, then one value in: the kernel's loads must not
+            // assume an aligned x.
+            for x_offset in [0, 1] {
+                let shape = format!("in {width} out {outputs} x offset {x_offset}");
+                let (w, w_dev) = inputs::<T>(
+                    &device,
+                    &cuda,
+                    &random(outputs * width, 12),
+                    &[outputs, width],
+                );
+                let (x, x_dev) =
+                    inputs::<T>(&device, &cuda, &random(width + 1, 13), &[1, width + 1]);
+                let x = x.narrow(1, x_offset, width).unwrap();
+                let mut y = output::<T>(&cuda, outputs);
+                kernels
+                    .gemv(
+                        &w_dev.as_view(),
+                        &x_dev.slice(x_offset..x_offset + width),
+                        &mut y.as_view_mut(),
+                        width,
+                        outputs,
+                    )
+                    .unwrap();
+                let reference = x.matmul(&w.t().unwrap()).unwrap();
+                check(
+                    "gemv",
+                    T::DTYPE,
+                    &shape,
+                    &download(&cuda, &y),
+                    &values(&reference),
+                );
+            }
+        }
+    }
+    for_each_dtype(|dtype| typed!(dtype, run));
+}
+
+#[test]
 fn embedding_gathers_the_rows_candle_gathers() {
     fn run<T: Element + WithDType>() {
         let (device, cuda) = device();
@@ -536,7 +594,7 @@ fn embedding_gathers_the_rows_candle_gathers() {
 }
 
 #[test]
-fn argmax_picks_the_lowest_index_of_the_largest_logit() {
+fn argmax_picks_the_lowest_index_of_the_largest_logit_and_advances_the_position() {
     fn run<T: Element + WithDType>() {
         let (_, cuda) = device();
         let kernels = Kernels::new(&cuda);
@@ -555,10 +613,18 @@ fn argmax_picks_the_lowest_index_of_the_largest_logit() {
                         .fold(0, |best, (i, v)| if *v > rounded[best] { i } else { best });
                 let logits_dev = cuda.clone_htod(&host).unwrap();
                 let mut out = output::<u32>(&cuda, 1);
+                let mut pos_len = cuda.clone_htod(&[7i32, 8]).unwrap();
                 kernels
-                    .argmax(&logits_dev.as_view(), &mut out.as_view_mut(), vocab)
+                    .argmax(
+                        &logits_dev.as_view(),
+                        &mut out.as_view_mut(),
+                        &mut pos_len.as_view_mut(),
+                        vocab,
+                    )
                     .unwrap();
                 let got = cuda.clone_dtoh(&out).unwrap()[0] as usize;
+                // The decode step's position and length, advanced for the next step.
+                assert_eq!(cuda.clone_dtoh(&pos_len).unwrap(), [8, 9]);
                 assert_eq!(
                     got,
                     expected,

@@ -1,5 +1,6 @@
 //! Targets for bench figures (ci/bench/targets.toml): each names the runs it applies to
-//! (backend, dtype, optionally a shape), a figure and a bound; `check` says which are met.
+//! (backend, dtype, optionally a shape, an engine and a prompt length), a figure and a bound;
+//! `check` says which are met.
 
 use std::path::Path;
 
@@ -8,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::figures::BenchReport;
 use crate::backend::{Backend, Dtype};
 use crate::error::{Error, Result};
+use crate::fast::Engine;
 use crate::synth::shape::Shape;
 
 #[derive(Debug, Deserialize)]
@@ -25,6 +27,11 @@ pub struct Target {
     pub dtype: Dtype,
     /// Only for a model of this shape; any model when absent.
     pub shape: Option<Shape>,
+    /// Only for runs of this engine; any engine when absent.
+    pub engine: Option<Engine>,
+    /// The figure of the run with this prompt length; the worst run's when absent. A report
+    /// without that run misses the target.
+    pub prompt_len: Option<usize>,
     pub figure: Figure,
     pub min: Option<f64>,
     pub max: Option<f64>,
@@ -35,6 +42,8 @@ pub struct Target {
 pub enum Figure {
     /// The smallest roofline fraction over the runs (prompt lengths).
     RooflineFraction,
+    /// The smallest median decode tokens/s over the runs.
+    DecodeTokensPerS,
     /// Steady host RSS over the weights in f32 plus the KV cache.
     RssOverWeightsAndKv,
     /// The worker's decode speed over the plain candle loop's.
@@ -78,9 +87,10 @@ pub fn check(report: &BenchReport, targets: &[Target]) -> Vec<Verdict> {
             t.backend == report.backend
                 && t.dtype == report.dtype
                 && t.shape.is_none_or(|s| report.shape == Some(s))
+                && t.engine.is_none_or(|e| report.engine == e)
         })
         .map(|t| {
-            let value = figure(report, t.figure);
+            let value = figure(report, t.figure, t.prompt_len);
             let (met, bound) = match (t.min, t.max) {
                 (Some(min), _) => (value.is_some_and(|v| v >= min), format!(">= {min}")),
                 (_, Some(max)) => (value.is_some_and(|v| v <= max), format!("<= {max}")),
@@ -96,14 +106,17 @@ pub fn check(report: &BenchReport, targets: &[Target]) -> Vec<Verdict> {
         .collect()
 }
 
-fn figure(report: &BenchReport, figure: Figure) -> Option<f64> {
+fn figure(report: &BenchReport, figure: Figure, prompt_len: Option<usize>) -> Option<f64> {
+    let runs = report
+        .runs
+        .iter()
+        .filter(|r| prompt_len.is_none_or(|p| r.prompt_len == p));
+    let worst = |values: Option<Vec<f64>>| values.and_then(|v| v.into_iter().reduce(f64::min));
     match figure {
-        Figure::RooflineFraction => report
-            .runs
-            .iter()
-            .map(|r| r.roofline_fraction)
-            .collect::<Option<Vec<f64>>>()
-            .and_then(|v| v.into_iter().reduce(f64::min)),
+        Figure::RooflineFraction => worst(runs.map(|r| r.roofline_fraction).collect()),
+        Figure::DecodeTokensPerS => {
+            worst(Some(runs.map(|r| r.decode_tokens_per_s.median).collect()))
+        }
         Figure::RssOverWeightsAndKv => {
             let rss = report.host_rss?;
             Some(rss.steady as f64 / (report.parameters * 4 + report.kv_cache_bytes) as f64)
@@ -117,15 +130,17 @@ mod tests {
     use super::*;
     use crate::bench::figures::{BaselineFigures, HostRss, RunFigures, Spread};
 
+    /// A fast-engine report with runs at prompts 128 and 2048 of these roofline fractions,
+    /// decoding 400 and 300 tokens/s.
     fn report(roofline: [f64; 2]) -> BenchReport {
         let spread = Spread::of(&[1.0]);
-        let run = |fraction| RunFigures {
-            prompt_len: 128,
+        let run = |prompt_len, fraction, decode| RunFigures {
+            prompt_len,
             gen: 128,
             reps: 3,
             ttft_ms: spread,
             prefill_tokens_per_s: spread,
-            decode_tokens_per_s: spread,
+            decode_tokens_per_s: Spread::of(&[decode]),
             bytes_per_token: 1,
             achieved_bytes_per_s: 1.0,
             roofline_fraction: Some(fraction),
@@ -151,7 +166,7 @@ mod tests {
             }),
             device_memory: None,
             peak_bandwidth: None,
-            runs: vec![run(roofline[0]), run(roofline[1])],
+            runs: vec![run(128, roofline[0], 400.0), run(2048, roofline[1], 300.0)],
             baseline: Some(BaselineFigures {
                 module: "x".into(),
                 prompt_len: 128,
@@ -224,6 +239,79 @@ mod tests {
         assert_eq!(verdicts[0].value, Some(0.20));
         let verdicts = check(&report([0.30, 0.26]), &targets);
         assert!(verdicts[0].met, "{verdicts:?}");
+    }
+
+    #[test]
+    fn a_target_may_name_the_engine_and_the_prompt_length() {
+        let targets = targets(
+            r#"
+            [[targets]]
+            what = "fast at 128"
+            backend = "cuda"
+            dtype = "bf16"
+            engine = "fast"
+            prompt_len = 128
+            figure = "roofline_fraction"
+            min = 0.25
+
+            [[targets]]
+            what = "fast at 2048"
+            backend = "cuda"
+            dtype = "bf16"
+            engine = "fast"
+            prompt_len = 2048
+            figure = "roofline_fraction"
+            min = 0.25
+
+            [[targets]]
+            what = "candle"
+            backend = "cuda"
+            dtype = "bf16"
+            engine = "candle"
+            figure = "roofline_fraction"
+            min = 0.0
+
+            [[targets]]
+            what = "decode"
+            backend = "cuda"
+            dtype = "bf16"
+            figure = "decode_tokens_per_s"
+            min = 350.0
+
+            [[targets]]
+            what = "decode at 128"
+            backend = "cuda"
+            dtype = "bf16"
+            prompt_len = 128
+            figure = "decode_tokens_per_s"
+            min = 350.0
+
+            [[targets]]
+            what = "a prompt not run"
+            backend = "cuda"
+            dtype = "bf16"
+            prompt_len = 512
+            figure = "roofline_fraction"
+            min = 0.0
+            "#,
+        )
+        .unwrap();
+        let verdicts = check(&report([0.30, 0.20]), &targets);
+        let outcome: Vec<(&str, Option<f64>, bool)> = verdicts
+            .iter()
+            .map(|v| (v.what.as_str(), v.value, v.met))
+            .collect();
+        // The candle-engine target does not apply to a fast-engine report.
+        assert_eq!(
+            outcome,
+            [
+                ("fast at 128", Some(0.30), true),
+                ("fast at 2048", Some(0.20), false),
+                ("decode", Some(300.0), false),
+                ("decode at 128", Some(400.0), true),
+                ("a prompt not run", None, false),
+            ]
+        );
     }
 
     #[test]

@@ -21,6 +21,9 @@ const MODULE: &str = "llm_worker_rbee_decode";
 /// Positions one block of the split attention covers (`ATTENTION_CHUNK` in decode.cu).
 pub const ATTENTION_CHUNK: usize = 256;
 
+/// Output rows per block of the one-token product, a warp each (`GEMV_ROWS` in decode.cu).
+const GEMV_ROWS: usize = 4;
+
 /// Threads per block of the row kernels: enough to keep a row's loads in flight.
 const ROW_THREADS: u32 = 256;
 
@@ -73,6 +76,26 @@ fn int(n: usize, what: &str) -> Result<i32> {
     i32::try_from(n).map_err(|_| candle_core::Error::Msg(format!("{what} {n} is over i32")))
 }
 
+/// Values of a row each thread of the norm kernels holds (`ROW_VALUES` in decode.cu).
+const ROW_VALUES: usize = 16;
+
+/// The norm kernels' launch over `rows` rows of `hidden`: two values a thread where the row
+/// allows, up to 1,024 threads, which hold at most `ROW_VALUES` values each.
+fn norm_config(rows: usize, hidden: usize) -> Result<LaunchConfig> {
+    let threads = hidden.div_ceil(2).next_multiple_of(32).clamp(32, 1024);
+    if hidden > threads * ROW_VALUES {
+        candle_core::bail!(
+            "hidden {hidden} is over the {} the norm kernels hold",
+            threads * ROW_VALUES
+        );
+    }
+    Ok(LaunchConfig {
+        grid_dim: (blocks(rows, "rows")?, 1, 1),
+        block_dim: (threads as u32, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
 fn blocks(n: usize, what: &str) -> Result<u32> {
     u32::try_from(n).map_err(|_| candle_core::Error::Msg(format!("{what} {n} is over u32")))
 }
@@ -105,11 +128,7 @@ impl Kernels {
     ) -> Result<()> {
         let f = self.function::<T>("rms_norm")?;
         let hidden = int(hidden, "hidden")?;
-        let config = LaunchConfig {
-            grid_dim: (blocks(rows, "rows")?, 1, 1),
-            block_dim: (ROW_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let config = norm_config(rows, hidden as usize)?;
         let mut b = self.stream.launch_builder(&f);
         b.arg(x).arg(out).arg(weight).arg(&hidden).arg(&eps);
         // SAFETY: the arguments match the kernel's signature in decode.cu.
@@ -132,11 +151,7 @@ impl Kernels {
     ) -> Result<()> {
         let f = self.function::<T>("add_rms_norm")?;
         let hidden = int(hidden, "hidden")?;
-        let config = LaunchConfig {
-            grid_dim: (blocks(rows, "rows")?, 1, 1),
-            block_dim: (ROW_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let config = norm_config(rows, hidden as usize)?;
         let mut b = self.stream.launch_builder(&f);
         b.arg(x)
             .arg(residual)
@@ -278,6 +293,7 @@ impl Kernels {
         b.arg(&mut *partial_out)
             .arg(&mut *partial_max_sum)
             .arg(out)
+            .arg(len)
             .arg(&s)
             .arg(&d);
         // SAFETY: the arguments match the kernel's signature in decode.cu.
@@ -335,11 +351,37 @@ impl Kernels {
         Ok(())
     }
 
-    /// out[0] = the index of the largest of the `n` logits, the lowest among equals.
+    /// y (outputs) = w (outputs, inputs) x (inputs): one token's product with a weight matrix
+    /// stored row-major, as checkpoints store it.
+    pub fn gemv<T: Element>(
+        &self,
+        w: &CudaView<T>,
+        x: &CudaView<T>,
+        y: &mut CudaViewMut<T>,
+        inputs: usize,
+        outputs: usize,
+    ) -> Result<()> {
+        let f = self.function::<T>("gemv")?;
+        let config = LaunchConfig {
+            grid_dim: (blocks(outputs.div_ceil(GEMV_ROWS), "rows")?, 1, 1),
+            block_dim: (32 * GEMV_ROWS as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (inputs, outputs) = (int(inputs, "inputs")?, int(outputs, "outputs")?);
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(w).arg(x).arg(y).arg(&inputs).arg(&outputs);
+        // SAFETY: the arguments match the kernel's signature in decode.cu.
+        unsafe { b.launch(config) }.w()?;
+        Ok(())
+    }
+
+    /// out[0] = the index of the largest of the `n` logits, the lowest among equals; then both
+    /// values of `pos_len` (a decode step's position and length) grow by one.
     pub fn argmax<T: Element>(
         &self,
         logits: &CudaView<T>,
         out: &mut CudaViewMut<u32>,
+        pos_len: &mut CudaViewMut<i32>,
         n: usize,
     ) -> Result<()> {
         let f = self.function::<T>("argmax")?;
@@ -350,7 +392,7 @@ impl Kernels {
         };
         let n = int(n, "logits")?;
         let mut b = self.stream.launch_builder(&f);
-        b.arg(logits).arg(out).arg(&n);
+        b.arg(logits).arg(out).arg(pos_len).arg(&n);
         // SAFETY: the arguments match the kernel's signature in decode.cu.
         unsafe { b.launch(config) }.w()?;
         Ok(())

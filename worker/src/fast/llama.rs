@@ -10,7 +10,7 @@ use std::sync::Arc;
 use candle_core::cuda_backend::cudarc::cublas::sys::cublasOperation_t;
 use candle_core::cuda_backend::cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
 use candle_core::cuda_backend::cudarc::driver::sys::{
-    CUgraphInstantiate_flags, CUstreamCaptureMode,
+    self, CUgraphInstantiate_flags, CUstreamCaptureMode,
 };
 use candle_core::cuda_backend::cudarc::driver::{CudaGraph, CudaSlice, CudaStream, CudaView};
 use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage, WrapErr};
@@ -41,6 +41,24 @@ where
 impl FastElement for f32 {}
 impl FastElement for half::bf16 {}
 impl FastElement for half::f16 {}
+
+/// Gives the device the memory its pool holds unused: loading frees the checkpoint's tensors
+/// once they are copied into the engine's fused buffers, and the stream-ordered allocator keeps
+/// freed memory for reuse, so a fast load would otherwise hold the weights twice.
+pub fn release_pool_memory(device: &candle_core::Device) -> Result<()> {
+    let stream = device.as_cuda_device()?.cuda_stream();
+    stream.synchronize().w()?;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    // SAFETY: `pool` is written by the driver before it is read; trimming frees only memory no
+    // allocation uses, after the stream has finished every free.
+    unsafe {
+        sys::cuDeviceGetDefaultMemPool(&mut pool, stream.context().cu_device())
+            .result()
+            .w()?;
+        sys::cuMemPoolTrimTo(pool, 0).result().w()?;
+    }
+    Ok(())
+}
 
 /// Loads the fast path for the dtype of `vb`.
 pub fn load(vb: VarBuilder<'static>, shape: &LlamaShape) -> Result<Box<dyn CausalLm>> {
@@ -109,6 +127,9 @@ where
     /// The decode step's (one token), which the graph reads and writes.
     step: Buffers<T>,
     graph: Option<Graph>,
+    /// The token and position the decode step's inputs hold on the device, when the step's own
+    /// argmax wrote them and the host has read the token: the next greedy step needs no copy.
+    next: Option<(u32, usize)>,
 }
 
 /// The captured decode step.
@@ -276,19 +297,30 @@ where
             layers,
             capacity,
             graph: None,
+            next: None,
         };
         model.capture()?;
         Ok(model)
     }
 
-    /// y (tokens, out) = x (tokens, in) w^T, for w (out, in) row-major as checkpoints store it.
+    /// y (tokens, out) = x (tokens, in) w^T, for w (out, in) row-major as checkpoints store it:
+    /// the one-token kernel for one token, cuBLAS for more.
     fn linear(
-        blas: &CudaBlas,
+        (kernels, blas): (&Kernels, &CudaBlas),
         w: &CudaSlice<T>,
         x: &CudaView<T>,
         y: &mut CudaSlice<T>,
         (tokens, inputs, outputs): (usize, usize, usize),
     ) -> Result<()> {
+        if tokens == 1 {
+            return kernels.gemv(
+                &w.as_view(),
+                x,
+                &mut y.slice_mut(..outputs),
+                inputs,
+                outputs,
+            );
+        }
         let config = GemmConfig {
             transa: cublasOperation_t::CUBLAS_OP_T,
             transb: cublasOperation_t::CUBLAS_OP_N,
@@ -362,7 +394,7 @@ where
                 )?;
             }
             Self::linear(
-                blas,
+                (kernels, blas),
                 &layer.qkv,
                 &b.normed.as_view(),
                 &mut b.qkv,
@@ -406,7 +438,7 @@ where
                 scale,
             )?;
             Self::linear(
-                blas,
+                (kernels, blas),
                 &layer.o,
                 &b.attention.as_view(),
                 &mut b.projected,
@@ -422,7 +454,7 @@ where
                 eps,
             )?;
             Self::linear(
-                blas,
+                (kernels, blas),
                 &layer.gate_up,
                 &b.normed.as_view(),
                 &mut b.gate_up,
@@ -430,7 +462,7 @@ where
             )?;
             kernels.silu_mul(&b.gate_up.as_view(), &mut b.activated.as_view_mut(), n, i)?;
             Self::linear(
-                blas,
+                (kernels, blas),
                 &layer.down,
                 &b.activated.as_view(),
                 &mut b.projected,
@@ -448,7 +480,24 @@ where
         )?;
         let last = b.normed.slice((n - 1) * h..n * h);
         let head = lm_head.as_ref().unwrap_or(embed);
-        Self::linear(blas, head, &last, &mut b.logits, (1, h, shape.vocab))
+        Self::linear(
+            (kernels, blas),
+            head,
+            &last,
+            &mut b.logits,
+            (1, h, shape.vocab),
+        )?;
+        if use_step {
+            // Greedy decoding's next token and position, ready for the next replay; the
+            // sampler's steps overwrite both before they run.
+            kernels.argmax(
+                &b.logits.as_view(),
+                &mut b.ids.slice_mut(..1),
+                &mut b.pos_len.as_view_mut(),
+                shape.vocab,
+            )?;
+        }
+        Ok(())
     }
 
     /// Writes the ids, position and length of the next `n` tokens into `buffers`.
@@ -468,6 +517,7 @@ where
     /// Runs the decode step once (loading its kernels and cuBLAS's), then captures it.
     fn capture(&mut self) -> Result<()> {
         self.graph = None;
+        self.next = None;
         self.set_inputs(&[0], 0, true)?;
         self.run(1, true)?;
         self.stream.synchronize().w()?;
@@ -524,6 +574,31 @@ where
         self.capture()
     }
 
+    /// Runs `ids` at positions from `offset`: one token as the captured step (its inputs copied
+    /// unless the last greedy step left them on the device), more as prompt chunks. True when
+    /// it ran the step.
+    fn run_tokens(&mut self, ids: &[u32], offset: usize) -> Result<bool> {
+        if ids.is_empty() {
+            candle_core::bail!("no tokens to run");
+        }
+        // Growing captures the step again, which forgets `next`.
+        self.reserve(offset + ids.len())?;
+        if let [id] = ids {
+            if self.next != Some((*id, offset)) {
+                self.set_inputs(ids, offset, true)?;
+            }
+            let graph = self.graph.as_ref().expect("captured at load and on growth");
+            graph.0.launch().w()?;
+            return Ok(true);
+        }
+        let rows = self.chunk.rows;
+        for (c, part) in ids.chunks(rows).enumerate() {
+            self.set_inputs(part, offset + c * rows, false)?;
+            self.run(part.len(), false)?;
+        }
+        Ok(false)
+    }
+
     fn logits(&self, buffers_step: bool) -> Result<Tensor> {
         let b = if buffers_step {
             &self.step
@@ -544,26 +619,40 @@ where
 {
     fn forward(&mut self, ids: &Tensor, offset: usize) -> Result<Tensor> {
         let ids: Vec<u32> = ids.flatten_all()?.to_vec1()?;
-        if ids.is_empty() {
-            candle_core::bail!("no tokens to run");
+        let one = self.run_tokens(&ids, offset)?;
+        self.next = None;
+        self.logits(one)
+    }
+
+    fn forward_greedy(&mut self, ids: &[u32], offset: usize) -> Result<Option<u32>> {
+        if self.run_tokens(ids, offset)? {
+            // The step's argmax has written the token and advanced the position.
+        } else {
+            let end = (offset + ids.len()) as i32;
+            let Self {
+                kernels,
+                chunk,
+                step,
+                shape,
+                ..
+            } = self;
+            kernels.argmax(
+                &chunk.logits.as_view(),
+                &mut step.ids.slice_mut(..1),
+                &mut chunk.pos_len.as_view_mut(),
+                shape.vocab,
+            )?;
+            self.cuda
+                .memcpy_htod(&[end, end + 1], &mut self.step.pos_len)?;
         }
-        self.reserve(offset + ids.len())?;
-        if ids.len() == 1 {
-            self.set_inputs(&ids, offset, true)?;
-            let graph = self.graph.as_ref().expect("captured at load and on growth");
-            graph.0.launch().w()?;
-            return self.logits(true);
-        }
-        let rows = self.chunk.rows;
-        for (c, part) in ids.chunks(rows).enumerate() {
-            self.set_inputs(part, offset + c * rows, false)?;
-            self.run(part.len(), false)?;
-        }
-        self.logits(false)
+        let id = self.stream.clone_dtoh(&self.step.ids.slice(..1)).w()?[0];
+        self.next = Some((id, offset + ids.len()));
+        Ok(Some(id))
     }
 
     fn reset(&mut self) -> Result<()> {
         // Positions are overwritten before they are read: nothing to clear.
+        self.next = None;
         Ok(())
     }
 }
