@@ -140,11 +140,12 @@ pub fn build(args: &Args, extra: &[&str]) -> Result<Built> {
     })
 }
 
-/// Builds the release worker binary for `backend` and returns its path.
-pub fn release_worker(backend: Backend) -> Result<PathBuf> {
+/// Builds the release worker binary for `backend` (CUDA kernels for `cuda_compute_cap`) and
+/// returns its path.
+pub fn release_worker(backend: Backend, cuda_compute_cap: Option<u32>) -> Result<PathBuf> {
     let sh = Shell::new()?;
     sh.change_dir(project_root());
-    let target = prepare(&sh, backend, None)?;
+    let target = prepare(&sh, backend, cuda_compute_cap)?;
     let features: Vec<String> = backend_feature(backend)
         .map(|f| vec!["--features".into(), f])
         .unwrap_or_default();

@@ -1,7 +1,7 @@
 //! `cargo xtask bundle`: one compressed archive that runs the conformance suite and the bench on
 //! a machine with no Rust and no network: stripped binaries, fixtures, cases, goldens,
 //! reference, `run.sh` (ci/bundle-run.sh), `bench.sh` (ci/bundle-bench.sh) and the bench
-//! targets.
+//! targets. `--bench-only` packs only what `bench.sh` needs.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -32,12 +32,31 @@ pub struct Args {
     /// packing it (what a `binaries = "source"` host of `cargo xtask test --host` runs from).
     #[arg(long)]
     folder_only: bool,
+    /// Only the worker binary and the bench (bench.sh, targets.toml): no harness, fixtures or
+    /// goldens, so it travels to a GPU machine beside a peer's binaries
+    /// (llm-worker-rbee-<backend>-bench).
+    #[arg(long)]
+    bench_only: bool,
+}
+
+/// What a bundle holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Contents {
+    /// The suite and the bench.
+    Full,
+    /// The worker binary and the bench scripts.
+    Bench,
 }
 
 pub fn run(args: &Args) -> Result<()> {
     let sh = Shell::new()?;
     sh.change_dir(project_root());
-    let (name, stage) = stage(&sh, args.backend, args.cuda_compute_cap)?;
+    let contents = if args.bench_only {
+        Contents::Bench
+    } else {
+        Contents::Full
+    };
+    let (name, stage) = stage(&sh, args.backend, args.cuda_compute_cap, contents)?;
     if args.folder_only {
         println!("{}: run.sh in it runs the suite", stage.display());
         return Ok(());
@@ -58,8 +77,12 @@ pub fn run(args: &Args) -> Result<()> {
             out.display()
         );
     }
+    let command = match contents {
+        Contents::Full => "run.sh --dtype f32 --dtype bf16 --fault-injection",
+        Contents::Bench => "bench.sh --check",
+    };
     println!(
-        "{} ({:.1} MB): on the GPU machine, `tar xzf {} && {name}/run.sh --dtype f32 --dtype bf16 --fault-injection`",
+        "{} ({:.1} MB): on the GPU machine, `tar xzf {} && {name}/{command}`",
         out.display(),
         size as f64 / 1e6,
         out.file_name().unwrap_or_default().to_string_lossy(),
@@ -68,18 +91,22 @@ pub fn run(args: &Args) -> Result<()> {
 }
 
 /// Builds the release binaries for `backend` and lays out the bundle's folder,
-/// target/bundle/llm-worker-rbee-<backend>/; returns its name and path.
+/// target/bundle/<name>/; returns its name and path.
 pub fn stage(
     sh: &Shell,
     backend: Backend,
     cuda_compute_cap: Option<u32>,
+    contents: Contents,
 ) -> Result<(String, PathBuf)> {
     let build_args = build::Args {
         backend,
         release: true,
         cuda_compute_cap,
     };
-    let name = format!("llm-worker-rbee-{backend}");
+    let name = match contents {
+        Contents::Full => format!("llm-worker-rbee-{backend}"),
+        Contents::Bench => format!("llm-worker-rbee-{backend}-bench"),
+    };
     let stage = target_dir().join("bundle").join(&name);
     if stage.exists() {
         std::fs::remove_dir_all(&stage)?;
@@ -91,6 +118,14 @@ pub fn stage(
         cmd!(sh, "strip {dest}").run()?;
         Ok(())
     };
+    if contents == Contents::Bench {
+        copy(
+            &build::release_worker(backend, cuda_compute_cap)?,
+            "llm-worker-rbee",
+        )?;
+        write_bench(sh, &stage, backend)?;
+        return Ok((name, stage));
+    }
     // The fault-injection build writes its worker binary over the same path, so the plain
     // binaries are copied before it runs.
     let Built {
@@ -123,17 +158,21 @@ pub fn stage(
             stage.join("conformance").join(file),
         )?;
     }
-    for (script, text) in [
-        ("run.sh", include_str!("../../ci/bundle-run.sh")),
-        ("bench.sh", include_str!("../../ci/bundle-bench.sh")),
-        ("cuda-env.sh", include_str!("../../ci/bundle-cuda-env.sh")),
-    ] {
-        let path = stage.join(script);
-        std::fs::write(&path, text)?;
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    }
+    write_script(&stage, "run.sh", include_str!("../../ci/bundle-run.sh"))?;
+    write_bench(sh, &stage, backend)?;
+    Ok((name, stage))
+}
+
+/// The bench's scripts and targets, and bundle.env, which run.sh reads too.
+fn write_bench(sh: &Shell, stage: &Path, backend: Backend) -> Result<()> {
+    write_script(stage, "bench.sh", include_str!("../../ci/bundle-bench.sh"))?;
+    write_script(
+        stage,
+        "cuda-env.sh",
+        include_str!("../../ci/bundle-cuda-env.sh"),
+    )?;
     std::fs::copy(
-        root.join("ci/bench/targets.toml"),
+        project_root().join("ci/bench/targets.toml"),
         stage.join("targets.toml"),
     )?;
     let (commit, dirty) = harness::git_state(sh);
@@ -144,8 +183,14 @@ pub fn stage(
             backend
         ),
     )?;
+    Ok(())
+}
 
-    Ok((name, stage))
+fn write_script(stage: &Path, name: &str, text: &str) -> Result<()> {
+    let path = stage.join(name);
+    std::fs::write(&path, text)?;
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    Ok(())
 }
 
 fn copy_tree(from: &Path, to: &Path) -> Result<()> {

@@ -217,9 +217,10 @@ pub fn run(
         source: None,
     };
     for backend in backends {
-        staged
-            .bundles
-            .push((backend, crate::bundle::stage(&sh, backend, None)?.1));
+        staged.bundles.push((
+            backend,
+            crate::bundle::stage(&sh, backend, None, crate::bundle::Contents::Full)?.1,
+        ));
     }
     if hosts.iter().any(|h| h.binaries == Binaries::Source) {
         staged.source = Some(stage_source(&sh)?);

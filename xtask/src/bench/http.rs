@@ -78,7 +78,7 @@ pub fn run(args: &HttpArgs) -> Result<()> {
         bail!("--clients and --requests must be at least 1");
     }
     let model_dir = model_dir(&args.model)?;
-    let worker = release_worker(args.backend)?;
+    let worker = release_worker(args.backend, None)?;
     eprintln!(
         "starting {} serve on {}",
         worker.display(),

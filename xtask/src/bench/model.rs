@@ -40,7 +40,7 @@ pub fn run(args: &ModelArgs) -> Result<()> {
         Backend::Cpu => Dtype::F32,
         _ => Dtype::Bf16,
     });
-    let worker = release_worker(args.backend)?;
+    let worker = release_worker(args.backend, None)?;
     let sh = Shell::new()?;
     sh.change_dir(project_root());
     let (model, label) = match (&args.model, &args.shape) {
