@@ -1,5 +1,6 @@
-//! Chat messages to prompt text, with the Jinja chat template of the model's
-//! tokenizer_config.json, as transformers' `apply_chat_template` renders it.
+//! Chat messages to prompt text, with the model's Jinja chat template (chat_template.jinja,
+//! tokenizer_config.json or a GGUF's `tokenizer.chat_template`), as transformers'
+//! `apply_chat_template` renders it.
 
 use std::path::Path;
 
@@ -41,19 +42,34 @@ impl ChatTemplate {
                 ))
             }
         };
+        Self::new(
+            source,
+            special_token(config, "bos_token"),
+            special_token(config, "eos_token"),
+        )
+        .map(Some)
+        .map_err(|e| Error::field(path, "chat_template", e.to_string()))
+    }
+
+    /// A template from its source and the texts of the special tokens it may render; `Err`
+    /// with the template's syntax error.
+    pub fn new(
+        source: String,
+        bos_token: String,
+        eos_token: String,
+    ) -> std::result::Result<Self, minijinja::Error> {
         let mut env = Environment::new();
         // Hugging Face templates are written for Python's Jinja: `.strip()`, `.items()`, ...
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |message: String| {
             Err::<String, _>(minijinja::Error::new(ErrorKind::InvalidOperation, message))
         });
-        env.add_template_owned(TEMPLATE, source)
-            .map_err(|e| Error::field(path, "chat_template", e.to_string()))?;
-        Ok(Some(Self {
+        env.add_template_owned(TEMPLATE, source)?;
+        Ok(Self {
             env,
-            bos_token: special_token(config, "bos_token"),
-            eos_token: special_token(config, "eos_token"),
-        }))
+            bos_token,
+            eos_token,
+        })
     }
 
     /// The rendered text of `messages`, ending with the prompt of the assistant's turn.
@@ -76,7 +92,7 @@ impl ChatTemplate {
 }
 
 /// A special token of tokenizer_config.json, written as a string or as `{"content": ...}`.
-fn special_token(config: &serde_json::Map<String, Value>, key: &str) -> String {
+pub fn special_token(config: &serde_json::Map<String, Value>, key: &str) -> String {
     match config.get(key) {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Object(o)) => o

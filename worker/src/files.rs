@@ -9,9 +9,11 @@ use serde::Serialize;
 use crate::chat::ChatTemplate;
 use crate::checkpoint::CheckpointSummary;
 use crate::config::{HfConfig, Rope};
+use crate::error::Error;
 use crate::error::Result;
-use crate::folder::{read_json_object, ModelFolder, Weights, WeightsFormat};
+use crate::folder::{read_json_object, ModelFolder, Weights, WeightsFormat, TOKENIZER};
 use crate::gguf::format::{GgufArchitecture, Header};
+use crate::gguf::tokenizer::{GgufText, CHAT_TEMPLATE};
 use crate::model::{ArchConfig, Architecture, Dims, ModuleConfig, Window};
 use crate::prompter::Prompter;
 use crate::tokens::{ModelSpecials, TextCodec};
@@ -67,13 +69,22 @@ pub struct ModelFiles {
 impl ModelFiles {
     pub fn open(model_dir: &Path) -> Result<Self> {
         let folder = ModelFolder::open(model_dir)?;
-        let (arch, module, specials, unread_keys, checkpoint) = match &folder.weights {
+        let (arch, module, specials, unread_keys, checkpoint, mut gguf_text) = match &folder.weights
+        {
             Weights::Gguf(path) => {
                 let header = Header::read(path)?;
                 let (arch, gguf) = gguf::parse(&header)?;
                 let specials = header.special_tokens()?;
+                let text = gguf::tokenizer::read(&header, folder.tokenizer.is_none())?;
                 let (unread, summary) = (header.unread_keys(), header.summary());
-                (arch, Module::Gguf(gguf), specials, unread, summary)
+                (
+                    arch,
+                    Module::Gguf(gguf),
+                    specials,
+                    unread,
+                    summary,
+                    Some(text),
+                )
             }
             _ => {
                 let config = HfConfig::load(&folder.config())?;
@@ -90,6 +101,7 @@ impl ModelFiles {
                     specials,
                     config.unread_keys(),
                     summary,
+                    None,
                 )
             }
         };
@@ -97,16 +109,22 @@ impl ModelFiles {
             Some(path) => Some((path.as_path(), read_json_object(path)?)),
             None => None,
         };
-        let codec = TextCodec::load(
-            &folder,
-            &specials,
-            tokenizer_config.as_ref().map(|(path, map)| (*path, map)),
-        )?;
-        let chat = match &tokenizer_config {
-            Some((path, map)) => ChatTemplate::from_config(path, map)
-                .map_or_else(|e| Some(Err(e.to_string())), |t| t.map(Ok)),
-            None => None,
+        let tokenizer = match (
+            &folder.tokenizer,
+            gguf_text.as_mut().and_then(|t| t.tokenizer.take()),
+        ) {
+            (Some(path), _) => TextCodec::read_tokenizer(path)?,
+            (None, Some(built)) => built,
+            (None, None) => return Err(Error::file(&folder.root.join(TOKENIZER), "missing")),
         };
+        let tokenizer_config = tokenizer_config.as_ref().map(|(path, map)| (*path, map));
+        let codec = TextCodec::new(
+            tokenizer,
+            &specials,
+            tokenizer_config,
+            folder.generation_config.as_deref(),
+        )?;
+        let chat = chat_template(&folder, tokenizer_config, gguf_text.as_ref())?;
         let info = ModelInfo {
             model_dir: model_dir.to_path_buf(),
             format: folder.weights.format(),
@@ -164,4 +182,49 @@ impl ModelFiles {
             Module::Gguf(_) => None,
         }
     }
+}
+
+/// The chat template, from the first that has one: chat_template.jinja (transformers 5),
+/// tokenizer_config.json (4.x), the GGUF's `tokenizer.chat_template`. A template that does not
+/// parse is kept as its error, which a chat request then gets.
+fn chat_template(
+    folder: &ModelFolder,
+    tokenizer_config: Option<(&Path, &serde_json::Map<String, serde_json::Value>)>,
+    gguf: Option<&GgufText>,
+) -> Result<Option<std::result::Result<ChatTemplate, String>>> {
+    let special = |key: &str, from_gguf: fn(&GgufText) -> &String| -> String {
+        tokenizer_config
+            .map(|(_, map)| crate::chat::special_token(map, key))
+            .filter(|t| !t.is_empty())
+            .or_else(|| gguf.map(|g| from_gguf(g).clone()))
+            .unwrap_or_default()
+    };
+    let with_tokens = |source: String| {
+        ChatTemplate::new(
+            source,
+            special("bos_token", |g| &g.bos_token),
+            special("eos_token", |g| &g.eos_token),
+        )
+    };
+    if let Some(path) = &folder.chat_template {
+        let source = std::fs::read_to_string(path)
+            .map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+        return Ok(Some(
+            with_tokens(source).map_err(|e| format!("{}: {e}", path.display())),
+        ));
+    }
+    if let Some((path, map)) = tokenizer_config {
+        match ChatTemplate::from_config(path, map) {
+            Ok(Some(template)) => return Ok(Some(Ok(template))),
+            Err(e) => return Ok(Some(Err(e.to_string()))),
+            Ok(None) => {}
+        }
+    }
+    let gguf_template = gguf.and_then(|g| g.chat_template.clone());
+    Ok(gguf_template.map(|source| {
+        with_tokens(source).map_err(|e| {
+            let file = folder.weights.files().pop().unwrap_or_default();
+            format!("{}: {CHAT_TEMPLATE}: {e}", file.display())
+        })
+    }))
 }

@@ -1,5 +1,6 @@
 //! The files of a model folder: the Hugging Face layout with SafeTensors weights, or one GGUF
-//! file with the model's `tokenizer.json`.
+//! file (named itself, or alone in its folder), whose metadata holds its settings and, unless a
+//! `tokenizer.json` is beside it, its tokenizer.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,8 @@ pub const CONFIG: &str = "config.json";
 pub const TOKENIZER: &str = "tokenizer.json";
 pub const TOKENIZER_CONFIG: &str = "tokenizer_config.json";
 pub const GENERATION_CONFIG: &str = "generation_config.json";
+/// Where transformers 5 saves the chat template (4.x wrote it into tokenizer_config.json).
+pub const CHAT_TEMPLATE: &str = "chat_template.jinja";
 pub const WEIGHTS: &str = "model.safetensors";
 pub const WEIGHTS_INDEX: &str = "model.safetensors.index.json";
 const GGUF_EXTENSION: &str = "gguf";
@@ -19,7 +22,10 @@ const GGUF_EXTENSION: &str = "gguf";
 #[derive(Clone, Debug)]
 pub struct ModelFolder {
     pub root: PathBuf,
+    /// Required beside SafeTensors weights; beside a GGUF file it replaces the file's own.
+    pub tokenizer: Option<PathBuf>,
     pub tokenizer_config: Option<PathBuf>,
+    pub chat_template: Option<PathBuf>,
     pub generation_config: Option<PathBuf>,
     pub weights: Weights,
 }
@@ -73,7 +79,21 @@ struct Index {
 }
 
 impl ModelFolder {
-    pub fn open(root: &Path) -> Result<Self> {
+    /// A model folder, or a `.gguf` file (its folder's other files are read as they are beside
+    /// a GGUF file in a folder of its own).
+    pub fn open(path: &Path) -> Result<Self> {
+        let is_gguf = |p: &Path| {
+            p.extension()
+                .is_some_and(|ext| ext.eq_ignore_ascii_case(GGUF_EXTENSION))
+        };
+        if path.is_file() && is_gguf(path) {
+            let root = match path.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => parent,
+                _ => Path::new("."),
+            };
+            return Ok(Self::with_weights(root, Weights::Gguf(path.to_path_buf())));
+        }
+        let root = path;
         if !root.is_dir() {
             let what = if root.exists() {
                 "is not a directory"
@@ -84,14 +104,15 @@ impl ModelFolder {
                 root,
                 format!(
                     "{what}; --model takes a folder with config.json, tokenizer.json and \
-                     *.safetensors, or with tokenizer.json and one .gguf file"
+                     *.safetensors, or a .gguf file, or a folder with one .gguf file"
                 ),
             ));
         }
         let weights = find_weights(root)?;
-        // A GGUF file holds the model's settings itself; a config.json beside it is not read.
+        // A GGUF file holds the model's settings and tokenizer itself; a config.json beside it
+        // is not read.
         let required: &[&str] = match weights {
-            Weights::Gguf(_) => &[TOKENIZER],
+            Weights::Gguf(_) => &[],
             _ => &[CONFIG, TOKENIZER],
         };
         for name in required {
@@ -100,26 +121,28 @@ impl ModelFolder {
                     &root.join(name),
                     format!(
                         "missing: a model folder needs {CONFIG}, {TOKENIZER} and SafeTensors \
-                         weights, or {TOKENIZER} and one .gguf file"
+                         weights, or one .gguf file"
                     ),
                 ));
             }
         }
+        Ok(Self::with_weights(root, weights))
+    }
+
+    fn with_weights(root: &Path, weights: Weights) -> Self {
         let optional = |name: &str| Some(root.join(name)).filter(|p| p.is_file());
-        Ok(Self {
+        Self {
             root: root.to_path_buf(),
+            tokenizer: optional(TOKENIZER),
             tokenizer_config: optional(TOKENIZER_CONFIG),
+            chat_template: optional(CHAT_TEMPLATE),
             generation_config: optional(GENERATION_CONFIG),
             weights,
-        })
+        }
     }
 
     pub fn config(&self) -> PathBuf {
         self.root.join(CONFIG)
-    }
-
-    pub fn tokenizer(&self) -> PathBuf {
-        self.root.join(TOKENIZER)
     }
 }
 

@@ -226,20 +226,15 @@ pub struct ArchConfig {
     pub tie_word_embeddings: bool,
     pub rope: Rope,
     pub window: Window,
-    /// The positions the module covers whatever the settings say (the rotary tables of a
-    /// quantized module), when that is a limit.
-    pub module_positions: Option<usize>,
 }
 
 impl ArchConfig {
     /// The longest sequence (prompt plus generated tokens) the worker runs for this model.
     pub fn context_length(&self) -> usize {
-        let context = match self.window {
+        match self.window {
             Window::LimitsContext { size } => size.min(self.dims.max_position_embeddings),
             _ => self.dims.max_position_embeddings,
-        };
-        self.module_positions
-            .map_or(context, |positions| context.min(positions))
+        }
     }
 }
 

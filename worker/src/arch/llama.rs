@@ -84,7 +84,6 @@ impl Architecture for Llama {
                 tie_word_embeddings,
                 rope,
                 window: Window::None,
-                module_positions: None,
             },
             module: Box::new(Config(module)),
         })

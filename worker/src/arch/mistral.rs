@@ -83,7 +83,6 @@ impl Architecture for Mistral {
                 tie_word_embeddings,
                 rope,
                 window,
-                module_positions: None,
             },
             module: Box::new(module),
         })

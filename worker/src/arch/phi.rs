@@ -69,7 +69,6 @@ impl Architecture for Phi {
                 tie_word_embeddings,
                 rope,
                 window: Window::None,
-                module_positions: None,
             },
             module: Box::new(module),
         })

@@ -71,7 +71,6 @@ impl Architecture for Phi3 {
                 tie_word_embeddings,
                 rope,
                 window,
-                module_positions: None,
             },
             module: Box::new(Config(module)),
         })

@@ -66,7 +66,6 @@ impl Architecture for Qwen2 {
                 tie_word_embeddings,
                 rope,
                 window,
-                module_positions: None,
             },
             module: Box::new(Config(module)),
         })

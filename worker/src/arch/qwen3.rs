@@ -65,7 +65,6 @@ impl Architecture for Qwen3 {
                 tie_word_embeddings,
                 rope,
                 window,
-                module_positions: None,
             },
             module: Box::new(Config(module)),
         })

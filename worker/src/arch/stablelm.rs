@@ -87,7 +87,6 @@ impl Architecture for StableLm {
                 tie_word_embeddings,
                 rope,
                 window: Window::None,
-                module_positions: None,
             },
             module: Box::new(Config(module)),
         })

@@ -68,7 +68,6 @@ impl Architecture for Starcoder2 {
                 tie_word_embeddings,
                 rope,
                 window,
-                module_positions: None,
             },
             module: Box::new(module),
         })

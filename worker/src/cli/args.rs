@@ -10,9 +10,11 @@ use llm_worker_rbee::{Backend, Dtype, LoadOptions};
 #[derive(Args)]
 pub struct ModelArgs {
     /// Model folder: config.json, tokenizer.json, model.safetensors (or an index and shards),
-    /// optionally generation_config.json and tokenizer_config.json; or tokenizer.json and one
-    /// .gguf file. Or the id of a model fetched and verified by `cargo xtask fetch-models`.
-    #[arg(long, value_name = "DIR|ID")]
+    /// optionally generation_config.json, tokenizer_config.json and chat_template.jinja. Or a
+    /// .gguf file, or a folder with one: its tokenizer and chat template come from its metadata
+    /// unless a tokenizer.json (tokenizer_config.json) is beside it. Or the id of a model
+    /// fetched and verified by `cargo xtask fetch-models`.
+    #[arg(long, value_name = "DIR|FILE|ID")]
     pub model: PathBuf,
 }
 

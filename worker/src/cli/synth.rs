@@ -1,5 +1,5 @@
 //! `llm-worker-rbee synth`: models with random weights, the fixture models or the shape of a
-//! real one.
+//! real one; or a GGUF model written back as a SafeTensors folder.
 
 use std::path::PathBuf;
 
@@ -9,7 +9,7 @@ use llm_worker_rbee::synth::{self, shape};
 use llm_worker_rbee::Dtype;
 
 #[derive(Args)]
-#[command(group(clap::ArgGroup::new("models").required(true).args(["shape", "fixtures"])))]
+#[command(group(clap::ArgGroup::new("models").required(true).args(["shape", "fixtures", "from_gguf"])))]
 pub struct SynthArgs {
     /// The real model whose shape to copy.
     #[arg(long, value_enum)]
@@ -20,6 +20,12 @@ pub struct SynthArgs {
     /// Every fixture model the tests run on, one folder each under --out.
     #[arg(long)]
     pub fixtures: bool,
+    /// A GGUF model (a .gguf file or a folder with one) as a SafeTensors folder: f32 weights
+    /// under transformers' names, config.json from the metadata, the tokenizer and chat
+    /// template from the files beside it or else from the metadata. Or the id of a fetched
+    /// model.
+    #[arg(long, value_name = "FILE|DIR|ID")]
+    pub from_gguf: Option<PathBuf>,
     /// Keep what is there: fixtures whose folder has its weights, a shape folder that is
     /// complete (its synth-shape.json, written last, says so).
     #[arg(long)]
@@ -30,6 +36,17 @@ pub struct SynthArgs {
 }
 
 pub fn run(args: SynthArgs) -> Result<()> {
+    if let Some(gguf) = &args.from_gguf {
+        let gguf = llm_worker_rbee::model_id::resolve(gguf)?;
+        synth::write_safetensors(&gguf, &args.out)?;
+        eprintln!(
+            "{} written as SafeTensors into {}",
+            gguf.display(),
+            args.out.display()
+        );
+        println!("{}", args.out.display());
+        return Ok(());
+    }
     let Some(shape) = args.shape else {
         if !args.missing {
             std::fs::remove_dir_all(&args.out).or_else(|e| match e.kind() {

@@ -53,8 +53,6 @@ pub struct BlockTensor {
 /// What differs between the quantized modules, beyond their per-block tensors.
 #[derive(Clone, Copy, Debug)]
 pub struct Quirks {
-    /// Positions covered by rotary tables of a fixed size, whatever `context_length` says.
-    pub table_positions: Option<usize>,
     /// A rope base the module uses whatever `rope.freq_base` says.
     pub fixed_freq_base: Option<f64>,
     /// Whether the module reads `rope.dimension_count` (it must then be the head size).
@@ -149,6 +147,37 @@ impl Header {
             .transpose()
     }
 
+    /// An array of strings (the vocabulary, the merges).
+    pub fn strings(&self, key: &str) -> Result<Vec<&str>> {
+        match self.value(key) {
+            Some(Value::Array(values)) => values
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) => Ok(s.as_str()),
+                    v => Err(self.error(key, format!("expected strings, found {v:?}"))),
+                })
+                .collect(),
+            Some(v) => Err(self.error(key, format!("expected an array, found {v:?}"))),
+            None => Err(self.error(key, "required, but missing")),
+        }
+    }
+
+    /// An array of i32 (the token types).
+    pub fn opt_i32s(&self, key: &str) -> Result<Option<Vec<i32>>> {
+        match self.value(key) {
+            Some(Value::Array(values)) => values
+                .iter()
+                .map(|v| match v {
+                    Value::I32(n) => Ok(*n),
+                    v => Err(self.error(key, format!("expected i32 values, found {v:?}"))),
+                })
+                .collect::<Result<Vec<_>>>()
+                .map(Some),
+            Some(v) => Err(self.error(key, format!("expected an array, found {v:?}"))),
+            None => Ok(None),
+        }
+    }
+
     pub fn tensor_shape(&self, name: &str) -> Option<&[usize]> {
         self.content.tensor_infos.get(name).map(|t| t.shape.dims())
     }
@@ -159,7 +188,7 @@ impl Header {
 
     /// Keys of the architecture's own namespace (`llama.*`, ...) that nothing read: settings the
     /// worker does not know. `general.*` and `tokenizer.*` keys describe the file and the
-    /// vocabulary (tokenizer.json is used instead) and are not listed.
+    /// vocabulary and are not listed.
     pub fn unread_keys(&self) -> Vec<String> {
         let read = self.read.borrow();
         let Some(Value::String(arch)) = self.content.metadata.get(ARCHITECTURE_KEY) else {
@@ -230,8 +259,49 @@ impl Header {
 
 pub fn read_content(path: &Path) -> Result<Content> {
     let mut file = File::open(path).map_err(|e| Error::file(path, format!("cannot open: {e}")))?;
-    Content::read(&mut file)
-        .map_err(|e| Error::weights(path, format!("not a readable GGUF file: {e}")))
+    Content::read(&mut file).map_err(|e| {
+        let message = e.to_string();
+        let unknown = message
+            .strip_prefix("unknown dtype for tensor ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|id| id.parse::<u32>().ok());
+        match unknown {
+            Some(id) => Error::weights(
+                path,
+                format!(
+                    "holds tensors of GGML type {} (id {id}), which candle cannot read; \
+                     readable: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K to Q6_K \
+                     (requantize the file, e.g. with llama-quantize)",
+                    unreadable_type_name(id)
+                ),
+            ),
+            None => Error::weights(path, format!("not a readable GGUF file: {message}")),
+        }
+    })
+}
+
+/// ggml's name of a type id candle does not read (`enum ggml_type` in ggml.h).
+fn unreadable_type_name(id: u32) -> &'static str {
+    match id {
+        16 => "IQ2_XXS",
+        17 => "IQ2_XS",
+        18 => "IQ3_XXS",
+        19 => "IQ1_S",
+        20 => "IQ4_NL",
+        21 => "IQ3_S",
+        22 => "IQ2_S",
+        23 => "IQ4_XS",
+        24 => "I8",
+        25 => "I16",
+        26 => "I32",
+        27 => "I64",
+        28 => "F64",
+        29 => "IQ1_M",
+        34 => "TQ1_0",
+        35 => "TQ2_0",
+        39 => "MXFP4",
+        _ => "unknown to this build",
+    }
 }
 
 /// llama.cpp's name of a GGML type, as in `Q4_K_M` file names but lowercase.

@@ -1,20 +1,20 @@
-//! Llama-family GGUF files (Llama 2/3, TinyLlama, Mistral): candle-transformers
-//! `models::quantized_llama`.
+//! Llama-family GGUF files (Llama 2/3, TinyLlama, Mistral, SmolLM2): the worker's copy of
+//! candle-transformers' `quantized_llama` (`modules::quantized_llama`), whose rotary tables cover
+//! `llama.context_length`.
 //!
 //! llama.cpp's converter permutes the rows of `attn_q`/`attn_k` so that the interleaved rotary
 //! embedding it applies to llama (and the module applies, `rope_i`) equals transformers' rotation
-//! of halves on the original weights. The module's rotary tables cover 4096 positions, whatever
-//! `llama.context_length` says.
+//! of halves on the original weights.
 
 use std::fs::File;
 
 use candle_core::quantized::gguf_file::Content;
 use candle_core::{Device, Result as CandleResult, Tensor};
-use candle_transformers::models::quantized_llama::{ModelWeights, MAX_SEQ_LEN};
 
 use super::format::{BlockTensor, GgufArchitecture, Quirks};
 use crate::arch::llama::Llama;
 use crate::model::{Architecture, CausalLm, Dims};
+use crate::modules::quantized_llama::QuantizedLlama;
 
 pub struct GgufLlama;
 
@@ -25,7 +25,6 @@ impl GgufArchitecture for GgufLlama {
 
     fn quirks(&self) -> Quirks {
         Quirks {
-            table_positions: Some(MAX_SEQ_LEN),
             fixed_freq_base: None,
             reads_rope_dimension_count: true,
             ties_missing_output: true,
@@ -65,13 +64,13 @@ impl GgufArchitecture for GgufLlama {
         file: &mut File,
         device: &Device,
     ) -> CandleResult<Box<dyn CausalLm>> {
-        Ok(Box::new(Model(ModelWeights::from_gguf(
+        Ok(Box::new(Model(QuantizedLlama::from_gguf(
             content, file, device,
         )?)))
     }
 }
 
-struct Model(ModelWeights);
+struct Model(QuantizedLlama);
 
 impl CausalLm for Model {
     fn forward(&mut self, ids: &Tensor, offset: usize) -> CandleResult<Tensor> {

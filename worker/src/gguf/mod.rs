@@ -11,6 +11,7 @@ pub mod format;
 mod llama;
 mod phi3;
 mod qwen2;
+pub mod tokenizer;
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -114,7 +115,6 @@ pub fn parse(header: &Header) -> Result<(ArchConfig, &'static dyn GgufArchitectu
         tie_word_embeddings,
         rope,
         window,
-        module_positions: quirks.table_positions,
     };
     Ok((config, gguf))
 }

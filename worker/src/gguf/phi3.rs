@@ -25,7 +25,6 @@ impl GgufArchitecture for GgufPhi3 {
 
     fn quirks(&self) -> Quirks {
         Quirks {
-            table_positions: None,
             fixed_freq_base: Some(10_000.0),
             reads_rope_dimension_count: true,
             ties_missing_output: false,

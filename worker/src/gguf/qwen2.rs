@@ -24,7 +24,6 @@ impl GgufArchitecture for GgufQwen2 {
 
     fn quirks(&self) -> Quirks {
         Quirks {
-            table_positions: None,
             fixed_freq_base: None,
             reads_rope_dimension_count: false,
             ties_missing_output: true,

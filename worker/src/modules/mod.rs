@@ -6,5 +6,6 @@ pub mod gemma2;
 pub mod llama;
 pub mod mask;
 pub mod phi;
+pub mod quantized_llama;
 pub mod rotary;
 pub mod starcoder2;

@@ -25,9 +25,11 @@ use crate::fixture::{Fill, FixtureVariant, Geometry, BOS, ENDOFTEXT, HEADS, SPEC
 use crate::model::Architecture;
 use crate::{arch, folder};
 
+mod from_gguf;
 pub mod shape;
 mod to_gguf;
 
+pub use self::from_gguf::write_safetensors;
 pub use self::to_gguf::write_gguf;
 
 pub const VOCAB_SIZE: usize = 512;

@@ -112,7 +112,11 @@ pub fn write_gguf(source: &Path, quantization: GgmlDType, out: &Path) -> Result<
 }
 
 /// The transformers name of a GGUF tensor.
-fn source_name(kind: &dyn GgufArchitecture, arch: &ArchConfig, gguf_name: &str) -> String {
+pub(super) fn source_name(
+    kind: &dyn GgufArchitecture,
+    arch: &ArchConfig,
+    gguf_name: &str,
+) -> String {
     match gguf_name {
         EMBEDDINGS => return "model.embed_tokens.weight".into(),
         OUTPUT_NORM => return "model.norm.weight".into(),
@@ -135,6 +139,16 @@ fn permute_for_interleaved_rope(weight: &Tensor, heads: usize) -> Result<Tensor>
     let (rows, cols) = weight.dims2()?;
     Ok(weight
         .reshape((heads, 2, rows / heads / 2, cols))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((rows, cols))?)
+}
+
+/// The inverse of [`permute_for_interleaved_rope`].
+pub(super) fn unpermute_for_interleaved_rope(weight: &Tensor, heads: usize) -> Result<Tensor> {
+    let (rows, cols) = weight.dims2()?;
+    Ok(weight
+        .reshape((heads, rows / heads / 2, 2, cols))?
         .transpose(1, 2)?
         .contiguous()?
         .reshape((rows, cols))?)

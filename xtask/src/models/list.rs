@@ -102,8 +102,11 @@ fn state(model: &Model, files: &[FileSpec], models_dir: &Path, cache: &Path) -> 
 }
 
 /// Whether the cache has a snapshot of the file at its pinned commit, else at the commit its
-/// `main` ref names.
+/// `main` ref names; for a package's file, whether it is unpacked.
 fn in_cache(spec: &FileSpec, cache: &Path) -> bool {
+    if spec.unpacked.is_some() {
+        return super::package::unpacked(spec).is_some();
+    }
     let repo_dir = hub::repo_dir(cache, &spec.repo);
     let commit = spec.revision.clone().or_else(|| {
         std::fs::read_to_string(repo_dir.join("refs/main"))

@@ -41,8 +41,12 @@ pub struct Model {
     pub id: String,
     pub architecture: String,
     pub format: Format,
-    /// The hub repo of the files that do not name their own.
+    /// The hub repo of the files that do not name their own; empty for a model from a package.
+    #[serde(default)]
     pub repo: String,
+    /// A package of a registry whose archive holds the files, in place of a hub repo.
+    #[serde(default)]
+    pub package: Option<Package>,
     /// A pinned commit for the files that do not pin their own; empty: the first fetch takes
     /// `main` and records the commit in the lock.
     #[serde(default)]
@@ -69,10 +73,49 @@ impl Format {
     }
 }
 
+/// A package of a registry that the machines reach (the hub may be out of reach): its archive
+/// is downloaded with the registry's own client and the files are unpacked from it. Both the
+/// archive and every file are pinned by hand, from a real download.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Package {
+    pub registry: Registry,
+    pub name: String,
+    pub version: String,
+    /// The archive's file name, as the registry serves it.
+    pub archive: String,
+    pub sha256: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Registry {
+    /// The Python Package Index, or the index pip is configured with (`PIP_INDEX_URL`, ...).
+    Pypi,
+}
+
+impl Package {
+    /// `pypi:name==version`, where a hub file names its repo.
+    pub fn label(&self) -> String {
+        match self.registry {
+            Registry::Pypi => format!("pypi:{}=={}", self.name, self.version),
+        }
+    }
+
+    /// Where its files are unpacked: `packages/<name>-<version>/` beside the models folder.
+    pub fn dir(&self) -> PathBuf {
+        let models = llm_worker_rbee_api::model_id::models_dir();
+        let parent = models.parent().map_or_else(PathBuf::new, Path::to_path_buf);
+        parent
+            .join("packages")
+            .join(format!("{}-{}", self.name, self.version))
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ManifestFile {
-    /// The path in the repo.
+    /// The path in the repo, or in the package's archive.
     pub path: String,
     /// Another repo than the model's (a GGUF's tokenizer).
     #[serde(default)]
@@ -96,6 +139,8 @@ pub struct FileSpec {
     pub revision: Option<String>,
     pub size: Option<u64>,
     pub sha256: Option<String>,
+    /// Where a package's file is unpacked (a hub file's place depends on its commit).
+    pub unpacked: Option<PathBuf>,
 }
 
 impl FileSpec {
@@ -131,6 +176,7 @@ impl Manifest {
                 bail!("model id `{id}` is used twice");
             }
             check_revision(id, &model.revision)?;
+            check_source(model)?;
             let mut names = BTreeSet::new();
             for file in &model.files {
                 check_revision(id, &file.revision)?;
@@ -157,9 +203,10 @@ impl Manifest {
                         bail!("model `{id}`: a safetensors model needs a .safetensors file");
                     }
                 }
+                // The tokenizer comes from the GGUF's metadata unless a tokenizer.json is listed.
                 Format::Gguf => {
-                    if has(&|n| n.ends_with(".gguf")) != 1 || !names.contains("tokenizer.json") {
-                        bail!("model `{id}`: a gguf model needs exactly one .gguf file and tokenizer.json");
+                    if has(&|n| n.ends_with(".gguf")) != 1 {
+                        bail!("model `{id}`: a gguf model needs exactly one .gguf file");
                     }
                 }
             }
@@ -200,6 +247,9 @@ impl Model {
     /// Its files with their pins: what the manifest says, else what the lock recorded. A
     /// manifest pin that disagrees with the lock is an error.
     pub fn files(&self, lock: &Lock) -> Result<Vec<FileSpec>> {
+        if let Some(package) = &self.package {
+            return Ok(self.package_files(package));
+        }
         self.files
             .iter()
             .map(|file| {
@@ -227,10 +277,71 @@ impl Model {
                     revision,
                     size,
                     sha256,
+                    unpacked: None,
                 })
             })
             .collect()
     }
+
+    /// A package's files, each pinned in the manifest (validated).
+    fn package_files(&self, package: &Package) -> Vec<FileSpec> {
+        self.files
+            .iter()
+            .map(|file| FileSpec {
+                model: self.id.clone(),
+                repo: package.label(),
+                path: file.path.clone(),
+                name: file_name(&file.path).to_string(),
+                revision: Some(package.version.clone()),
+                size: file.size,
+                sha256: Some(file.sha256.clone()),
+                unpacked: Some(package.dir().join("files").join(&file.path)),
+            })
+            .collect()
+    }
+}
+
+/// A hub repo or a package, not both; a package pins its archive and every file by hand, since
+/// the lock records hub downloads only.
+fn check_source(model: &Model) -> Result<()> {
+    let id = &model.id;
+    let Some(package) = &model.package else {
+        if model.repo.is_empty() {
+            bail!("model `{id}`: name its hub `repo` or its `package`");
+        }
+        return Ok(());
+    };
+    if !model.repo.is_empty() || !model.revision.is_empty() {
+        bail!("model `{id}`: a model from a package has no hub `repo` or `revision`");
+    }
+    if !is_hex(&package.sha256, 64) {
+        bail!("model `{id}`: the package's sha256 must be 64 hex digits");
+    }
+    for (what, value) in [
+        ("name", &package.name),
+        ("version", &package.version),
+        ("archive", &package.archive),
+    ] {
+        if value.is_empty() || value.contains(['/', '\\']) || value.starts_with('.') {
+            bail!("model `{id}`: the package's {what} `{value}` is not a plain name");
+        }
+    }
+    for file in &model.files {
+        let path = &file.path;
+        if file.repo.is_some() || !file.revision.is_empty() {
+            bail!("model `{id}`, file `{path}`: a package's file names no repo or revision");
+        }
+        if file.sha256.is_empty() || file.size.is_none() {
+            bail!(
+                "model `{id}`, file `{path}`: a package's file is pinned by its sha256 and size, \
+                 measured on a real download"
+            );
+        }
+        if path.split('/').any(|part| part.is_empty() || part == "..") {
+            bail!("model `{id}`, file `{path}`: not a plain path inside the archive");
+        }
+    }
+    Ok(())
 }
 
 /// The first non-empty value the manifest states, else the locked one; both must agree.
@@ -350,16 +461,60 @@ mod tests {
     }
 
     #[test]
-    fn committed_manifest_is_valid_and_pins_nothing_by_hand() {
+    fn committed_manifest_is_valid_and_pins_hub_files_only_through_the_lock() {
         let manifest = Manifest::load(&default_manifest()).unwrap();
-        assert!(manifest.models.len() >= 7);
-        for model in &manifest.models {
+        assert!(manifest.models.len() >= 8);
+        for model in manifest.models.iter().filter(|m| m.package.is_none()) {
             assert!(model.revision.is_empty(), "{}", model.id);
             for file in &model.files {
                 // Only a real download may pin a file (models.lock).
                 assert!(file.sha256.is_empty() && file.revision.is_empty() && file.size.is_none());
             }
         }
+    }
+
+    fn package_model(file: &str) -> Result<Manifest> {
+        let sha = "c".repeat(64);
+        let text = format!(
+            r#"
+            [[models]]
+            id = "p"
+            architecture = "llama"
+            format = "gguf"
+            package = {{ registry = "pypi", name = "llm-p", version = "1.0", archive = "llm_p-1.0-py3-none-any.whl", sha256 = "{sha}" }}
+            files = [{file}]
+            "#
+        );
+        let manifest: Manifest = toml::from_str(&text)?;
+        manifest.validate()?;
+        Ok(manifest)
+    }
+
+    #[test]
+    fn a_package_pins_its_archive_and_each_file_and_lays_them_out_beside_the_models() {
+        let sha = "d".repeat(64);
+        let pinned = format!(r#"{{ path = "llm_p/m.gguf", size = 7, sha256 = "{sha}" }}"#);
+        let manifest = package_model(&pinned).unwrap();
+        let files = manifest.models[0].files(&Lock::default()).unwrap();
+        assert_eq!(files[0].repo, "pypi:llm-p==1.0");
+        assert_eq!(files[0].name, "m.gguf");
+        assert_eq!(files[0].sha256.as_deref(), Some(sha.as_str()));
+        let unpacked = files[0].unpacked.as_ref().unwrap();
+        assert!(
+            unpacked.ends_with("packages/llm-p-1.0/files/llm_p/m.gguf"),
+            "{unpacked:?}"
+        );
+
+        let unpinned = package_model(r#"{ path = "llm_p/m.gguf" }"#).unwrap_err();
+        assert!(
+            unpinned
+                .to_string()
+                .contains("pinned by its sha256 and size"),
+            "{unpinned}"
+        );
+        let escaping = format!(r#"{{ path = "../m.gguf", size = 7, sha256 = "{sha}" }}"#);
+        let err = package_model(&escaping).unwrap_err();
+        assert!(err.to_string().contains("not a plain path"), "{err}");
     }
 
     #[test]

@@ -12,6 +12,8 @@ mod hub;
 mod list;
 #[cfg(feature = "fetch")]
 pub mod manifest;
+#[cfg(feature = "fetch")]
+mod package;
 
 use std::path::PathBuf;
 

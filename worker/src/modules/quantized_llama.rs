@@ -1,0 +1,306 @@
+//! Llama-family GGUF models, derived from candle-transformers' `quantized_llama` (dense blocks,
+//! the interleaved rotation llama.cpp's converter prepares the weights for). Two differences:
+//! - the rotary tables cover the file's `llama.context_length` (candle's stop at 4,096
+//!   positions whatever the file says);
+//! - the embeddings are looked up in the quantized table, a row dequantized per token (candle
+//!   holds an f32 copy of the whole table, 113 MB for SmolLM2-135M, beside the quantized one a
+//!   tied model's output product reads). The rows are the same values either way.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use candle_core::quantized::{ggml_file, gguf_file, QMatMul, QTensor};
+use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
+use candle_transformers::quantized_nn::RmsNorm;
+use candle_transformers::utils::{build_causal_mask, repeat_kv};
+
+/// The settings the module reads, from the metadata (checked by `gguf::parse` first).
+pub struct Settings {
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub hidden_size: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f32,
+    /// Positions the rotary tables cover.
+    pub context_length: usize,
+}
+
+impl Settings {
+    pub fn read(content: &gguf_file::Content) -> Result<Self> {
+        let get = |key: &str| match content.metadata.get(&format!("llama.{key}")) {
+            Some(value) => Ok(value),
+            None => candle_core::bail!("cannot find llama.{key} in the metadata"),
+        };
+        let count = |key: &str| get(key).and_then(|v| v.to_u32()).map(|n| n as usize);
+        Ok(Self {
+            num_layers: count("block_count")?,
+            num_heads: count("attention.head_count")?,
+            num_kv_heads: count("attention.head_count_kv")?,
+            hidden_size: count("embedding_length")?,
+            rms_norm_eps: get("attention.layer_norm_rms_epsilon")?.to_f32()? as f64,
+            rope_theta: get("rope.freq_base")
+                .and_then(|v| v.to_f32())
+                .unwrap_or(10_000.0),
+            context_length: count("context_length")?,
+        })
+    }
+}
+
+/// The embedding table, quantized; the rows a forward pass needs are dequantized.
+struct QuantizedEmbeddings {
+    table: Arc<QTensor>,
+    /// The table's bytes on the host when it lives on a device (read once; on the CPU they are
+    /// the table's own).
+    host: Option<Vec<u8>>,
+    row_bytes: usize,
+    hidden_size: usize,
+}
+
+impl QuantizedEmbeddings {
+    fn new(table: Arc<QTensor>) -> Result<Self> {
+        let (rows, hidden_size) = table.shape().dims2()?;
+        let dtype = table.dtype();
+        if hidden_size % dtype.block_size() != 0 {
+            candle_core::bail!("embedding rows of {hidden_size} are not whole {dtype:?} blocks")
+        }
+        let host = match table.device() {
+            Device::Cpu => None,
+            _ => Some(table.data()?.into_owned()),
+        };
+        let row_bytes = hidden_size / dtype.block_size() * dtype.type_size();
+        let held = host
+            .as_ref()
+            .map_or(table.storage_size_in_bytes(), Vec::len);
+        if held != rows * row_bytes {
+            candle_core::bail!("the embedding table has {held} bytes, not {rows} x {row_bytes}")
+        }
+        Ok(Self {
+            table,
+            host,
+            row_bytes,
+            hidden_size,
+        })
+    }
+
+    /// `[batch, tokens]` ids to `[batch, tokens, hidden]` f32.
+    fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let (batch, tokens) = ids.dims2()?;
+        let bytes: Cow<[u8]> = match &self.host {
+            Some(host) => Cow::Borrowed(host),
+            None => self.table.data()?,
+        };
+        let rows_held = bytes.len() / self.row_bytes;
+        let mut gathered = Vec::with_capacity(batch * tokens * self.row_bytes);
+        for id in ids.flatten_all()?.to_vec1::<u32>()? {
+            let id = id as usize;
+            if id >= rows_held {
+                candle_core::bail!("token id {id} is past the {rows_held} embeddings")
+            }
+            gathered.extend_from_slice(&bytes[id * self.row_bytes..(id + 1) * self.row_bytes]);
+        }
+        let dims = vec![batch * tokens, self.hidden_size];
+        let device = self.table.device();
+        ggml_file::qtensor_from_ggml(self.table.dtype(), &gathered, dims, &device)?
+            .dequantize(&device)?
+            .reshape((batch, tokens, self.hidden_size))
+    }
+}
+
+struct Mlp {
+    gate: QMatMul,
+    down: QMatMul,
+    up: QMatMul,
+}
+
+impl Mlp {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let gate = self.gate.forward(xs)?;
+        let up = self.up.forward(xs)?;
+        self.down.forward(&(candle_nn::ops::silu(&gate)? * up)?)
+    }
+}
+
+struct Layer {
+    q: QMatMul,
+    k: QMatMul,
+    v: QMatMul,
+    o: QMatMul,
+    attention_norm: RmsNorm,
+    mlp: Mlp,
+    ffn_norm: RmsNorm,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    cos: Tensor,
+    sin: Tensor,
+    neg_inf: Tensor,
+    kv_cache: Option<(Tensor, Tensor)>,
+}
+
+impl Layer {
+    fn rotate(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
+        let (_, _, tokens, _) = x.dims4()?;
+        let cos = self.cos.narrow(0, offset, tokens)?;
+        let sin = self.sin.narrow(0, offset, tokens)?;
+        candle_nn::rotary_emb::rope_i(&x.contiguous()?, &cos, &sin)
+    }
+
+    fn attention(&mut self, x: &Tensor, mask: Option<&Tensor>, offset: usize) -> Result<Tensor> {
+        let (batch, tokens, hidden) = x.dims3()?;
+        let heads = |t: Tensor, n: usize| {
+            t.reshape((batch, tokens, n, self.head_dim))?
+                .transpose(1, 2)
+        };
+        let q = heads(self.q.forward(x)?, self.num_heads)?;
+        let k = heads(self.k.forward(x)?, self.num_kv_heads)?;
+        let v = heads(self.v.forward(x)?, self.num_kv_heads)?.contiguous()?;
+        let q = self.rotate(&q, offset)?;
+        let k = self.rotate(&k, offset)?;
+        // A request from position 0 starts a new cache, whatever an earlier one left.
+        let (k, v) = match &self.kv_cache {
+            Some((k_cache, v_cache)) if offset > 0 => (
+                Tensor::cat(&[k_cache, &k], 2)?,
+                Tensor::cat(&[v_cache, &v], 2)?,
+            ),
+            _ => (k, v),
+        };
+        self.kv_cache = Some((k.clone(), v.clone()));
+        let groups = self.num_heads / self.num_kv_heads;
+        let k = repeat_kv(k, groups)?;
+        let v = repeat_kv(v, groups)?;
+        let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?;
+        let scores = match mask {
+            None => scores,
+            Some(mask) => {
+                let mask = mask.broadcast_as(scores.shape())?;
+                mask.where_cond(&self.neg_inf.broadcast_as(scores.shape())?, &scores)?
+            }
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let y = probs.matmul(&v.contiguous()?)?;
+        let y = y.transpose(1, 2)?.reshape((batch, tokens, hidden))?;
+        self.o.forward(&y)
+    }
+}
+
+pub struct QuantizedLlama {
+    embeddings: QuantizedEmbeddings,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    output: QMatMul,
+}
+
+/// cos and sin of every position up to `positions` for each rotated pair.
+fn rotary_tables(
+    head_dim: usize,
+    theta: f32,
+    positions: usize,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let inv_freq: Vec<f32> = (0..head_dim)
+        .step_by(2)
+        .map(|i| 1f32 / theta.powf(i as f32 / head_dim as f32))
+        .collect();
+    let inv_freq = Tensor::new(inv_freq.as_slice(), device)?;
+    let angles = Tensor::arange(0, positions as u32, device)?
+        .to_dtype(DType::F32)?
+        .reshape((positions, 1))?
+        .matmul(&inv_freq.reshape((1, inv_freq.elem_count()))?)?;
+    Ok((angles.cos()?, angles.sin()?))
+}
+
+impl QuantizedLlama {
+    pub fn from_gguf<R: std::io::Seek + std::io::Read>(
+        content: gguf_file::Content,
+        reader: &mut R,
+        device: &Device,
+    ) -> Result<Self> {
+        let settings = Settings::read(&content)?;
+        let head_dim = settings.hidden_size / settings.num_heads;
+        let (cos, sin) = rotary_tables(
+            head_dim,
+            settings.rope_theta,
+            settings.context_length,
+            device,
+        )?;
+        let neg_inf = Tensor::new(f32::NEG_INFINITY, device)?;
+        let mut tensor = |name: &str| content.tensor(reader, name, device);
+        let table = Arc::new(tensor("token_embd.weight")?);
+        let norm = RmsNorm::from_qtensor(tensor("output_norm.weight")?, settings.rms_norm_eps)?;
+        // Without `output.weight` the output product is the embedding table (tied).
+        let output = match content.tensor_infos.contains_key("output.weight") {
+            true => QMatMul::from_qtensor(tensor("output.weight")?)?,
+            false => QMatMul::from_arc(table.clone())?,
+        };
+        let mut layers = Vec::with_capacity(settings.num_layers);
+        for layer in 0..settings.num_layers {
+            let mut weight = |name: &str| tensor(&format!("blk.{layer}.{name}.weight"));
+            let mut product = |name: &str| weight(name).and_then(QMatMul::from_qtensor);
+            let (q, k, v, o) = (
+                product("attn_q")?,
+                product("attn_k")?,
+                product("attn_v")?,
+                product("attn_output")?,
+            );
+            let mlp = Mlp {
+                gate: product("ffn_gate")?,
+                down: product("ffn_down")?,
+                up: product("ffn_up")?,
+            };
+            let eps = settings.rms_norm_eps;
+            layers.push(Layer {
+                q,
+                k,
+                v,
+                o,
+                attention_norm: RmsNorm::from_qtensor(weight("attn_norm")?, eps)?,
+                mlp,
+                ffn_norm: RmsNorm::from_qtensor(weight("ffn_norm")?, eps)?,
+                num_heads: settings.num_heads,
+                num_kv_heads: settings.num_kv_heads,
+                head_dim,
+                cos: cos.clone(),
+                sin: sin.clone(),
+                neg_inf: neg_inf.clone(),
+                kv_cache: None,
+            });
+        }
+        Ok(Self {
+            embeddings: QuantizedEmbeddings::new(table)?,
+            layers,
+            norm,
+            output,
+        })
+    }
+
+    pub fn clear_kv_cache(&mut self) {
+        for layer in &mut self.layers {
+            layer.kv_cache = None;
+        }
+    }
+
+    /// The logits of the last token of `ids` (`[batch, tokens]`), at positions from `offset`.
+    pub fn forward(&mut self, ids: &Tensor, offset: usize) -> Result<Tensor> {
+        let (_, tokens) = ids.dims2()?;
+        let mask = match tokens {
+            1 => None,
+            _ => Some(build_causal_mask(tokens, offset, ids.device())?),
+        };
+        let mut hidden = self.embeddings.forward(ids)?;
+        for layer in &mut self.layers {
+            let attention = layer.attention(
+                &layer.attention_norm.forward(&hidden)?,
+                mask.as_ref(),
+                offset,
+            )?;
+            let hidden_attended = (attention + &hidden)?;
+            let mlp = layer
+                .mlp
+                .forward(&layer.ffn_norm.forward(&hidden_attended)?)?;
+            hidden = (mlp + hidden_attended)?;
+        }
+        let last = self.norm.forward(&hidden)?.i((.., tokens - 1, ..))?;
+        self.output.forward(&last)
+    }
+}
