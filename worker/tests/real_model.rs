@@ -37,12 +37,28 @@ struct Chat {
     rendered: String,
 }
 
-fn reference() -> Reference {
+/// What ci/reference/llama_cpp_reference.py wrote with llama.cpp.
+#[derive(Deserialize)]
+struct LlamaCpp {
+    prompts: Vec<LlamaCppPrompt>,
+}
+
+#[derive(Deserialize)]
+struct LlamaCppPrompt {
+    text: String,
+    prompt_ids: Vec<u32>,
+}
+
+fn read_reference<T: serde::de::DeserializeOwned>(name: &str) -> T {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../golden/reference")
-        .join(format!("tokenizer-{ID}.json"));
+        .join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
+}
+
+fn reference() -> Reference {
+    read_reference(&format!("tokenizer-{ID}.json"))
 }
 
 #[test]
@@ -92,6 +108,24 @@ fn chat_messages_render_with_the_gguf_template_as_transformers_renders_them() {
             .expect("the corpus holds each rendered chat")
             .ids;
         assert_eq!(prepared.prompt_ids(), expected, "{:?}", chat.messages);
+    }
+}
+
+#[test]
+#[ignore = "needs the real model: cargo xtask ci --step \"real model\""]
+fn text_prompts_get_the_ids_llama_cpp_gives_them() {
+    let files = ModelFiles::open(&folder()).unwrap();
+    let llama_cpp: LlamaCpp = read_reference(&format!("llama.cpp-{ID}.json"));
+    assert!(llama_cpp.prompts.len() >= 6);
+    for prompt in &llama_cpp.prompts {
+        let request = Request::greedy(Prompt::Text(prompt.text.clone()), 1);
+        let prepared = files.prompter().prepare(&request).unwrap();
+        assert_eq!(
+            prepared.prompt_ids(),
+            prompt.prompt_ids,
+            "{:?}",
+            prompt.text
+        );
     }
 }
 
