@@ -5,12 +5,15 @@
 # harness log, the logs of the CUDA fast path's checks (cuda_*.txt, cuda bundles), and every
 # pending snapshot (.snap.new); never accepts a snapshot.
 #
-#   ./run.sh [--dtype f32|bf16|f16]... [--via library|http]... [--fault-injection]
-#            [--cuda-lib-dir DIR] [--host-label LABEL] [--out FILE] [-- FILTER...]
+#   ./run.sh [--dtype f32|bf16|f16]... [--via library|http]... [--engine fast|candle]...
+#            [--fault-injection] [--cuda-lib-dir DIR] [--host-label LABEL] [--out FILE]
+#            [-- FILTER...]
 #
 # --dtype may repeat (default f32), and so may --via (default library): `http` runs the trials
 # through a `llm-worker-rbee serve` process per model (bin/llm-worker-rbee) and checks the same
-# goldens. --fault-injection also runs the harness built with the
+# goldens. --engine may repeat too (default: the worker's, fast on cuda for the models it
+# covers); a run on an engine other than the default has its results in a folder whose name ends
+# in it (cuda-bf16-candle). --fault-injection also runs the harness built with the
 # worker's fault-injection feature, which must fail. CUDA libraries are searched in
 # --cuda-lib-dir, $CUDA_HOME, /usr/local/cuda and any site-packages/nvidia/*/lib. Exits non-zero
 # when a trial failed or the fault-injection run passed.
@@ -22,6 +25,7 @@ source "$here/bundle.env"
 
 dtypes=()
 transports=()
+engines=()
 fault=0
 lib_dir=""
 host="$(hostname 2>/dev/null || echo unknown-host)"
@@ -31,6 +35,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --dtype) dtypes+=("$2"); shift 2 ;;
     --via) transports+=("$2"); shift 2 ;;
+    --engine) engines+=("$2"); shift 2 ;;
     --fault-injection) fault=1; shift ;;
     --cuda-lib-dir) lib_dir="$2"; shift 2 ;;
     --host-label) host="$2"; shift 2 ;;
@@ -42,6 +47,15 @@ while [ $# -gt 0 ]; do
 done
 [ ${#dtypes[@]} -gt 0 ] || dtypes=(f32)
 [ ${#transports[@]} -gt 0 ] || transports=(library)
+default_engine=candle
+[ "$BACKEND" != cuda ] || default_engine=fast
+[ ${#engines[@]} -gt 0 ] || engines=("$default_engine")
+for engine in "${engines[@]}"; do
+  case "$engine" in
+    candle | fast) ;;
+    *) echo "run.sh: --engine takes fast or candle, not '$engine'" >&2; exit 2 ;;
+  esac
+done
 for via in "${transports[@]}"; do
   case "$via" in
     library | http) ;;
@@ -84,23 +98,29 @@ for check in "$here"/bin/cuda_*; do
     status=1
   fi
 done
-run_harness() { # binary, dtype, transport, results subfolder
-  local dir="$results/$4"
+run_harness() { # binary, dtype, transport, engine, results subfolder
+  local dir="$results/$5"
   mkdir -p "$dir"
-  CONFORMANCE_DTYPES="$2" CONFORMANCE_TRANSPORT="$3" CONFORMANCE_WORKER="$here/bin/llm-worker-rbee" \
+  CONFORMANCE_DTYPES="$2" CONFORMANCE_TRANSPORT="$3" CONFORMANCE_ENGINE="$4" \
+    CONFORMANCE_WORKER="$here/bin/llm-worker-rbee" \
     CONFORMANCE_RECORDS="$dir/records" CONFORMANCE_REPORT_DIR="$dir" \
     "$here/bin/$1" "${filters[@]}" 2>&1 | tee "$dir/log.txt"
   return "${PIPESTATUS[0]}"
 }
-for via in "${transports[@]}"; do
-  for dtype in "${dtypes[@]}"; do
-    suffix=""
-    [ "$via" = library ] || suffix="-$via"
-    run_harness conformance "$dtype" "$via" "$BACKEND-$dtype$suffix" || status=1
+for engine in "${engines[@]}"; do
+  for via in "${transports[@]}"; do
+    for dtype in "${dtypes[@]}"; do
+      suffix=""
+      [ "$engine" = "$default_engine" ] || suffix="-$engine"
+      [ "$via" = library ] || suffix="$suffix-$via"
+      run_harness conformance "$dtype" "$via" "$engine" "$BACKEND-$dtype$suffix" || status=1
+    done
   done
 done
 if [ "$fault" = 1 ]; then
-  if INSTA_UPDATE=no run_harness conformance-fault-injection f32 library "fault-injection-$BACKEND-f32" > /dev/null; then
+  # On candle's modules: the injected fault skips their cache reset; the fast engine's cache is
+  # addressed by position and has nothing to reset.
+  if INSTA_UPDATE=no run_harness conformance-fault-injection f32 library candle "fault-injection-$BACKEND-f32" > /dev/null; then
     echo "run.sh: the fault-injection run passed; it must fail" >&2
     status=1
   else

@@ -45,7 +45,7 @@ pub fn start(
                 backend: spec.backend,
                 device: 0,
                 dtype: spec.dtype,
-                engine: None,
+                engine: spec.engine,
             };
             let worker =
                 Worker::load(dir, options).map_err(|e| format!("cannot load the model: {e}"))?;
@@ -59,7 +59,7 @@ pub fn start(
             )?;
             let info =
                 ModelInfo::inspect(dir).map_err(|e| format!("cannot read the model: {e}"))?;
-            let server = HttpWorker::start(binary, dir, spec.backend, spec.dtype)?;
+            let server = HttpWorker::start(binary, dir, spec.backend, spec.dtype, spec.engine)?;
             Ok((Box::new(server), info))
         }
     }

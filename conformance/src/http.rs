@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use llm_worker_rbee_api::GenerationTimings;
-use llm_worker_rbee_api::{Backend, Dtype, Generation, Prompt, Request, StopReason};
+use llm_worker_rbee_api::{Backend, Dtype, Engine, Generation, Prompt, Request, StopReason};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -57,12 +57,17 @@ impl HttpWorker {
         model_dir: &Path,
         backend: Backend,
         dtype: Dtype,
+        engine: Option<Engine>,
     ) -> Result<Self, String> {
+        let engine: Vec<String> = engine
+            .map(|e| vec!["--engine".into(), e.to_string()])
+            .unwrap_or_default();
         let mut child = Command::new(binary)
             .arg("serve")
             .arg("--model")
             .arg(model_dir)
             .args(["--backend", backend.name(), "--dtype", dtype.name()])
+            .args(&engine)
             .args(["--host", "127.0.0.1", "--port", "0"])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())

@@ -28,12 +28,21 @@ pub struct RunInfo {
     pub dtype: Dtype,
     /// How trials reached the worker: `library` or `http`.
     pub transport: String,
+    /// What ran the models: `candle` (candle's modules) or `fast` (the fast engine for the
+    /// models it covers, candle's modules for the rest). Runs recorded before the fast engine
+    /// existed ran candle's.
+    #[serde(default = "candle_engine")]
+    pub engine: String,
     pub git_commit: String,
     /// Whether the working tree had uncommitted changes.
     pub git_dirty: bool,
     /// RFC 3339, UTC.
     pub started_at: String,
     pub worker_version: String,
+}
+
+fn candle_engine() -> String {
+    "candle".into()
 }
 
 impl RunInfo {
@@ -50,6 +59,7 @@ impl RunInfo {
             backend,
             dtype,
             transport: "library".into(),
+            engine: candle_engine(),
             git_commit,
             git_dirty,
             started_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
@@ -150,12 +160,13 @@ impl Report {
         }
         write!(
             out,
-            "\n{} trials ({} {} via {}): {} passed, {} failed, {} ignored, {} expected \
-             failures",
+            "\n{} trials ({} {} via {}, {} engine): {} passed, {} failed, {} ignored, {} \
+             expected failures",
             self.trials.len(),
             self.run.backend,
             self.run.dtype,
             self.run.transport,
+            self.run.engine,
             self.count(Outcome::Passed),
             self.count(Outcome::Failed),
             self.count(Outcome::Ignored),

@@ -1,7 +1,7 @@
 //! Trials: the cross product of the cases for the backends, dtypes and transport a run
 //! selects.
 
-use llm_worker_rbee_api::{Backend, Dtype};
+use llm_worker_rbee_api::{Backend, Dtype, Engine};
 
 use crate::cases::{Cases, PromptCase, Seed};
 
@@ -42,13 +42,16 @@ impl std::str::FromStr for Transport {
 }
 
 /// The backends and dtypes a run covers: `CONFORMANCE_BACKENDS` and `CONFORMANCE_DTYPES`
-/// (comma-separated), by default `cpu` and `f32`; and the transport, `CONFORMANCE_TRANSPORT`
-/// (`library` by default).
+/// (comma-separated), by default `cpu` and `f32`; the transport, `CONFORMANCE_TRANSPORT`
+/// (`library` by default); and the engine, `CONFORMANCE_ENGINE`.
 #[derive(Clone, Debug)]
 pub struct Selection {
     pub backends: Vec<Backend>,
     pub dtypes: Vec<Dtype>,
     pub transport: Transport,
+    /// `candle` runs every model on candle's modules; unset or `fast`, the worker picks its
+    /// default: the fast engine for the models it covers on CUDA, candle's modules otherwise.
+    pub engine: Option<Engine>,
 }
 
 impl Selection {
@@ -59,11 +62,38 @@ impl Selection {
                 .map_err(|e| format!("CONFORMANCE_TRANSPORT: {e}"))?,
             Err(_) => Transport::Library,
         };
+        let engine = match std::env::var("CONFORMANCE_ENGINE").as_deref() {
+            Err(_) | Ok("") => None,
+            Ok(name) => Some(
+                name.parse::<Engine>()
+                    .map_err(|e| format!("CONFORMANCE_ENGINE: {e}"))?,
+            ),
+        };
+        let backends = list("CONFORMANCE_BACKENDS", Backend::Cpu)?;
+        if engine == Some(Engine::Fast) && backends.iter().any(|b| *b != Backend::Cuda) {
+            return Err(
+                "CONFORMANCE_ENGINE: the fast engine runs on the cuda backend only; \
+                 leave it unset or say `candle` for the others"
+                    .into(),
+            );
+        }
         Ok(Self {
-            backends: list("CONFORMANCE_BACKENDS", Backend::Cpu)?,
+            backends,
             dtypes: list("CONFORMANCE_DTYPES", Dtype::F32)?,
             transport,
+            engine,
         })
+    }
+
+    /// The engine a report names: the one asked for, else the backend's default.
+    pub fn engine_name(&self, backend: Backend) -> &'static str {
+        self.engine.unwrap_or(Engine::default_for(backend)).name()
+    }
+
+    /// The engine to load a model with: candle's when asked for; else the worker's default,
+    /// so that `fast` still runs the architectures it does not cover on candle's modules.
+    pub fn load_engine(&self) -> Option<Engine> {
+        self.engine.filter(|e| *e == Engine::Candle)
     }
 }
 
@@ -86,6 +116,8 @@ pub struct TrialSpec {
     pub backend: Backend,
     pub dtype: Dtype,
     pub transport: Transport,
+    /// `Some(Engine::Candle)` to force candle's modules; `None` for the worker's default.
+    pub engine: Option<Engine>,
     pub seed: Seed,
     pub prompt: PromptCase,
 }
@@ -104,6 +136,7 @@ pub fn expand(cases: &Cases, selection: &Selection, models: &[String]) -> Vec<Tr
                             backend,
                             dtype,
                             transport: selection.transport,
+                            engine: selection.load_engine(),
                             seed,
                             prompt: prompt.clone(),
                         });

@@ -49,6 +49,7 @@ fn outcomes_on(
         backends: vec![backend],
         dtypes: vec![Dtype::F32],
         transport,
+        engine: None,
     };
     let specs = expand(&cases, &selection, &cases.models.ids());
     let suite = Suite::new(cases, paths);

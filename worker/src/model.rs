@@ -131,6 +131,27 @@ pub trait CausalLm: Send {
 
     /// Empties the KV cache, so that the next forward starts at position 0.
     fn reset(&mut self) -> CandleResult<()>;
+
+    /// For a model whose decode step is a CUDA graph: its census, and its replays timed from
+    /// `position` on. Overwrites the cache from `position`; `None` for the others.
+    fn decode_graph(&mut self, _position: usize) -> CandleResult<Option<DecodeGraph>> {
+        Ok(None)
+    }
+}
+
+/// A decode step captured as a CUDA graph: what it launches, and how long a replay takes.
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+pub struct DecodeGraph {
+    /// The graph's nodes; `kernels` of them are kernel launches (the others copies or sets).
+    pub nodes: usize,
+    pub kernels: usize,
+    /// Replays back to back, each the next greedy token from the one before, starting at
+    /// this position, with nothing between them on the host.
+    pub replays: usize,
+    pub position: usize,
+    /// Wall time of the replays over their count: the step's time on the device with no host
+    /// work between tokens.
+    pub replay_us: f64,
 }
 
 /// How a sliding attention window in the checkpoint is handled.

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::fast::{self, Engine};
 use crate::files::{ModelFiles, ModelInfo, Module};
 use crate::folder::Weights;
-use crate::model::CausalLm;
+use crate::model::{CausalLm, DecodeGraph};
 use crate::prompter::Prompter;
 use crate::request::{
     Generation, GenerationTimings, PreparedRequest, Prompt, Request, StopReason, TokenEvent,
@@ -29,7 +29,8 @@ pub struct LoadOptions {
     /// Device ordinal for `cuda`/`metal`.
     pub device: usize,
     pub dtype: Dtype,
-    /// The implementation to run; `None`: candle's (see `fast::choose`).
+    /// The implementation to run; `None`: the fast engine where it runs, else candle's (see
+    /// `fast::choose`).
     pub engine: Option<Engine>,
 }
 
@@ -264,6 +265,15 @@ impl Worker {
 
     fn forward(&mut self, ids: &[u32], offset: usize) -> Result<Tensor> {
         forward(self.model.as_mut(), &self.device, ids, offset)
+    }
+
+    /// The census of the decode step's CUDA graph and its replay time at `position` (the fast
+    /// engine's; `None` for candle's modules). Leaves the cache empty.
+    pub fn decode_graph(&mut self, position: usize) -> Result<Option<DecodeGraph>> {
+        self.check_sequence(position + 1)?;
+        let graph = self.model.decode_graph(position);
+        self.reset_cache()?;
+        Ok(graph?)
     }
 
     /// The logits the model gives after `prompt_ids` and after each prefix of `continuation`,

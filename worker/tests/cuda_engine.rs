@@ -157,3 +157,41 @@ fn fast_engine_logits_follow_the_candle_engine_at_every_step() {
         }
     }
 }
+
+/// The decode graph's census: the fast engine reports kernels and a replay time, candle's
+/// modules none; timing the replays leaves the next request's tokens as they were, and the fast
+/// engine is the default on CUDA.
+#[test]
+fn the_decode_graph_is_counted_and_timed_without_changing_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    write_fixture("llama", dir.path());
+    let default = Worker::load(
+        dir.path(),
+        LoadOptions {
+            backend: Backend::Cuda,
+            device: 0,
+            dtype: Dtype::F32,
+            engine: None,
+        },
+    )
+    .unwrap();
+    assert_eq!(default.engine(), Engine::Fast);
+    drop(default);
+    let prompt = [1, 40, 41, 300, 7];
+    let mut fast = load(dir.path(), Dtype::F32, Engine::Fast);
+    let before = greedy(&mut fast, &prompt, 24);
+    let graph = fast
+        .decode_graph(100)
+        .unwrap()
+        .expect("the fast engine's graph");
+    println!("llama fixture f32: {graph:?}");
+    assert!(
+        graph.kernels > 0 && graph.kernels <= graph.nodes,
+        "{graph:?}"
+    );
+    assert!(graph.replay_us > 0.0 && graph.position == 100, "{graph:?}");
+    assert_eq!(greedy(&mut fast, &prompt, 24), before);
+    drop(fast);
+    let mut candle = load(dir.path(), Dtype::F32, Engine::Candle);
+    assert_eq!(candle.decode_graph(100).unwrap(), None);
+}

@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::Result;
 use conformance::report::Report;
 use conformance::trial::Transport;
-use llm_worker_rbee_api::{Backend, Dtype};
+use llm_worker_rbee_api::{Backend, Dtype, Engine};
 use xshell::{cmd, Shell};
 
 use crate::build;
@@ -19,16 +19,22 @@ pub struct Selection<'a> {
     pub backend: Backend,
     pub dtype: Dtype,
     pub via: Transport,
+    /// `CONFORMANCE_ENGINE`; `None` for the worker's default.
+    pub engine: Option<Engine>,
     pub filters: &'a [String],
 }
 
 /// Copies a report into golden/reports/, the evidence the support matrix is made from; a run
-/// of real models is named after them too, and one over HTTP says so.
+/// of real models is named after them too, one on an engine other than the backend's default
+/// names it, and one over HTTP says so.
 pub fn record(report: &Report, file: &Path, models: &[String]) -> Result<()> {
     let run = &report.run;
     let mut name = format!("{}-{}-{}", run.host, run.backend, run.dtype);
     if !models.is_empty() {
         name = format!("{name}-{}", models.join("+"));
+    }
+    if run.engine != Engine::default_for(run.backend).name() {
+        name = format!("{name}-{}", run.engine);
     }
     if run.transport != Transport::Library.name() {
         name = format!("{name}-{}", run.transport);
@@ -101,6 +107,9 @@ pub fn command<'a>(
     );
     if let Some(worker) = worker {
         harness = harness.env("CONFORMANCE_WORKER", worker);
+    }
+    if let Some(engine) = selection.engine {
+        harness = harness.env("CONFORMANCE_ENGINE", engine.name());
     }
     // The harness writes the fixtures that are missing; `cargo xtask fixtures` checks their
     // bytes.

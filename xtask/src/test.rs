@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use conformance::report::{Report, RunInfo};
 use conformance::trial::Transport;
-use llm_worker_rbee_api::{Backend, Dtype};
+use llm_worker_rbee_api::{Backend, Dtype, Engine};
 use xshell::Shell;
 
 use crate::harness::{self, Selection};
@@ -38,6 +38,12 @@ pub struct Args {
     /// goldens; the logit checks are the library's alone).
     #[arg(long, default_value = "library", value_name = "TRANSPORT", value_parser = transport)]
     pub via: Transport,
+    /// What runs the models: `candle` (candle's modules, every backend) or `fast` (the fused
+    /// CUDA kernels and graph for the llama family, candle's modules for the rest) [default:
+    /// fast on cuda, else candle]. A report of the engine that is not the default is recorded
+    /// under a name that ends in it.
+    #[arg(long, value_name = "ENGINE", value_parser = engine)]
+    pub engine: Option<Engine>,
     /// Run on this host of ci/hosts.toml over ssh instead of here (repeatable; `--host all` for
     /// every host): in parallel, with the dtypes ci/hosts.toml gives it, results into
     /// target/conformance/hosts/<name>/, one table.
@@ -60,6 +66,7 @@ impl Args {
             record: false,
             models: Vec::new(),
             via: Transport::Library,
+            engine: None,
             hosts: Vec::new(),
             hosts_file: None,
             filters: Vec::new(),
@@ -86,12 +93,17 @@ impl Args {
             backend: self.backend(),
             dtype: self.dtype,
             via: self.via,
+            engine: self.engine,
             filters: &self.filters,
         }
     }
 }
 
 fn transport(value: &str) -> Result<Transport, String> {
+    value.parse()
+}
+
+fn engine(value: &str) -> Result<Engine, String> {
     value.parse()
 }
 
@@ -122,6 +134,11 @@ pub fn run(args: &Args) -> Result<()> {
     let (git_commit, git_dirty) = harness::git_state(&sh);
     let mut run = RunInfo::starting_now(host, args.backend(), args.dtype, git_commit, git_dirty);
     run.transport = args.via.name().into();
+    run.engine = args
+        .engine
+        .unwrap_or(Engine::default_for(args.backend()))
+        .name()
+        .into();
     let listed: String = models
         .iter()
         .map(|(id, folder)| format!("{id}={}\n", folder.display()))

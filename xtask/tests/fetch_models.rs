@@ -2,6 +2,7 @@
 //! hub on 127.0.0.1 serving a fixture model (no machine here reaches the real hub).
 
 mod fake_hub;
+mod local_server;
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};

@@ -2,6 +2,8 @@
 //! runs it, with pip against a fake package index on 127.0.0.1 (PEP 503's simple API) serving a
 //! wheel made here.
 
+mod local_server;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -64,19 +66,7 @@ fn start_index(wheel: Vec<u8>) -> (String, Arc<Index>) {
         .route("/simple/{project}/", axum::routing::get(project_page))
         .route("/files/{file}", axum::routing::get(file))
         .with_state(index.clone());
-    let (sender, receiver) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            sender.send(listener.local_addr().unwrap()).unwrap();
-            axum::serve(listener, app).await.unwrap();
-        });
-    });
-    (format!("http://{}", receiver.recv().unwrap()), index)
+    (format!("http://{}", local_server::serve(app)), index)
 }
 
 async fn project_page(

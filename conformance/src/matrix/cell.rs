@@ -111,7 +111,8 @@ impl Showing {
     }
 }
 
-/// One report's showing for a cell: the run's footnote number and transport.
+/// One report's showing for a cell: the run's footnote number and transport (with the engine
+/// where it is not the backend's default: `library-candle`).
 pub struct Shown {
     pub footnote: usize,
     pub transport: String,
@@ -142,16 +143,13 @@ pub fn mark(runs: &[Shown]) -> String {
     {
         return "expected fail".into();
     }
-    let passed: Vec<&str> = runs
+    let passed: Vec<String> = runs
         .iter()
         .filter(|r| matches!(r.showing, Showing::Passed { .. }))
-        .map(|r| match r.transport.as_str() {
-            "library" => "lib",
-            other => other,
-        })
+        .map(|r| r.transport.replacen("library", "lib", 1))
         .collect();
     // The library first, the others by name.
-    let mut transports: Vec<&str> = passed.clone();
+    let mut transports: Vec<&str> = passed.iter().map(String::as_str).collect();
     transports.sort_by_key(|t| (*t != "lib", *t));
     transports.dedup();
     match transports.as_slice() {
@@ -183,6 +181,10 @@ mod tests {
         assert_eq!(
             mark(&[shown("http", pass()), shown("library", pass())]),
             "pass (lib+http)"
+        );
+        assert_eq!(
+            mark(&[shown("library-candle", pass()), shown("library", pass())]),
+            "pass (lib+lib-candle)"
         );
         let failed = Showing::Failed {
             failed: 3,

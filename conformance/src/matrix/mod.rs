@@ -7,7 +7,8 @@ use std::path::Path;
 
 use self::cell::{mark, showing, Shown};
 use crate::cases::Cases;
-use crate::report::Report;
+use crate::report::{Report, RunInfo};
+use llm_worker_rbee_api::Engine;
 
 /// One committed report and where it lives, relative to the workspace.
 pub struct CommittedReport {
@@ -84,7 +85,7 @@ pub fn render(cases: &Cases, reports: &[CommittedReport], snapshots: &Path) -> S
         let commit: String = run.git_commit.chars().take(10).collect();
         writeln!(
             out,
-            "[{}]: `{}`: host `{}`, {} {}, commit {commit}{}, {}, worker {}, transport {}, {} trials.\n",
+            "[{}]: `{}`: host `{}`, {} {}, commit {commit}{}, {}, worker {}, transport {}, engine {}, {} trials.\n",
             i + 1,
             committed.path,
             run.host,
@@ -94,6 +95,7 @@ pub fn render(cases: &Cases, reports: &[CommittedReport], snapshots: &Path) -> S
             run.started_at,
             run.worker_version,
             run.transport,
+            run.engine,
             committed.report.trials.len(),
         )
         .unwrap();
@@ -102,6 +104,16 @@ pub fn render(cases: &Cases, reports: &[CommittedReport], snapshots: &Path) -> S
     out.truncate(trimmed);
     out.push('\n');
     out
+}
+
+/// How a run reached its models, as a cell names it: the transport, and the engine where it is
+/// not the backend's default (`http-candle`).
+fn via(run: &RunInfo) -> String {
+    if run.engine == Engine::default_for(run.backend).name() {
+        run.transport.clone()
+    } else {
+        format!("{}-{}", run.transport, run.engine)
+    }
 }
 
 /// The rows of `models`: a mark per column; a line of `details` for each cell whose runs showed
@@ -133,7 +145,7 @@ fn table(
                 .filter_map(|(i, c)| {
                     Some(Shown {
                         footnote: i + 1,
-                        transport: c.report.run.transport.clone(),
+                        transport: via(&c.report.run),
                         showing: showing(&c.report, model, snapshots)?,
                     })
                 })
@@ -210,6 +222,7 @@ mod tests {
                     backend: Backend::Cpu,
                     dtype: Dtype::F32,
                     transport: "library".into(),
+                    engine: "candle".into(),
                     git_commit: "0123456789abcdef".into(),
                     git_dirty: false,
                     started_at: "2026-11-22T06:00:00Z".into(),

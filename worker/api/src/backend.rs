@@ -90,3 +90,52 @@ impl fmt::Display for Dtype {
         f.write_str(self.name())
     }
 }
+
+/// Which implementation runs a model's forward pass.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// candle's modules (the worker's copies of them): every backend and architecture; the
+    /// default off CUDA and for the architectures the fast engine does not cover. The engine of
+    /// records made before the fast engine existed.
+    #[default]
+    Candle,
+    /// The fused kernels and CUDA graph: CUDA, the llama family from SafeTensors; the default
+    /// there.
+    Fast,
+}
+
+impl Engine {
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Candle => "candle",
+            Engine::Fast => "fast",
+        }
+    }
+
+    /// The engine a load without one runs the models the fast engine covers with on `backend`.
+    pub fn default_for(backend: Backend) -> Engine {
+        match backend {
+            Backend::Cuda => Engine::Fast,
+            Backend::Cpu | Backend::Metal => Engine::Candle,
+        }
+    }
+}
+
+impl std::str::FromStr for Engine {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        [Engine::Candle, Engine::Fast]
+            .into_iter()
+            .find(|e| e.name() == s)
+            .ok_or_else(|| format!("unknown engine `{s}` (candle or fast)"))
+    }
+}
+
+impl fmt::Display for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}

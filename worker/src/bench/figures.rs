@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::device::{Bandwidth, DeviceMemory};
 use crate::backend::{Backend, Dtype};
-use crate::model::Architecture;
+use crate::model::{Architecture, DecodeGraph};
 use crate::synth::shape::Shape;
 
 /// The median and the range of a figure over the repetitions.
@@ -64,6 +64,10 @@ pub struct BenchReport {
     pub device_memory: Option<DeviceMemory>,
     pub peak_bandwidth: Option<Bandwidth>,
     pub runs: Vec<RunFigures>,
+    /// The fast engine's decode step as a CUDA graph, replayed from the first run's prompt
+    /// length (absent for candle's modules and from reports made before it was measured).
+    #[serde(default)]
+    pub decode_graph: Option<DecodeGraph>,
     pub baseline: Option<BaselineFigures>,
 }
 

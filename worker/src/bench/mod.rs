@@ -191,6 +191,10 @@ pub fn run(
         _ => None,
     };
     let device_name = probe.name();
+    let decode_graph = match options.prompt_len.first() {
+        Some(&prompt_len) => worker.decode_graph(prompt_len)?,
+        None => None,
+    };
 
     let baseline = match options.prompt_len.first() {
         Some(&prompt_len) if !options.no_baseline => {
@@ -219,6 +223,7 @@ pub fn run(
         device_memory,
         peak_bandwidth: bandwidth,
         runs,
+        decode_graph,
         baseline,
     })
 }

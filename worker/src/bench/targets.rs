@@ -167,6 +167,7 @@ mod tests {
             device_memory: None,
             peak_bandwidth: None,
             runs: vec![run(128, roofline[0], 400.0), run(2048, roofline[1], 300.0)],
+            decode_graph: None,
             baseline: Some(BaselineFigures {
                 module: "x".into(),
                 prompt_len: 128,

@@ -37,8 +37,8 @@ pub struct DeviceArgs {
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
     pub dtype: Dtype,
     /// The implementation to run: `candle` (candle's modules; everything) or `fast` (fused
-    /// CUDA kernels and a CUDA graph; CUDA, the llama family from SafeTensors) [default:
-    /// candle].
+    /// CUDA kernels and a CUDA graph; CUDA, the llama family from SafeTensors) [default: fast
+    /// where it runs, else candle].
     #[arg(long, value_enum)]
     pub engine: Option<Engine>,
 }

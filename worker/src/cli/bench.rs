@@ -143,6 +143,17 @@ fn table(r: &BenchReport) -> String {
             roofline
         );
     }
+    if let Some(g) = &r.decode_graph {
+        out += &format!(
+            "decode graph: {} nodes, {} kernels; {} replays from position {}: {:.1} us each ({:.0} tokens/s with no host work between tokens)\n",
+            g.nodes,
+            g.kernels,
+            g.replays,
+            g.position,
+            g.replay_us,
+            1e6 / g.replay_us
+        );
+    }
     if let Some(b) = &r.baseline {
         out += &format!(
             "plain candle ({}), prompt {}, in turns with the worker: decode {} tokens/s against the worker's {}; per token {:.2} ms issuing + {:.2} ms waiting; the worker is {:.2}x its speed\n",

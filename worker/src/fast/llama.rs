@@ -20,7 +20,7 @@ use candle_nn::VarBuilder;
 
 use super::kernels::{splits, Element, Kernels, QkvExtra};
 use super::shape::{LlamaShape, QkvKind};
-use crate::model::CausalLm;
+use crate::model::{CausalLm, DecodeGraph};
 
 /// The most prompt tokens one chunk runs: bounds the activation buffers.
 const MAX_CHUNK_TOKENS: usize = 512;
@@ -587,8 +587,7 @@ where
             if self.next != Some((*id, offset)) {
                 self.set_inputs(ids, offset, true)?;
             }
-            let graph = self.graph.as_ref().expect("captured at load and on growth");
-            graph.0.launch().w()?;
+            self.launch_step()?;
             return Ok(true);
         }
         let rows = self.chunk.rows;
@@ -654,5 +653,66 @@ where
         // Positions are overwritten before they are read: nothing to clear.
         self.next = None;
         Ok(())
+    }
+
+    fn decode_graph(&mut self, position: usize) -> Result<Option<DecodeGraph>> {
+        const REPLAYS: usize = 256;
+        self.reserve(position + REPLAYS + 1)?;
+        let (nodes, kernels) = self.graph_nodes()?;
+        // One replay to settle clocks and caches, then the timed ones: each reads the token
+        // and position the one before wrote, as greedy decoding does.
+        self.set_inputs(&[0], position, true)?;
+        self.launch_step()?;
+        self.set_inputs(&[0], position, true)?;
+        self.stream.synchronize().w()?;
+        let start = std::time::Instant::now();
+        for _ in 0..REPLAYS {
+            self.launch_step()?;
+        }
+        self.stream.synchronize().w()?;
+        let replay_us = start.elapsed().as_secs_f64() * 1e6 / REPLAYS as f64;
+        self.next = None;
+        Ok(Some(DecodeGraph {
+            nodes,
+            kernels,
+            replays: REPLAYS,
+            position,
+            replay_us,
+        }))
+    }
+}
+
+impl<T: FastElement> FastLlama<T>
+where
+    CudaBlas: Gemm<T>,
+{
+    fn launch_step(&self) -> Result<()> {
+        let graph = self.graph.as_ref().expect("captured at load and on growth");
+        graph.0.launch().w()
+    }
+
+    /// The captured step's nodes, and how many of them are kernels.
+    fn graph_nodes(&self) -> Result<(usize, usize)> {
+        let graph = self.graph.as_ref().expect("captured at load and on growth");
+        let handle = graph.0.cu_graph();
+        let mut count = 0usize;
+        // SAFETY: the graph lives as long as `self.graph`; the driver writes at most `count`
+        // node handles into a buffer of that length, and one type per valid node.
+        unsafe {
+            sys::cuGraphGetNodes(handle, std::ptr::null_mut(), &mut count)
+                .result()
+                .w()?;
+            let mut nodes: Vec<sys::CUgraphNode> = vec![std::ptr::null_mut(); count];
+            sys::cuGraphGetNodes(handle, nodes.as_mut_ptr(), &mut count)
+                .result()
+                .w()?;
+            let mut kernels = 0;
+            for &node in &nodes[..count] {
+                let mut kind = sys::CUgraphNodeType::CU_GRAPH_NODE_TYPE_EMPTY;
+                sys::cuGraphNodeGetType(node, &mut kind).result().w()?;
+                kernels += usize::from(kind == sys::CUgraphNodeType::CU_GRAPH_NODE_TYPE_KERNEL);
+            }
+            Ok((count, kernels))
+        }
     }
 }

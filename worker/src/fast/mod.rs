@@ -17,33 +17,12 @@ use crate::model::ModuleConfig;
 
 #[cfg(feature = "cuda")]
 pub use kernels::{Element, Kernels, QkvExtra};
+pub use llm_worker_rbee_api::Engine;
 pub use shape::{Heads, LlamaShape, QkvKind};
 
-/// Which implementation runs a model's forward pass.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
-#[serde(rename_all = "lowercase")]
-pub enum Engine {
-    /// candle's modules (the worker's copies of them): every backend and architecture. The
-    /// default of records made before the fast engine existed.
-    #[default]
-    Candle,
-    /// The fused kernels and CUDA graph: CUDA, the llama family from SafeTensors.
-    Fast,
-}
-
-impl std::fmt::Display for Engine {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Engine::Candle => "candle",
-            Engine::Fast => "fast",
-        })
-    }
-}
-
-/// The engine that runs `module` on `device`: `wanted`, else candle's (the fast engine becomes
-/// the default on CUDA once the CUDA conformance reports pass on it). Asking for `fast` where
-/// it does not run is an error that says why.
+/// The engine that runs `module` on `device`: `wanted`, else the fast engine where it runs (CUDA,
+/// the llama family from SafeTensors) and candle's elsewhere. Asking for `fast` where it does
+/// not run is an error that says why.
 pub fn choose(
     wanted: Option<Engine>,
     device: &Device,
@@ -52,8 +31,9 @@ pub fn choose(
     let shape = module.and_then(|m| m.llama_shape());
     let available = cfg!(feature = "cuda") && device.is_cuda();
     match (wanted, shape) {
-        (Some(Engine::Candle) | None, _) => Ok((Engine::Candle, None)),
-        (Some(Engine::Fast), Some(shape)) if available => Ok((Engine::Fast, Some(shape))),
+        (Some(Engine::Candle), _) | (None, None) => Ok((Engine::Candle, None)),
+        (Some(Engine::Fast) | None, Some(shape)) if available => Ok((Engine::Fast, Some(shape))),
+        (None, Some(_)) => Ok((Engine::Candle, None)),
         (Some(Engine::Fast), shape) => Err(Error::Engine(if !available {
             "the fast engine runs on CUDA only (a build with the `cuda` feature and \
              `--backend cuda`); use `--engine candle`"

@@ -20,6 +20,8 @@ pub const ARCHITECTURE_KEY: &str = "general.architecture";
 pub const EMBEDDINGS: &str = "token_embd.weight";
 pub const OUTPUT: &str = "output.weight";
 pub const OUTPUT_NORM: &str = "output_norm.weight";
+pub const BOS: &str = "tokenizer.ggml.bos_token_id";
+pub const EOS: &str = "tokenizer.ggml.eos_token_id";
 
 /// An architecture with a quantized candle module. `gguf::ALL` lists every implementation once.
 pub trait GgufArchitecture: Send + Sync {
@@ -87,6 +89,11 @@ impl Header {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The parsed file: metadata and tensor infos, for reading tensors.
+    pub fn content(&self) -> &Content {
+        &self.content
     }
 
     pub fn error(&self, key: &str, message: impl Into<String>) -> Error {
@@ -208,8 +215,6 @@ impl Header {
 
     /// The EOS id and the special tokens to add to text prompts, as the metadata gives them.
     pub fn special_tokens(&self) -> Result<ModelSpecials> {
-        const BOS: &str = "tokenizer.ggml.bos_token_id";
-        const EOS: &str = "tokenizer.ggml.eos_token_id";
         const ADD_BOS: &str = "tokenizer.ggml.add_bos_token";
         const ADD_EOS: &str = "tokenizer.ggml.add_eos_token";
         let bos = self.opt_u32(BOS)?.map(|id| id as u32);

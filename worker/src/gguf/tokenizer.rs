@@ -15,7 +15,7 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer};
 
-use super::format::Header;
+use super::format::{Header, BOS, EOS};
 use crate::error::Result;
 
 pub const MODEL: &str = "tokenizer.ggml.model";
@@ -24,8 +24,6 @@ pub const TOKENS: &str = "tokenizer.ggml.tokens";
 const TOKEN_TYPE: &str = "tokenizer.ggml.token_type";
 const MERGES: &str = "tokenizer.ggml.merges";
 pub const CHAT_TEMPLATE: &str = "tokenizer.chat_template";
-const BOS: &str = "tokenizer.ggml.bos_token_id";
-const EOS: &str = "tokenizer.ggml.eos_token_id";
 
 /// llama.cpp's token types (`llama_token_type`): control tokens (BOS, `<|im_start|>`, ...) and
 /// tokens a user added; both are matched whole in text, before the pre-tokenizer.

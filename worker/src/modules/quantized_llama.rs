@@ -191,7 +191,9 @@ pub struct QuantizedLlama {
     output: QMatMul,
 }
 
-/// cos and sin of every position up to `positions` for each rotated pair.
+/// cos and sin of every position up to `positions` for each rotated pair. Computed in f32 as
+/// candle's quantized llama computes them (not with `modules::rotary`, which works in f64), so
+/// that GGUF logits stay those of candle's module.
 fn rotary_tables(
     head_dim: usize,
     theta: f32,

@@ -13,11 +13,11 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use serde_json::{json, Map, Value as Json};
 
-use super::to_gguf::{source_name, unpermute_for_interleaved_rope};
+use super::to_gguf::{rotated_heads, source_name, unpermute_for_interleaved_rope};
 use crate::error::{Error, Result};
 use crate::folder::{self, ModelFolder, Weights};
 use crate::gguf;
-use crate::gguf::format::{read_content, Header};
+use crate::gguf::format::{self, Header};
 use crate::gguf::tokenizer;
 use crate::model::Window;
 use crate::tokens::ExplicitSpecials;
@@ -38,7 +38,7 @@ pub fn write_safetensors(model: &Path, out: &Path) -> Result<()> {
     let text = tokenizer::read(&header, source.tokenizer.is_none())?;
     std::fs::create_dir_all(out).map_err(|e| Error::file(out, format!("cannot create: {e}")))?;
 
-    let content = read_content(path)?;
+    let content = header.content();
     let mut file = File::open(path).map_err(|e| Error::file(path, format!("cannot open: {e}")))?;
     let quirks = kind.quirks();
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
@@ -48,12 +48,9 @@ pub fn write_safetensors(model: &Path, out: &Path) -> Result<()> {
             .and_then(|q| q.dequantize(&Device::Cpu));
         let tensor = read
             .map_err(|e| Error::weights(path, format!("cannot dequantize `{gguf_name}`: {e}")))?;
-        let tensor = match gguf_name.rsplit('.').nth(1) {
-            Some("attn_q") if quirks.interleaved_rope => {
-                unpermute_for_interleaved_rope(&tensor, arch.dims.num_heads)?
-            }
-            Some("attn_k") if quirks.interleaved_rope => {
-                unpermute_for_interleaved_rope(&tensor, arch.dims.num_kv_heads)?
+        let tensor = match rotated_heads(&gguf_name, &arch.dims) {
+            Some(heads) if quirks.interleaved_rope => {
+                unpermute_for_interleaved_rope(&tensor, heads)?
             }
             _ => tensor,
         };
@@ -69,7 +66,7 @@ pub fn write_safetensors(model: &Path, out: &Path) -> Result<()> {
         .opt_f32(&key("attention.layer_norm_rms_epsilon"))?
         .unwrap_or(1e-5);
     let specials = header.special_tokens()?;
-    let bos = header.opt_u32("tokenizer.ggml.bos_token_id")?;
+    let bos = header.opt_u32(format::BOS)?;
     let mut config = json!({
         "architectures": [architecture_class(name)],
         "model_type": name,

@@ -50,13 +50,8 @@ pub fn write_gguf(source: &Path, quantization: GgmlDType, out: &Path) -> Result<
         let tensor = tensors
             .remove(&source_name)
             .ok_or_else(|| Error::weights(&weights_path, format!("`{source_name}` is missing")))?;
-        let tensor = match name.rsplit('.').nth(1) {
-            Some("attn_q") if quirks.interleaved_rope => {
-                permute_for_interleaved_rope(&tensor, arch.dims.num_heads)?
-            }
-            Some("attn_k") if quirks.interleaved_rope => {
-                permute_for_interleaved_rope(&tensor, arch.dims.num_kv_heads)?
-            }
+        let tensor = match rotated_heads(&name, &arch.dims) {
+            Some(heads) if quirks.interleaved_rope => permute_for_interleaved_rope(&tensor, heads)?,
             _ => tensor,
         };
         if tensor.dims() != shape.as_slice() {
@@ -142,6 +137,16 @@ fn permute_for_interleaved_rope(weight: &Tensor, heads: usize) -> Result<Tensor>
         .transpose(1, 2)?
         .contiguous()?
         .reshape((rows, cols))?)
+}
+
+/// The heads of a GGUF tensor whose rows llama.cpp permutes for its interleaved rope: the
+/// query's and the key's weights (`blk.N.attn_q.weight`, `blk.N.attn_k.weight`).
+pub(super) fn rotated_heads(gguf_name: &str, dims: &crate::model::Dims) -> Option<usize> {
+    match gguf_name.rsplit('.').nth(1) {
+        Some("attn_q") => Some(dims.num_heads),
+        Some("attn_k") => Some(dims.num_kv_heads),
+        _ => None,
+    }
 }
 
 /// The inverse of [`permute_for_interleaved_rope`].

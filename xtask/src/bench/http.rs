@@ -84,7 +84,7 @@ pub fn run(args: &HttpArgs) -> Result<()> {
         worker.display(),
         model_dir.display()
     );
-    let server = HttpWorker::start(&worker, &model_dir, args.backend, args.dtype)
+    let server = HttpWorker::start(&worker, &model_dir, args.backend, args.dtype, None)
         .map_err(anyhow::Error::msg)?;
     let prompts = ["hello", "The quick brown fox", "one two three four", "x"];
     let request = |i: usize| {

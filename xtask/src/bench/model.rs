@@ -1,5 +1,6 @@
 //! `cargo xtask bench --model M | --shape S`: builds the release worker for the backend and runs
-//! its `bench` command; the figures go to target/bench/<model>-<backend>-<dtype>.json.
+//! its `bench` command, once per engine asked for; the figures go to
+//! target/bench/<model>-<backend>-<dtype>[-engine-<engine>].json.
 
 use std::path::PathBuf;
 
@@ -25,6 +26,10 @@ pub struct ModelArgs {
     /// The dtype of weights and activations [default: f32 on cpu, else bf16].
     #[arg(long, value_enum)]
     dtype: Option<Dtype>,
+    /// Run the bench on this engine (`fast` or `candle`; repeatable: each in turn, its figures
+    /// in a file of its own) [default: the worker's choice].
+    #[arg(long = "engine", value_name = "ENGINE", value_parser = ["candle", "fast"])]
+    engines: Vec<String>,
     /// Compare the figures with these targets (e.g. ci/bench/targets.toml); exit non-zero if
     /// one that applies is missed.
     #[arg(long, value_name = "FILE")]
@@ -64,17 +69,38 @@ pub fn run(args: &ModelArgs) -> Result<()> {
     };
     let out = target_dir().join("bench");
     std::fs::create_dir_all(&out)?;
-    let json = out.join(format!("{label}-{}-{dtype}.json", args.backend));
     let (backend, dtype) = (args.backend.name(), dtype.name());
     let mut extra = args.options.clone();
     if let Some(check) = &args.check {
         extra.extend(["--check".into(), check.display().to_string()]);
     }
-    cmd!(
-        sh,
-        "{worker} bench --model {model} --backend {backend} --dtype {dtype} --json {json} {extra...}"
-    )
-    .run()?;
-    eprintln!("figures written to {}", json.display());
+    let engines: Vec<Option<&str>> = match args.engines.as_slice() {
+        [] => vec![None],
+        named => named.iter().map(|e| Some(e.as_str())).collect(),
+    };
+    // Each engine's run completes before the next starts, so a failed target does not hide
+    // the figures of the engines after it.
+    let mut failed = Vec::new();
+    for engine in engines {
+        let suffix = engine.map_or(String::new(), |e| format!("-engine-{e}"));
+        let json = out.join(format!("{label}-{backend}-{dtype}{suffix}.json"));
+        let engine_flag: Vec<&str> = engine.map_or(vec![], |e| vec!["--engine", e]);
+        let extra = &extra;
+        let ran = cmd!(
+            sh,
+            "{worker} bench --model {model} --backend {backend} --dtype {dtype} {engine_flag...} --json {json} {extra...}"
+        )
+        .run();
+        eprintln!("figures written to {}", json.display());
+        if ran.is_err() {
+            failed.push(engine.unwrap_or("default"));
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "the bench failed or missed a target on: {}",
+            failed.join(", ")
+        );
+    }
     Ok(())
 }

@@ -54,19 +54,7 @@ impl FakeHub {
                 axum::routing::get(resolve),
             )
             .with_state(hub.clone());
-        let (sender, receiver) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                sender.send(listener.local_addr().unwrap()).unwrap();
-                axum::serve(listener, app).await.unwrap();
-            });
-        });
-        let addr = receiver.recv().unwrap();
+        let addr = crate::local_server::serve(app);
         Self {
             url: format!("http://{addr}"),
             hub,
