@@ -228,7 +228,12 @@ impl Suite {
         let mut differential = Differential::default();
 
         let contents = snapshot::contents(spec, &loaded.weights_sha256, &request, &generation);
-        let golden_sha256 = match snapshot::check(&self.paths.snapshots(), &spec.name, &contents) {
+        let golden_sha256 = match snapshot::check(
+            &self.paths.snapshots(),
+            &spec.name,
+            spec.run_engine,
+            &contents,
+        ) {
             Ok(sha) => Some(sha),
             Err(message) => {
                 failures.push(message);

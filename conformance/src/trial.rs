@@ -1,6 +1,8 @@
 //! Trials: the cross product of the cases for the backends, dtypes and transport a run
 //! selects.
 
+use std::path::{Path, PathBuf};
+
 use llm_worker_rbee_api::{Backend, Dtype, Engine};
 
 use crate::cases::{Cases, PromptCase, Seed};
@@ -107,6 +109,33 @@ fn list<T: std::str::FromStr<Err = String>>(var: &str, default: T) -> Result<Vec
     }
 }
 
+/// The file of the golden snapshot `name` (a trial's name, or an engine's own golden's) in `dir`.
+pub fn snapshot_file(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{}.snap", name.replace('/', "__")))
+}
+
+/// The name of the golden an engine keeps of its own for trial `name`
+/// (`<model>/<backend>-<dtype>-<engine>/<seed>/<prompt>`), for the trials where its arithmetic
+/// picks other tokens than the shared golden holds: the fast engine's, whose fused kernels round
+/// bf16 and f16 less often than candle's modules. candle's modules keep the shared goldens.
+pub fn engine_golden_name(name: &str, engine: Engine) -> Option<String> {
+    if engine == Engine::Candle {
+        return None;
+    }
+    let (model, rest) = name.split_once('/')?;
+    let (column, rest) = rest.split_once('/')?;
+    Some(format!("{model}/{column}-{engine}/{rest}"))
+}
+
+/// The golden that checks trial `name` run on `engine`: the engine's own where it has one, else
+/// the shared one.
+pub fn golden_file(dir: &Path, name: &str, engine: Engine) -> PathBuf {
+    engine_golden_name(name, engine)
+        .map(|own| snapshot_file(dir, &own))
+        .filter(|own| own.exists())
+        .unwrap_or_else(|| snapshot_file(dir, name))
+}
+
 /// One trial: a model, backend, dtype, seed and prompt.
 #[derive(Clone, Debug)]
 pub struct TrialSpec {
@@ -118,6 +147,8 @@ pub struct TrialSpec {
     pub transport: Transport,
     /// `Some(Engine::Candle)` to force candle's modules; `None` for the worker's default.
     pub engine: Option<Engine>,
+    /// The engine the run names (`Selection::engine_name`), whose own goldens apply.
+    pub run_engine: Engine,
     pub seed: Seed,
     pub prompt: PromptCase,
 }
@@ -137,6 +168,7 @@ pub fn expand(cases: &Cases, selection: &Selection, models: &[String]) -> Vec<Tr
                             dtype,
                             transport: selection.transport,
                             engine: selection.load_engine(),
+                            run_engine: selection.engine.unwrap_or(Engine::default_for(backend)),
                             seed,
                             prompt: prompt.clone(),
                         });

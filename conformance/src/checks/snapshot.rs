@@ -3,13 +3,13 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
-use llm_worker_rbee_api::{Backend, Dtype, Generation, Request, StopReason};
+use llm_worker_rbee_api::{Backend, Dtype, Engine, Generation, Request, StopReason};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::cases::Seed;
 use crate::hash::hex;
-use crate::trial::TrialSpec;
+use crate::trial::{engine_golden_name, snapshot_file, TrialSpec};
 
 /// What a trial's golden snapshot holds. Never timings.
 #[derive(Serialize)]
@@ -75,11 +75,34 @@ pub fn contents(
     serde_json::to_string_pretty(&snapshot).expect("snapshots serialize")
 }
 
-/// The golden snapshot of `name` must equal `contents`. Returns the sha256 of the golden file.
-/// insta decides (and writes `.snap.new` files for review, except in CI); the message carries
-/// the diff so that reports show it too.
-pub fn check(dir: &Path, name: &str, contents: &str) -> Result<String, String> {
-    let path = dir.join(format!("{}.snap", name.replace('/', "__")));
+/// The golden of trial `name` run on `engine` must equal `contents`: the engine's own golden
+/// where it has one (`trial::engine_golden_name`), else the shared one. Where the shared one
+/// differs and the engine may keep its own, the pending snapshot is the engine's own, for review.
+/// Returns the sha256 of the golden file.
+pub fn check(dir: &Path, name: &str, engine: Engine, contents: &str) -> Result<String, String> {
+    let Some(own) = engine_golden_name(name, engine) else {
+        return check_named(dir, name, contents);
+    };
+    let shared = golden_text(&snapshot_file(dir, name));
+    let shared_differs = shared.is_some_and(|g| g.trim_end() != contents.trim_end());
+    if snapshot_file(dir, &own).exists() || shared_differs {
+        check_named(dir, &own, contents)
+            .map_err(|message| format!("{message}\n(the shared golden {name} differs too)"))
+    } else {
+        check_named(dir, name, contents)
+    }
+}
+
+fn golden_text(path: &Path) -> Option<String> {
+    insta::Snapshot::from_file(path)
+        .ok()
+        .and_then(|s| s.as_text().map(|t| t.to_string()))
+}
+
+/// The golden snapshot of `name` must equal `contents`. insta decides (and writes `.snap.new`
+/// files for review, except in CI); the message carries the diff so that reports show it too.
+fn check_named(dir: &Path, name: &str, contents: &str) -> Result<String, String> {
+    let path = snapshot_file(dir, name);
     let mut settings = insta::Settings::clone_current();
     settings.set_snapshot_path(dir);
     settings.set_prepend_module_to_snapshot(false);
@@ -91,10 +114,7 @@ pub fn check(dir: &Path, name: &str, contents: &str) -> Result<String, String> {
         let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         return Ok(hex(&Sha256::digest(&bytes)));
     }
-    let golden = insta::Snapshot::from_file(&path)
-        .ok()
-        .and_then(|s| s.as_text().map(|t| t.to_string()));
-    Err(match golden {
+    Err(match golden_text(&path) {
         None => format!(
             "no golden snapshot {} yet; review the new one with `cargo xtask snapshots`",
             path.display()
@@ -131,14 +151,39 @@ mod tests {
             "---\nsource: conformance\n---\nline one\nline two\n",
         )
         .unwrap();
-        let sha = check(dir.path(), name, "line one\nline two").unwrap();
+        let sha = check(dir.path(), name, Engine::Candle, "line one\nline two").unwrap();
         assert_eq!(sha, hex(&Sha256::digest(std::fs::read(&golden).unwrap())));
-        let differs = check(dir.path(), name, "line one\nline 2").unwrap_err();
+        let differs = check(dir.path(), name, Engine::Candle, "line one\nline 2").unwrap_err();
         assert!(
             differs.contains("-line two") && differs.contains("+line 2"),
             "{differs}"
         );
-        let missing = check(dir.path(), "n/cpu-f32/greedy/p", "x").unwrap_err();
+        let missing = check(dir.path(), "n/cpu-f32/greedy/p", Engine::Candle, "x").unwrap_err();
         assert!(missing.contains("no golden snapshot"), "{missing}");
+    }
+
+    #[test]
+    fn an_engine_checks_against_its_own_golden_where_it_has_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = "m/cuda-bf16/1/p";
+        let write = |file: &str, text: &str| {
+            let path = dir.path().join(file);
+            std::fs::write(&path, format!("---\nsource: conformance\n---\n{text}\n")).unwrap();
+            path
+        };
+        write("m__cuda-bf16__1__p.snap", "shared");
+        // Without a golden of its own, the fast engine is held to the shared one.
+        check(dir.path(), name, Engine::Fast, "shared").unwrap();
+        let own = write("m__cuda-bf16-fast__1__p.snap", "own");
+        let sha = check(dir.path(), name, Engine::Fast, "own").unwrap();
+        assert_eq!(sha, hex(&Sha256::digest(std::fs::read(&own).unwrap())));
+        // Its own golden wins over the shared one; candle's modules keep the shared one.
+        let differs = check(dir.path(), name, Engine::Fast, "shared").unwrap_err();
+        assert!(
+            differs.contains("-own") && differs.contains("+shared"),
+            "{differs}"
+        );
+        check(dir.path(), name, Engine::Candle, "shared").unwrap();
+        assert!(check(dir.path(), name, Engine::Candle, "own").is_err());
     }
 }

@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 use crate::hash::hex;
 use crate::record::Outcome;
 use crate::report::Report;
+use crate::trial::golden_file;
 
 /// What one report showed for one model.
 pub enum Showing {
@@ -50,8 +51,9 @@ pub fn showing(report: &Report, model: &str, snapshots: &Path) -> Option<Showing
     if count(Outcome::ExpectedFailure) == trials.len() {
         return Some(Showing::ExpectedToFail(trials.len()));
     }
+    let engine = report.run.engine.parse().unwrap_or_default();
     let stale = trials.iter().any(|t| {
-        let golden = snapshots.join(format!("{}.snap", t.name.replace('/', "__")));
+        let golden = golden_file(snapshots, &t.name, engine);
         let current = std::fs::read(golden).ok().map(|b| hex(&Sha256::digest(&b)));
         t.outcome != Outcome::Ignored && current != t.golden_sha256
     });
