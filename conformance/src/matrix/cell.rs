@@ -152,7 +152,7 @@ pub fn mark(runs: &[Shown]) -> String {
         .collect();
     // The library first, the others by name.
     let mut transports: Vec<&str> = passed.iter().map(String::as_str).collect();
-    transports.sort_by_key(|t| (*t != "lib", *t));
+    transports.sort_by_key(|t| (!t.starts_with("lib"), *t));
     transports.dedup();
     match transports.as_slice() {
         [] => "ignored".into(),
