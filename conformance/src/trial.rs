@@ -87,9 +87,9 @@ impl Selection {
         })
     }
 
-    /// The engine a report names: the one asked for, else the backend's default.
-    pub fn engine_name(&self, backend: Backend) -> &'static str {
-        self.engine.unwrap_or(Engine::default_for(backend)).name()
+    /// The engine a run on `backend` names: the one asked for, else the backend's default.
+    pub fn run_engine(&self, backend: Backend) -> Engine {
+        self.engine.unwrap_or(Engine::default_for(backend))
     }
 
     /// The engine to load a model with: candle's when asked for; else the worker's default,
@@ -147,7 +147,7 @@ pub struct TrialSpec {
     pub transport: Transport,
     /// `Some(Engine::Candle)` to force candle's modules; `None` for the worker's default.
     pub engine: Option<Engine>,
-    /// The engine the run names (`Selection::engine_name`), whose own goldens apply.
+    /// The engine the run names (`Selection::run_engine`), whose own goldens apply.
     pub run_engine: Engine,
     pub seed: Seed,
     pub prompt: PromptCase,
@@ -168,7 +168,7 @@ pub fn expand(cases: &Cases, selection: &Selection, models: &[String]) -> Vec<Tr
                             dtype,
                             transport: selection.transport,
                             engine: selection.load_engine(),
-                            run_engine: selection.engine.unwrap_or(Engine::default_for(backend)),
+                            run_engine: selection.run_engine(backend),
                             seed,
                             prompt: prompt.clone(),
                         });

@@ -104,6 +104,6 @@ fn report_run(selection: &Selection) -> Result<Option<(PathBuf, RunInfo)>, Strin
     let dirty = var("CONFORMANCE_GIT_DIRTY").is_none_or(|d| d != "false");
     let mut run = RunInfo::starting_now(host, *backend, *dtype, commit, dirty);
     run.transport = selection.transport.name().into();
-    run.engine = selection.engine_name(*backend).into();
+    run.engine = selection.run_engine(*backend).name().into();
     Ok(Some((dir, run)))
 }

@@ -42,7 +42,7 @@ pub struct Args {
     /// CUDA kernels and graph for the llama family, candle's modules for the rest) [default:
     /// fast on cuda, else candle]. A report of the engine that is not the default is recorded
     /// under a name that ends in it.
-    #[arg(long, value_name = "ENGINE", value_parser = engine)]
+    #[arg(long, value_name = "ENGINE")]
     pub engine: Option<Engine>,
     /// Run on this host of ci/hosts.toml over ssh instead of here (repeatable; `--host all` for
     /// every host): in parallel, with the dtypes ci/hosts.toml gives it, results into
@@ -100,10 +100,6 @@ impl Args {
 }
 
 fn transport(value: &str) -> Result<Transport, String> {
-    value.parse()
-}
-
-fn engine(value: &str) -> Result<Engine, String> {
     value.parse()
 }
 

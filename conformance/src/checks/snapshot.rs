@@ -141,16 +141,22 @@ fn check_named(dir: &Path, name: &str, contents: &str) -> Result<String, String>
 mod tests {
     use super::*;
 
+    /// Writes a golden snapshot file holding `text` into `dir`.
+    fn write_golden(dir: &Path, file: &str, text: &str) -> std::path::PathBuf {
+        let path = dir.join(file);
+        std::fs::write(&path, format!("---\nsource: conformance\n---\n{text}\n")).unwrap();
+        path
+    }
+
     #[test]
     fn a_matching_golden_passes_with_its_hash_and_another_fails_with_the_diff() {
         let dir = tempfile::tempdir().unwrap();
         let name = "m/cpu-f32/greedy/p";
-        let golden = dir.path().join("m__cpu-f32__greedy__p.snap");
-        std::fs::write(
-            &golden,
-            "---\nsource: conformance\n---\nline one\nline two\n",
-        )
-        .unwrap();
+        let golden = write_golden(
+            dir.path(),
+            "m__cpu-f32__greedy__p.snap",
+            "line one\nline two",
+        );
         let sha = check(dir.path(), name, Engine::Candle, "line one\nline two").unwrap();
         assert_eq!(sha, hex(&Sha256::digest(std::fs::read(&golden).unwrap())));
         let differs = check(dir.path(), name, Engine::Candle, "line one\nline 2").unwrap_err();
@@ -166,11 +172,7 @@ mod tests {
     fn an_engine_checks_against_its_own_golden_where_it_has_one() {
         let dir = tempfile::tempdir().unwrap();
         let name = "m/cuda-bf16/1/p";
-        let write = |file: &str, text: &str| {
-            let path = dir.path().join(file);
-            std::fs::write(&path, format!("---\nsource: conformance\n---\n{text}\n")).unwrap();
-            path
-        };
+        let write = |file: &str, text: &str| write_golden(dir.path(), file, text);
         write("m__cuda-bf16__1__p.snap", "shared");
         // Without a golden of its own, the fast engine is held to the shared one.
         check(dir.path(), name, Engine::Fast, "shared").unwrap();

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use llm_worker_rbee_api::{Backend, Dtype};
+use llm_worker_rbee_api::{Backend, Dtype, Engine};
 use xshell::{cmd, Shell};
 
 use crate::build::release_worker;
@@ -28,8 +28,8 @@ pub struct ModelArgs {
     dtype: Option<Dtype>,
     /// Run the bench on this engine (`fast` or `candle`; repeatable: each in turn, its figures
     /// in a file of its own) [default: the worker's choice].
-    #[arg(long = "engine", value_name = "ENGINE", value_parser = ["candle", "fast"])]
-    engines: Vec<String>,
+    #[arg(long = "engine", value_name = "ENGINE")]
+    engines: Vec<Engine>,
     /// Compare the figures with these targets (e.g. ci/bench/targets.toml); exit non-zero if
     /// one that applies is missed.
     #[arg(long, value_name = "FILE")]
@@ -76,7 +76,7 @@ pub fn run(args: &ModelArgs) -> Result<()> {
     }
     let engines: Vec<Option<&str>> = match args.engines.as_slice() {
         [] => vec![None],
-        named => named.iter().map(|e| Some(e.as_str())).collect(),
+        named => named.iter().map(|e| Some(e.name())).collect(),
     };
     // Each engine's run completes before the next starts, so a failed target does not hide
     // the figures of the engines after it.
