@@ -10,23 +10,15 @@ Needs the fetched model (`cargo xtask fetch-models MODEL_ID`) and the release wo
 in CI: it installs torch and transformers into its own virtualenv (pinned_venv.py).
 """
 
-import subprocess
 import sys
 from pathlib import Path
 
 from gguf_tokenizer import GGUF_PACKAGES, models_dir
-from pinned_venv import TARGET, run_in_venv
+from pinned_venv import run_in_venv
+from real_cases import real_cases
 
-TOKENS = 32
-PROMPTS = [
-    "The capital of France is",
-    "def fibonacci(n):\n",
-    "Hi",
-    "Café, naïve, 東京 and emoji 🎉 in one sentence:",
-    " ".join(["Once upon a time, a small robot learned to paint the sea at dawn."] * 18),
-]
-CHAT = [{"role": "user", "content": "Name three colours."}]
-
+REAL = real_cases()
+TOKENS = REAL["max_tokens"]
 
 def greedy(model, ids):
     import torch
@@ -47,9 +39,12 @@ def check(model_id: str, twin: Path) -> int:
     tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf)
     from_gguf = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf, dtype=torch.float32)
     from_twin = AutoModelForCausalLM.from_pretrained(str(twin), dtype=torch.float32)
-    prompts = [tokenizer.encode(p, add_special_tokens=False) for p in PROMPTS]
-    chat = tokenizer.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=False)
-    prompts.append(tokenizer.encode(chat, add_special_tokens=False))
+    prompts = []
+    for prompt in REAL["prompts"]:
+        text = prompt.get("text") or tokenizer.apply_chat_template(
+            prompt["messages"], add_generation_prompt=True, tokenize=False
+        )
+        prompts.append(tokenizer.encode(text, add_special_tokens=False))
     print(f"transformers {transformers.__version__}, torch {torch.__version__}; {folder / gguf} and {twin}")
     differ = 0
     for ids in prompts:
@@ -66,9 +61,7 @@ if __name__ == "__main__":
     if args[:1] == ["_check"]:
         sys.exit(check(args[1], Path(args[2])))
     model = args[0] if args else "smollm2-135m-instruct-q4_1"
-    twin = TARGET / "gguf-twins" / model
-    worker = TARGET / "release" / "llm-worker-rbee"
-    if not worker.exists():
-        sys.exit(f"no {worker}: run `cargo build --release -p llm-worker-rbee` first")
-    subprocess.run([worker, "synth", "--from-gguf", model, "--out", twin], check=True)
+    twin = models_dir() / f"{model}-safetensors"
+    if not (twin / "model.safetensors").exists():
+        sys.exit(f"no {twin}: run `cargo xtask fetch-models {model}-safetensors` first")
     sys.exit(run_in_venv("transformers-5-gguf", GGUF_PACKAGES, __file__, ["_check", model, str(twin)]))

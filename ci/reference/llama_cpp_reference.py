@@ -6,9 +6,11 @@
 Installs llama-cpp-python 0.3.36 into its own virtualenv under target/ci-venvs/: pip builds it
 from the PyPI sdist, whose vendored tree is llama.cpp 0c1e57098 (the CUDA peer of
 ../shared/peers/llama.cpp is the same commit), for this CPU. Loads the fetched model's GGUF and
-writes golden/reference/llama.cpp-MODEL_ID.json: per prompt, llama.cpp's prompt ids (its own
-tokenizer, special tokens parsed, BOS as the file says) and its greedy token ids (temperature 0,
-stopping at the file's EOS token, which is kept, or after 32 tokens). Not run in CI (the build takes minutes).
+writes golden/reference/llama.cpp-MODEL_ID.json: per prompt of conformance/cases.toml's [real]
+group (a chat rendered with the file's template), llama.cpp's prompt ids (its own tokenizer,
+special tokens parsed, BOS as the file says) and its greedy token ids (temperature 0, stopping at
+the file's EOS token, which is kept, or after [real] max_tokens). Not run in CI (the build takes
+minutes).
 """
 
 import json
@@ -16,8 +18,8 @@ import os
 import sys
 
 from gguf_tokenizer import models_dir
-from gguf_twin_check import CHAT, PROMPTS, TOKENS
 from pinned_venv import ROOT, run_in_venv
+from real_cases import real_cases
 
 LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
 LLAMA_CPP_COMMIT = "0c1e57098"
@@ -30,27 +32,28 @@ def write(model_id: str) -> None:
     gguf = next(p for p in sorted(folder.iterdir()) if p.suffix == ".gguf")
     llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=4096, n_threads=os.cpu_count() or 1, verbose=False)
     template = llm.metadata.get("tokenizer.chat_template")
-    texts = list(PROMPTS)
-    if template:
-        # The template as llama-cpp-python renders it (Jinja2), for the chat prompt.
-        formatter = llama_cpp.llama_chat_format.Jinja2ChatFormatter(template, eos_token="", bos_token="")
-        texts.append(formatter(messages=CHAT).prompt)
+    real = real_cases()
     prompts = []
-    for text in texts:
+    for prompt in real["prompts"]:
+        text = prompt.get("text")
+        if text is None:
+            # The template as llama-cpp-python renders it (Jinja2), for a chat prompt.
+            formatter = llama_cpp.llama_chat_format.Jinja2ChatFormatter(template, eos_token="", bos_token="")
+            text = formatter(messages=prompt["messages"]).prompt
         # add_bos: BOS only where the file's tokenizer.ggml.add_bos_token asks for it.
         ids = llm.tokenize(text.encode(), add_bos=True, special=True)
         tokens = []
         for token in llm.generate(ids, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0, reset=True):
             tokens.append(token)
-            if token == llm.token_eos() or len(tokens) == TOKENS:
+            if token == llm.token_eos() or len(tokens) == real["max_tokens"]:
                 break
-        prompts.append({"text": text, "prompt_ids": ids, "token_ids": tokens})
+        prompts.append({"id": prompt["id"], "text": text, "prompt_ids": ids, "token_ids": tokens})
         print(f"{len(ids):4} prompt tokens -> {llm.detokenize(tokens).decode(errors='replace')[:60]!r}")
     data = {
         "model": model_id,
         "gguf": gguf.name,
         "made_by": f"ci/reference/llama_cpp_reference.py, {LLAMA_CPP_PYTHON} (llama.cpp {LLAMA_CPP_COMMIT}), CPU",
-        "note": "greedy (temperature 0), at most 32 tokens; an EOS token ends the list and is in it",
+        "note": f"greedy (temperature 0), at most {real['max_tokens']} tokens; an EOS token ends the list and is in it",
         "prompts": prompts,
     }
     out = ROOT / "golden" / "reference" / f"llama.cpp-{model_id}.json"

@@ -13,6 +13,8 @@ one pass, then one token at a time, stopping at an EOS id or after max_tokens. I
   token ids and each step's five largest logits as [id, logit];
 - <model>.logits.safetensors: per prompt (tensor name = prompt id) the full logits of every step,
   shape [steps, vocab]. Those steps are teacher-forced on the reference tokens by construction.
+  A real model of cases.toml's [real] group has none (its top 5 per step only) and takes that
+  group's prompts (a chat rendered with the model's template) and max_tokens.
 
 Logits are rounded to 5 decimals in both files, so a rerun writes the same bytes. The script
 installs torch and transformers into its own virtualenv (pinned_venv.py); the fixtures must exist
@@ -27,6 +29,7 @@ import tomllib
 from pathlib import Path
 
 from pinned_venv import NUMPY, ROOT, SAFETENSORS, TARGET, TORCH, TRANSFORMERS_5, run_in_venv
+from real_cases import is_real
 
 CASES = ROOT / "conformance" / "cases.toml"
 FIXTURES = TARGET / "fixtures"
@@ -67,13 +70,23 @@ def write_reference(out: Path, models: list[tuple[str, Path]] | None) -> None:
         model.eval()
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
         stop = eos_ids(model, tokenizer)
+        # A real model has prompts of its own and keeps each step's top 5 only: full logits of
+        # its vocabulary would put tens of MB into git.
+        real = is_real(cases, model_id)
+        group = cases["real"] if real else cases
         prompts, logits = {}, {}
-        for prompt in cases["prompts"]:
-            prompt_ids = prompt["ids"] if "ids" in prompt else tokenizer(prompt["text"])["input_ids"]
+        for prompt in group["prompts"]:
+            if "ids" in prompt:
+                prompt_ids = prompt["ids"]
+            elif "messages" in prompt:
+                text = tokenizer.apply_chat_template(prompt["messages"], add_generation_prompt=True, tokenize=False)
+                prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            else:
+                prompt_ids = tokenizer(prompt["text"])["input_ids"]
             steps, tokens = [], []
             with torch.no_grad():
                 result = model(torch.tensor([prompt_ids]), use_cache=True)
-                for _ in range(cases["max_tokens"]):
+                for _ in range(group["max_tokens"]):
                     step = result.logits[0, -1].float()
                     steps.append(step)
                     token = int(step.argmax())
@@ -91,11 +104,12 @@ def write_reference(out: Path, models: list[tuple[str, Path]] | None) -> None:
             prompts[prompt["id"]] = {"prompt_ids": prompt_ids, "token_ids": tokens, "top5": top}
             logits[prompt["id"]] = stacked
         versions = {"torch": torch.__version__, "transformers": transformers.__version__}
-        document = {"model": model_id, **versions, "max_tokens": cases["max_tokens"], "prompts": prompts}
+        document = {"model": model_id, **versions, "max_tokens": group["max_tokens"], "prompts": prompts}
         (out / f"{model_id}.json").write_text(json.dumps(document, indent=1) + "\n")
-        # One metadata key: safetensors writes several in no fixed order.
-        made_with = f"torch {torch.__version__}, transformers {transformers.__version__}"
-        save_file(logits, out / f"{model_id}.logits.safetensors", metadata={"made_with": made_with})
+        if not real:
+            # One metadata key: safetensors writes several in no fixed order.
+            made_with = f"torch {torch.__version__}, transformers {transformers.__version__}"
+            save_file(logits, out / f"{model_id}.logits.safetensors", metadata={"made_with": made_with})
         print(f"{out / model_id}: {len(prompts)} prompts")
 
 

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use llm_worker_rbee_api::{Backend, Dtype, Prompt};
+use llm_worker_rbee_api::{Backend, Dtype, Message, Prompt};
 use serde::Deserialize;
 
 use crate::error::Error;
@@ -20,6 +20,9 @@ pub struct Cases {
     pub sampling: Sampling,
     pub models: Models,
     pub prompts: Vec<PromptCase>,
+    /// Real trained models, with prompts of their own.
+    #[serde(default)]
+    pub real: Option<Real>,
     #[serde(default)]
     pub tolerances: BTreeMap<String, Tolerance>,
     #[serde(default)]
@@ -100,20 +103,59 @@ impl Models {
     }
 }
 
+/// Real trained models of conformance/models.toml (fetched by `cargo xtask fetch-models`), run
+/// with `cargo xtask test --model ID`: their own prompts and token count, the fixtures' seeds.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Real {
+    pub max_tokens: usize,
+    /// Greedy steps at which decoding with the cache is checked against a full recompute,
+    /// spread evenly from the first to the last; every step when absent.
+    pub recompute_steps: Option<usize>,
+    pub models: Vec<RealModel>,
+    pub prompts: Vec<PromptCase>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RealModel {
+    pub id: String,
+    /// The SafeTensors model holding the same weights: its greedy tokens are compared with this
+    /// one's. Without it, the model has a transformers reference (golden/reference/<id>.json).
+    pub source: Option<String>,
+    /// llama.cpp's greedy tokens on this GGUF (a file of golden/reference/).
+    pub llama_cpp: Option<String>,
+    /// Per prompt, the fewest leading greedy steps that must equal llama.cpp's.
+    #[serde(default)]
+    pub llama_cpp_min_steps: BTreeMap<String, usize>,
+    /// Per prompt, the fewest leading greedy steps that must equal the source's.
+    #[serde(default)]
+    pub source_min_steps: BTreeMap<String, usize>,
+}
+
+impl Real {
+    pub fn model(&self, id: &str) -> Option<&RealModel> {
+        self.models.iter().find(|m| m.id == id)
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PromptCase {
     pub id: String,
     pub text: Option<String>,
     pub ids: Option<Vec<u32>>,
+    /// A chat, rendered with the model's template.
+    pub messages: Option<Vec<Message>>,
 }
 
 impl PromptCase {
     pub fn prompt(&self) -> Prompt {
-        match (&self.text, &self.ids) {
-            (Some(text), _) => Prompt::Text(text.clone()),
-            (None, Some(ids)) => Prompt::Ids(ids.clone()),
-            (None, None) => unreachable!("checked by Cases::parse"),
+        match (&self.text, &self.ids, &self.messages) {
+            (Some(text), _, _) => Prompt::Text(text.clone()),
+            (None, Some(ids), _) => Prompt::Ids(ids.clone()),
+            (None, None, Some(messages)) => Prompt::Messages(messages.clone()),
+            (None, None, None) => unreachable!("checked by Cases::parse"),
         }
     }
 }
@@ -162,20 +204,9 @@ impl Cases {
         if cases.max_tokens == 0 {
             return Err(invalid("max_tokens must be at least 1".into()));
         }
-        let mut seen = std::collections::BTreeSet::new();
-        for prompt in &cases.prompts {
-            if !seen.insert(prompt.id.as_str()) {
-                return Err(invalid(format!("prompt id `{}` is used twice", prompt.id)));
-            }
-            if prompt.id.contains('/') {
-                return Err(invalid(format!("prompt id `{}` contains `/`", prompt.id)));
-            }
-            if prompt.text.is_some() == prompt.ids.is_some() {
-                return Err(invalid(format!(
-                    "prompt `{}` needs exactly one of `text` and `ids`",
-                    prompt.id
-                )));
-            }
+        check_prompts(&cases.prompts).map_err(|e| invalid(format!("prompts: {e}")))?;
+        if let Some(real) = &cases.real {
+            check_real(real).map_err(|e| invalid(format!("real: {e}")))?;
         }
         let fixtures: std::collections::BTreeSet<&str> =
             cases.models.fixtures.iter().map(String::as_str).collect();
@@ -214,12 +245,19 @@ impl Cases {
             .collect()
     }
 
-    /// The tolerance of `backend`-`dtype`, if cases.toml states one; GGUF models have their own
-    /// (`<backend>-<dtype>-gguf`).
-    pub fn tolerance(&self, backend: Backend, dtype: Dtype, gguf: bool) -> Option<Tolerance> {
-        let suffix = if gguf { "-gguf" } else { "" };
+    /// The tolerance of `backend`-`dtype`, if cases.toml states one; GGUF models and real models
+    /// have their own (`<backend>-<dtype>[-gguf][-real]`).
+    pub fn tolerance(
+        &self,
+        backend: Backend,
+        dtype: Dtype,
+        gguf: bool,
+        real: bool,
+    ) -> Option<Tolerance> {
+        let gguf = if gguf { "-gguf" } else { "" };
+        let real = if real { "-real" } else { "" };
         self.tolerances
-            .get(&format!("{backend}-{dtype}{suffix}"))
+            .get(&format!("{backend}-{dtype}{gguf}{real}"))
             .copied()
     }
 
@@ -229,6 +267,72 @@ impl Cases {
             .iter()
             .find(|e| glob::Pattern::new(&e.trials).is_ok_and(|pattern| pattern.matches(trial)))
     }
+}
+
+fn check_prompts(prompts: &[PromptCase]) -> Result<(), String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for prompt in prompts {
+        if !seen.insert(prompt.id.as_str()) {
+            return Err(format!("prompt id `{}` is used twice", prompt.id));
+        }
+        if prompt.id.contains('/') {
+            return Err(format!("prompt id `{}` contains `/`", prompt.id));
+        }
+        let given = [
+            prompt.text.is_some(),
+            prompt.ids.is_some(),
+            prompt.messages.is_some(),
+        ];
+        if given.iter().filter(|g| **g).count() != 1 {
+            return Err(format!(
+                "prompt `{}` needs exactly one of `text`, `ids` and `messages`",
+                prompt.id
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_real(real: &Real) -> Result<(), String> {
+    if real.max_tokens == 0 {
+        return Err("max_tokens must be at least 1".into());
+    }
+    check_prompts(&real.prompts)?;
+    let prompts: std::collections::BTreeSet<&str> =
+        real.prompts.iter().map(|p| p.id.as_str()).collect();
+    for model in &real.models {
+        if let Some(source) = &model.source {
+            if real.model(source).is_none_or(|s| s.source.is_some()) {
+                return Err(format!(
+                    "model `{}`: its source `{source}` is not a real model with a reference",
+                    model.id
+                ));
+            }
+        }
+        for (what, bounds, peer) in [
+            (
+                "llama_cpp_min_steps",
+                &model.llama_cpp_min_steps,
+                model.llama_cpp.is_some(),
+            ),
+            (
+                "source_min_steps",
+                &model.source_min_steps,
+                model.source.is_some(),
+            ),
+        ] {
+            if !bounds.is_empty() && !peer {
+                return Err(format!("model `{}`: {what} without its peer", model.id));
+            }
+            if let Some(prompt) = bounds.keys().find(|p| !prompts.contains(p.as_str())) {
+                return Err(format!(
+                    "model `{}`: {what} names no prompt `{prompt}`",
+                    model.id
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The committed case file.
@@ -263,8 +367,12 @@ mod tests {
             .prompts
             .iter()
             .any(|p| p.ids.as_ref().is_some_and(|ids| ids.len() == 1)));
-        assert!(cases.tolerance(Backend::Cpu, Dtype::F32, false).is_some());
-        assert!(cases.tolerance(Backend::Cpu, Dtype::F32, true).is_some());
+        assert!(cases
+            .tolerance(Backend::Cpu, Dtype::F32, false, false)
+            .is_some());
+        assert!(cases
+            .tolerance(Backend::Cpu, Dtype::F32, true, false)
+            .is_some());
     }
 
     #[test]
@@ -279,6 +387,8 @@ mod tests {
     #[test]
     fn rejects_a_prompt_with_both_text_and_ids() {
         let err = parse("[[prompts]]\nid = \"x\"\ntext = \"a\"\nids = [1]").unwrap_err();
+        assert!(err.to_string().contains("exactly one of"), "{err}");
+        let err = parse("[[prompts]]\nid = \"x\"\nids = [1]\nmessages = []").unwrap_err();
         assert!(err.to_string().contains("exactly one of"), "{err}");
     }
 
@@ -305,5 +415,33 @@ mod tests {
         )
         .unwrap_err();
         assert!(bad.to_string().contains("not a glob"), "{bad}");
+    }
+
+    #[test]
+    fn real_models_take_their_own_prompts_and_bounds_name_them() {
+        let real = |model: &str| {
+            parse(&format!(
+                "[[prompts]]\nid = \"a\"\ntext = \"a\"\n[real]\nmax_tokens = 8\nmodels = [{{ id = \"st\" }}, {model}]\n[[real.prompts]]\nid = \"chat\"\nmessages = [{{ role = \"user\", content = \"hi\" }}]"
+            ))
+        };
+        let cases = real(r#"{ id = "q", source = "st", llama_cpp = "l.json", llama_cpp_min_steps = { chat = 3 } }"#)
+            .unwrap();
+        let real_group = cases.real.as_ref().unwrap();
+        assert_eq!(
+            real_group.model("q").unwrap().llama_cpp_min_steps["chat"],
+            3
+        );
+        assert!(matches!(real_group.prompts[0].prompt(), Prompt::Messages(m) if m.len() == 1));
+        let err = real(r#"{ id = "q", source = "st", llama_cpp = "l.json", llama_cpp_min_steps = { nope = 3 } }"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("names no prompt `nope`"), "{err}");
+        let err = real(r#"{ id = "q", source = "other" }"#).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("not a real model with a reference"),
+            "{err}"
+        );
+        let err = real(r#"{ id = "q", source_min_steps = { chat = 1 } }"#).unwrap_err();
+        assert!(err.to_string().contains("without its peer"), "{err}");
     }
 }

@@ -64,10 +64,12 @@ impl Paths {
         }
     }
 
-    /// The folder of model `id`.
+    /// The folder of model `id`: as listed; in a run of real models, one not listed (the source
+    /// a real GGUF is compared with) from the fetched models; else a fixture.
     pub fn model_dir(&self, id: &str) -> PathBuf {
         match self.models.iter().find(|(model, _)| model == id) {
             Some((_, folder)) => folder.clone(),
+            None if !self.models.is_empty() => llm_worker_rbee_api::model_id::models_dir().join(id),
             None => self.fixtures.join(id),
         }
     }

@@ -80,8 +80,12 @@ pub struct Differential {
     /// was quantized from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_agreement: Option<SourceAgreement>,
+    /// For a real GGUF model: how far its greedy tokens follow llama.cpp's on the same file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llama_cpp_agreement: Option<SourceAgreement>,
 }
 
+/// How far greedy tokens follow another run's: a source model's, or llama.cpp's.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SourceAgreement {
     pub source: String,

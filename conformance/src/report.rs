@@ -155,6 +155,17 @@ impl Report {
             )
             .unwrap();
         }
+        let compared: Vec<String> = self.trials.iter().filter_map(agreement_line).collect();
+        if !compared.is_empty() {
+            writeln!(
+                out,
+                "\nleading greedy steps that agree with llama.cpp and with the source:"
+            )
+            .unwrap();
+            for line in compared {
+                writeln!(out, "  {line}").unwrap();
+            }
+        }
         if let Some(latency) = self.first_request_latency() {
             write!(out, "\n{latency}").unwrap();
         }
@@ -239,4 +250,17 @@ impl Report {
     pub fn count(&self, outcome: Outcome) -> usize {
         self.trials.iter().filter(|t| t.outcome == outcome).count()
     }
+}
+
+/// For a trial compared with llama.cpp: `<trial>: llama.cpp 30/32, <source> 32/32`.
+fn agreement_line(trial: &TrialRecord) -> Option<String> {
+    let differential = trial.differential.as_ref()?;
+    let llama_cpp = differential.llama_cpp_agreement.as_ref()?;
+    let peers = [Some(llama_cpp), differential.source_agreement.as_ref()];
+    let figures: Vec<String> = peers
+        .into_iter()
+        .flatten()
+        .map(|a| format!("{} {}/{}", a.source, a.equal_steps, a.steps))
+        .collect();
+    Some(format!("{}: {}", trial.name, figures.join(", ")))
 }

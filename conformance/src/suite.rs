@@ -10,7 +10,7 @@ use llm_worker_rbee::folder::WeightsFormat;
 use llm_worker_rbee::{Backend, Dtype, Generation, Request};
 
 use crate::cases::{Cases, Seed, Tolerance};
-use crate::checks::{recompute, reference, repeat, sampling, snapshot, source};
+use crate::checks::{llama_cpp, recompute, reference, repeat, sampling, snapshot, source};
 use crate::engine::{self, Engine, Logits};
 use crate::hash::weights_sha256;
 use crate::paths::Paths;
@@ -175,8 +175,8 @@ impl Suite {
             .clone()
     }
 
-    /// The greedy tokens of the SafeTensors fixture a GGUF fixture was quantized from, on the
-    /// same backend and dtype.
+    /// The greedy tokens of the SafeTensors model with a GGUF model's weights (the fixture it
+    /// was quantized from, a real GGUF's twin), on the same backend and dtype.
     fn source_tokens(
         &self,
         source: &str,
@@ -187,22 +187,29 @@ impl Suite {
             model: source.to_string(),
             ..spec.clone()
         };
+        let dir = self.paths.model_dir(source);
+        if !dir.is_dir() {
+            return Err(format!(
+                "the source model `{source}` is not at {} (a fixture: `cargo xtask fixtures`; a \
+                 real model: `cargo xtask fetch-models {source}`)",
+                dir.display()
+            ));
+        }
         let slot = self.slot(&source_spec);
         let mut guard = slot.lock().unwrap_or_else(PoisonError::into_inner);
-        let dir = self.paths.model_dir(source);
         let loaded = guard.get_or_insert_with(|| self.load(&dir, &source_spec));
         let loaded = loaded
             .as_mut()
-            .map_err(|e| format!("source fixture `{source}`: {e}"))?;
+            .map_err(|e| format!("source model `{source}`: {e}"))?;
         loaded
             .engine
             .generate(request)
             .map(|g| g.token_ids)
-            .map_err(|e| format!("source fixture `{source}`: generation failed: {e}"))
+            .map_err(|e| format!("source model `{source}`: generation failed: {e}"))
     }
 
     fn request(&self, spec: &TrialSpec) -> Request {
-        let greedy = Request::greedy(spec.prompt.prompt(), self.cases.max_tokens);
+        let greedy = Request::greedy(spec.prompt.prompt(), spec.max_tokens);
         match spec.seed {
             Seed::Sampled(seed) => Request {
                 temperature: self.cases.sampling.temperature,
@@ -251,24 +258,47 @@ impl Suite {
 
         if spec.seed.is_greedy() {
             let gguf = loaded.format == WeightsFormat::Gguf;
-            let tolerance = self.cases.tolerance(spec.backend, spec.dtype, gguf);
+            let real = self.cases.real.as_ref().and_then(|r| r.model(&spec.model));
+            let tolerance = self
+                .cases
+                .tolerance(spec.backend, spec.dtype, gguf, real.is_some());
             for (what, variant) in sampling::greedy_equivalents(&request) {
                 let outcome = engine.generate(&variant);
                 failures.extend(sampling::check(&generation, what, outcome));
             }
-            let source = self.cases.models.source_of(&spec.model);
+            let source = match real {
+                Some(real) => real.source.as_deref(),
+                None => self.cases.models.source_of(&spec.model),
+            };
             if let Some(source) = source {
                 match self.source_tokens(source, spec, &request) {
                     Ok(tokens) => {
-                        differential.source_agreement =
-                            Some(source::agreement(source, &tokens, &generation.token_ids))
+                        let agreement = source::agreement(source, &tokens, &generation.token_ids);
+                        let bound = real.and_then(|r| r.source_min_steps.get(&spec.prompt.id));
+                        failures.extend(source::check(&agreement, bound.copied()));
+                        differential.source_agreement = Some(agreement);
+                    }
+                    Err(e) => failures.push(e),
+                }
+            }
+            if let Some(file) = real.and_then(|r| r.llama_cpp.as_deref()) {
+                let bound = real.and_then(|r| r.llama_cpp_min_steps.get(&spec.prompt.id));
+                match llama_cpp::agreement(
+                    &self.paths.reference().join(file),
+                    &spec.prompt.id,
+                    &generation,
+                ) {
+                    Ok(agreement) => {
+                        failures.extend(source::check(&agreement, bound.copied()));
+                        differential.llama_cpp_agreement = Some(agreement);
                     }
                     Err(e) => failures.push(e),
                 }
             }
             if let Some(logits) = engine.logits() {
+                let sampled = real.and_then(|_| self.cases.real.as_ref()?.recompute_steps);
                 if let Err(message) =
-                    check_recompute(logits, &generation, tolerance, &mut differential)
+                    check_recompute(logits, &generation, tolerance, sampled, &mut differential)
                 {
                     failures.push(message);
                 }
@@ -310,7 +340,7 @@ impl Suite {
             reference,
             &spec.model,
             &spec.prompt.id,
-            self.cases.max_tokens,
+            spec.max_tokens,
             generation,
         )?;
         let forced = &expected.token_ids;
@@ -322,7 +352,7 @@ impl Suite {
             .map_err(|e| format!("teacher-forced logits: {e}"))?;
         reference::compare(
             expected,
-            &reference_logits,
+            reference_logits.as_deref(),
             &ours,
             generation,
             tolerance,
@@ -336,6 +366,7 @@ fn check_recompute(
     logits: &mut dyn Logits,
     generation: &Generation,
     tolerance: Option<Tolerance>,
+    sampled: Option<usize>,
     differential: &mut Differential,
 ) -> Result<(), String> {
     let tokens = &generation.token_ids;
@@ -343,18 +374,19 @@ fn check_recompute(
         .step_logits(&generation.prompt_ids, &tokens[..tokens.len() - 1])
         .map_err(|e| format!("cached logits: {e}"))?;
     let mut full = Vec::with_capacity(cached.len());
-    for step in 0..cached.len() {
+    for step in recomputed_steps(cached.len(), sampled) {
         let sequence: Vec<u32> = generation
             .prompt_ids
             .iter()
             .chain(&tokens[..step])
             .copied()
             .collect();
-        full.push(
+        full.push((
+            step,
             logits
                 .without_cache(&sequence)
                 .map_err(|e| format!("recomputed logits at step {step}: {e}"))?,
-        );
+        ));
     }
     let (figures, verdict) = recompute::check(tokens, &cached, &full, tolerance);
     if let Some(figures) = figures {
@@ -362,4 +394,27 @@ fn check_recompute(
         differential.recompute_near_ties = Some(figures.near_ties);
     }
     verdict
+}
+
+/// The steps of `steps` to recompute: every one, or `sampled` of them spread evenly, the first
+/// and the last among them (the last reads every cached position).
+fn recomputed_steps(steps: usize, sampled: Option<usize>) -> Vec<usize> {
+    match sampled {
+        Some(n) if n >= 2 && n < steps => (0..n).map(|i| i * (steps - 1) / (n - 1)).collect(),
+        Some(1) if steps > 0 => vec![steps - 1],
+        _ => (0..steps).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::recomputed_steps;
+
+    #[test]
+    fn recomputes_every_step_or_a_spread_ending_at_the_last() {
+        assert_eq!(recomputed_steps(4, None), [0, 1, 2, 3]);
+        assert_eq!(recomputed_steps(32, Some(4)), [0, 10, 20, 31]);
+        assert_eq!(recomputed_steps(3, Some(4)), [0, 1, 2]);
+        assert_eq!(recomputed_steps(5, Some(1)), [4]);
+    }
 }

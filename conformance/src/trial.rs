@@ -151,16 +151,23 @@ pub struct TrialSpec {
     pub run_engine: Engine,
     pub seed: Seed,
     pub prompt: PromptCase,
+    /// Tokens to generate: the real models' count for a real model, else the fixtures'.
+    pub max_tokens: usize,
 }
 
 /// Every trial of `cases` for `models` and the selected backends and dtypes, in a stable order.
 pub fn expand(cases: &Cases, selection: &Selection, models: &[String]) -> Vec<TrialSpec> {
     let mut trials = Vec::new();
     for model in models {
+        let real = cases.real.as_ref().filter(|r| r.model(model).is_some());
+        let (prompts, max_tokens) = match real {
+            Some(real) => (&real.prompts, real.max_tokens),
+            None => (&cases.prompts, cases.max_tokens),
+        };
         for &backend in &selection.backends {
             for &dtype in &selection.dtypes {
                 for &seed in &cases.seeds {
-                    for prompt in &cases.prompts {
+                    for prompt in prompts {
                         trials.push(TrialSpec {
                             name: format!("{model}/{backend}-{dtype}/{seed}/{}", prompt.id),
                             model: model.clone(),
@@ -171,6 +178,7 @@ pub fn expand(cases: &Cases, selection: &Selection, models: &[String]) -> Vec<Tr
                             run_engine: selection.run_engine(backend),
                             seed,
                             prompt: prompt.clone(),
+                            max_tokens,
                         });
                     }
                 }

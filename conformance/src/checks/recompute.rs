@@ -12,17 +12,19 @@ pub struct Recompute {
     pub near_ties: usize,
 }
 
-/// `cached[i]` and `full[i]`: the logits after the prompt and `tokens[..i]`, decoding with the
-/// cache and recomputed without it. The figures, when every step was compared, and a failure.
+/// `cached[i]`: the logits after the prompt and `tokens[..i]`, decoding with the cache; `full`:
+/// those of some steps `i` (every step, or a few where a recompute is costly), recomputed
+/// without it. The figures, when every recomputed step was compared, and a failure.
 pub fn check(
     tokens: &[u32],
     cached: &[Vec<f32>],
-    full: &[Vec<f32>],
+    full: &[(usize, Vec<f32>)],
     tolerance: Option<Tolerance>,
 ) -> (Option<Recompute>, Result<(), String>) {
     let mut max_diff = 0.0f32;
     let mut near_ties = 0;
-    for (step, (logits, full)) in cached.iter().zip(full).enumerate() {
+    for (step, full) in full {
+        let (step, logits) = (*step, &cached[*step]);
         let recomputed = argmax(full) as u32;
         if recomputed != tokens[step] {
             let margin = near_tie(logits, full, tokens[step], recomputed);
@@ -73,7 +75,7 @@ mod tests {
     #[test]
     fn equal_choices_within_the_tolerance_pass_with_their_figures() {
         let cached = vec![vec![0.0, 2.0, 1.0], vec![3.0, 1.0, 0.0]];
-        let full = vec![vec![0.0, 2.001, 1.0], vec![3.0, 1.0, 0.0]];
+        let full = vec![(0, vec![0.0, 2.001, 1.0]), (1, vec![3.0, 1.0, 0.0])];
         let (figures, verdict) = check(&[1, 0], &cached, &full, tolerance(0.01, None));
         assert_eq!(verdict, Ok(()));
         let figures = figures.unwrap();
@@ -88,7 +90,7 @@ mod tests {
     #[test]
     fn another_choice_fails_unless_it_is_an_allowed_near_tie() {
         let cached = vec![vec![2.0, 1.99, 0.0]];
-        let full = vec![vec![1.99, 2.0, 0.0]];
+        let full = vec![(0, vec![1.99, 2.0, 0.0])];
         let (figures, verdict) = check(&[0], &cached, &full, tolerance(1.0, None));
         assert!(figures.is_none());
         assert!(verdict
@@ -97,5 +99,19 @@ mod tests {
         let (figures, verdict) = check(&[0], &cached, &full, tolerance(1.0, Some(0.05)));
         assert_eq!(verdict, Ok(()));
         assert_eq!(figures.unwrap().near_ties, 1);
+    }
+
+    #[test]
+    fn only_the_recomputed_steps_are_compared() {
+        let cached = vec![vec![0.0, 2.0], vec![9.0, 0.0], vec![0.0, 1.0]];
+        let full = vec![(2, vec![0.0, 1.5])];
+        let (figures, verdict) = check(&[1, 1, 1], &cached, &full, tolerance(1.0, None));
+        assert_eq!(verdict, Ok(()));
+        assert!((figures.unwrap().max_logit_diff - 0.5).abs() < 1e-6);
+        let full = vec![(1, vec![1.0, 0.0])];
+        let (_, verdict) = check(&[1, 1, 1], &cached, &full, tolerance(10.0, None));
+        assert!(verdict
+            .unwrap_err()
+            .starts_with("step 1: decoding with the cache chose 1"));
     }
 }

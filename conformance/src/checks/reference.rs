@@ -8,6 +8,9 @@ use crate::cases::Tolerance;
 use crate::record::Differential;
 use crate::reference::{Reference, ReferencePrompt};
 
+/// One logit vector per step.
+type StepLogits = Vec<Vec<f32>>;
+
 const REGENERATE: &str =
     "regenerate it with `cargo xtask reference` (a fetched model: `--model ID`)";
 
@@ -19,7 +22,7 @@ pub fn expected<'a>(
     prompt_id: &str,
     max_tokens: usize,
     generation: &Generation,
-) -> Result<(&'a ReferencePrompt, Vec<Vec<f32>>), String> {
+) -> Result<(&'a ReferencePrompt, Option<StepLogits>), String> {
     let reference = match reference {
         Err(e) => return Err(format!("the reference cannot be read: {e}")),
         Ok(None) => {
@@ -35,13 +38,16 @@ pub fn expected<'a>(
             reference.max_tokens
         ));
     }
-    let (Some(expected), Some(logits)) = (
-        reference.prompts.get(prompt_id),
-        reference.logits(prompt_id),
-    ) else {
+    let Some(expected) = reference.prompts.get(prompt_id) else {
         return Err(format!(
             "the reference has no prompt `{prompt_id}`: {REGENERATE}"
         ));
+    };
+    let logits = match reference.has_logits() {
+        true => Some(reference.logits(prompt_id).ok_or_else(|| {
+            format!("the reference has no logits for `{prompt_id}`: {REGENERATE}")
+        })?),
+        false => None,
     };
     if expected.prompt_ids != generation.prompt_ids {
         return Err(format!(
@@ -53,28 +59,42 @@ pub fn expected<'a>(
 }
 
 /// Compares the trial with the reference: `ours` are the worker's logits teacher-forced on the
-/// reference's tokens (one vector per step). Fills the reference figures of `differential`.
+/// reference's tokens (one vector per step), `logits` the reference's, or `None` where it keeps
+/// only each step's top 5 (a real model's vocabulary makes full logits too large for git): then
+/// the logits are compared at those five ids and the NMSE is not measured. Fills the reference
+/// figures of `differential`.
 pub fn compare(
     expected: &ReferencePrompt,
-    logits: &[Vec<f32>],
+    logits: Option<&[Vec<f32>]>,
     ours: &[Vec<f32>],
     generation: &Generation,
     tolerance: &Tolerance,
     differential: &mut Differential,
 ) -> Result<(), String> {
     let forced = &expected.token_ids;
-    let max_diff = ours
-        .iter()
-        .zip(logits)
-        .map(|(a, b)| max_abs_diff(a, b))
-        .fold(0.0f32, f32::max);
-    let max_nmse = ours
-        .iter()
-        .zip(logits)
-        .map(|(a, b)| nmse(a, b))
-        .fold(0.0f32, f32::max);
+    let sparse;
+    let (logits, max_diff, max_nmse) = match logits {
+        Some(logits) => {
+            let max_diff = ours
+                .iter()
+                .zip(logits)
+                .map(|(a, b)| max_abs_diff(a, b))
+                .fold(0.0f32, f32::max);
+            let max_nmse = ours
+                .iter()
+                .zip(logits)
+                .map(|(a, b)| nmse(a, b))
+                .fold(0.0f32, f32::max);
+            (logits, max_diff, Some(max_nmse))
+        }
+        None => {
+            let vocab = ours.first().map_or(0, Vec::len);
+            sparse = top5_logits(&expected.top5, vocab);
+            (sparse.as_slice(), top5_diff(&expected.top5, ours), None)
+        }
+    };
     differential.max_reference_logit_diff = Some(max_diff);
-    differential.max_reference_nmse = Some(max_nmse);
+    differential.max_reference_nmse = max_nmse;
 
     let mut failures = Vec::new();
     let divergence = generation
@@ -126,7 +146,11 @@ pub fn compare(
             "teacher-forced logits differ from the reference by {max_diff:e} (tolerance {bound:e})"
         ));
     }
-    if let Some(bound) = tolerance.reference_nmse.filter(|b| max_nmse > *b) {
+    if let Some((bound, max_nmse)) = tolerance
+        .reference_nmse
+        .zip(max_nmse)
+        .filter(|(b, nmse)| nmse > b)
+    {
         failures.push(format!(
             "teacher-forced logits have a normalized MSE of {max_nmse:e} against the reference \
              (tolerance {bound:e})"
@@ -137,6 +161,35 @@ pub fn compare(
     } else {
         Err(failures.join("; "))
     }
+}
+
+/// Each step's logits as vectors of the vocabulary, the top 5 in place and nothing else
+/// (negative infinity), so that the near-tie test sees what the reference kept.
+fn top5_logits(top5: &[Vec<(u32, f32)>], vocab: usize) -> Vec<Vec<f32>> {
+    top5.iter()
+        .map(|step| {
+            let mut logits = vec![f32::NEG_INFINITY; vocab];
+            for &(id, value) in step {
+                if let Some(slot) = logits.get_mut(id as usize) {
+                    *slot = value;
+                }
+            }
+            logits
+        })
+        .collect()
+}
+
+/// The largest difference of `ours` from the reference at the reference's top-5 ids.
+fn top5_diff(top5: &[Vec<(u32, f32)>], ours: &[Vec<f32>]) -> f32 {
+    top5.iter()
+        .zip(ours)
+        .flat_map(|(step, ours)| {
+            step.iter().map(|&(id, value)| {
+                ours.get(id as usize)
+                    .map_or(f32::INFINITY, |o| (o - value).abs())
+            })
+        })
+        .fold(0.0, f32::max)
 }
 
 #[cfg(test)]
@@ -168,7 +221,7 @@ mod tests {
         let mut differential = Differential::default();
         let verdict = compare(
             &expected(&[1, 0]),
-            &logits,
+            Some(&logits),
             &ours,
             &generation(&[1, 0], ""),
             &tolerance(None),
@@ -181,7 +234,7 @@ mod tests {
         let far = vec![vec![0.0, 1.5], vec![1.0, 0.0]];
         let verdict = compare(
             &expected(&[1, 0]),
-            &logits,
+            Some(&logits),
             &far,
             &generation(&[1, 0], ""),
             &tolerance(None),
@@ -200,7 +253,7 @@ mod tests {
             let mut differential = Differential::default();
             let verdict = compare(
                 &expected(&[1]),
-                &logits,
+                Some(&logits),
                 &ours,
                 &generation(&[0], ""),
                 &Tolerance {
@@ -219,5 +272,37 @@ mod tests {
         assert_eq!(differential.near_tie, Some(true));
         let (verdict, _) = run(Some(0.001));
         assert!(verdict.unwrap_err().contains("a near tie needs a margin"));
+    }
+
+    #[test]
+    fn a_top5_reference_is_compared_at_its_five_ids_and_gives_no_nmse() {
+        let mut reference = expected(&[1]);
+        reference.top5 = vec![vec![(1, 2.0), (0, 1.5), (3, 0.5), (4, 0.2), (5, 0.1)]];
+        // Id 2 is off the reference's top 5: a large difference there is not measured.
+        let ours = vec![vec![1.5, 2.004, 9.0, 0.5, 0.2, 0.1]];
+        let mut differential = Differential::default();
+        let verdict = compare(
+            &reference,
+            None,
+            &ours,
+            &generation(&[1], ""),
+            &tolerance(None),
+            &mut differential,
+        );
+        assert_eq!(verdict, Ok(()));
+        assert!((differential.max_reference_logit_diff.unwrap() - 0.004).abs() < 1e-5);
+        assert_eq!(differential.max_reference_nmse, None);
+        let far = vec![vec![1.5, 2.5, 0.0, 0.5, 0.2, 0.1]];
+        let verdict = compare(
+            &reference,
+            None,
+            &far,
+            &generation(&[1], ""),
+            &tolerance(None),
+            &mut differential,
+        );
+        assert!(verdict
+            .unwrap_err()
+            .contains("differ from the reference by"));
     }
 }

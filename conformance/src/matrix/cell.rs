@@ -7,7 +7,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use crate::hash::hex;
-use crate::record::Outcome;
+use crate::record::{Outcome, SourceAgreement};
 use crate::report::Report;
 use crate::trial::golden_file;
 
@@ -20,6 +20,8 @@ pub enum Showing {
         diverged: usize,
         /// GGUF fixtures: leading greedy steps equal to the source fixture's, of the steps.
         source_agreement: Option<(usize, usize)>,
+        /// Real GGUF models: leading greedy steps equal to llama.cpp's, of its steps.
+        llama_cpp_agreement: Option<(usize, usize)>,
     },
     Failed {
         failed: usize,
@@ -71,13 +73,25 @@ pub fn showing(report: &Report, model: &str, snapshots: &Path) -> Option<Showing
                         .is_some_and(|d| d.first_divergence.is_some())
                 })
                 .count(),
-            source_agreement: trials
-                .iter()
-                .filter_map(|t| t.differential.as_ref()?.source_agreement.as_ref())
-                .map(|a| (a.equal_steps, a.steps))
-                .reduce(|(e1, s1), (e2, s2)| (e1 + e2, s1 + s2)),
+            source_agreement: summed(
+                trials
+                    .iter()
+                    .filter_map(|t| t.differential.as_ref()?.source_agreement.as_ref()),
+            ),
+            llama_cpp_agreement: summed(
+                trials
+                    .iter()
+                    .filter_map(|t| t.differential.as_ref()?.llama_cpp_agreement.as_ref()),
+            ),
         }
     })
+}
+
+/// Leading equal steps and steps, summed over prompts.
+fn summed<'a>(agreements: impl Iterator<Item = &'a SourceAgreement>) -> Option<(usize, usize)> {
+    agreements
+        .map(|a| (a.equal_steps, a.steps))
+        .reduce(|(e1, s1), (e2, s2)| (e1 + e2, s1 + s2))
 }
 
 impl Showing {
@@ -89,6 +103,7 @@ impl Showing {
                 ignored,
                 diverged,
                 source_agreement,
+                llama_cpp_agreement,
             } => {
                 let mut text = "passed".to_string();
                 if *expected_failures > 0 {
@@ -102,6 +117,9 @@ impl Showing {
                 }
                 if let Some((equal, steps)) = source_agreement {
                     write!(text, ", source {equal}/{steps}").unwrap();
+                }
+                if let Some((equal, steps)) = llama_cpp_agreement {
+                    write!(text, ", llama.cpp {equal}/{steps}").unwrap();
                 }
                 text
             }
@@ -172,6 +190,7 @@ mod tests {
             ignored: 0,
             diverged: 0,
             source_agreement: None,
+            llama_cpp_agreement: None,
         };
         let shown = |transport: &str, showing| Shown {
             footnote: 1,

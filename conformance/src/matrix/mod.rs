@@ -67,7 +67,11 @@ pub fn render(cases: &Cases, reports: &[CommittedReport], snapshots: &Path) -> S
     if !real.is_empty() {
         out.push_str(
             "\n## Real models\n\nModels of `conformance/models.toml`, fetched and verified with \
-             `cargo xtask fetch-models` and run with `cargo xtask test --model ID`.\n\n",
+             `cargo xtask fetch-models` and run with `cargo xtask test --model ID` (those of \
+             `cases.toml`'s `[real]` group with its prompts). For a real GGUF the details give \
+             **llama.cpp e/s**: greedy steps (summed over prompts) that chose llama.cpp's token \
+             on the same file before the first difference, and **source e/s** against the \
+             SafeTensors model of the same weights.\n\n",
         );
         out.push_str(&table(&real, &columns, reports, snapshots, &mut details));
     }

