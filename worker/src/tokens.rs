@@ -151,6 +151,23 @@ impl TextCodec {
     pub fn vocab_size(&self) -> usize {
         self.tokenizer.get_vocab_size(true)
     }
+
+    /// Whether `id` may join a run of SentencePiece byte tokens (`<0xE2>`): a ByteFallback
+    /// decoder decodes a run together and shows the whole run as U+FFFD while it is not valid
+    /// UTF-8, so the text of a run is known only once a token of another kind ends it. Special
+    /// tokens are left out of the decode, so they do not end a run.
+    fn may_join_byte_run(&self, id: u32) -> bool {
+        self.tokenizer.id_to_token(id).is_some_and(|token| {
+            let byte = token.len() == 6
+                && token.starts_with("<0x")
+                && token.ends_with('>')
+                && token[3..5].chars().all(|c| c.is_ascii_hexdigit());
+            byte || self
+                .tokenizer
+                .get_added_vocabulary()
+                .is_special_token(&token)
+        })
+    }
 }
 
 /// A special token of `tokenizer_config.json`, given as a string or as `{"content": ...}`.
@@ -194,10 +211,13 @@ fn special_token_id(
 /// equal the decode of all the ids.
 ///
 /// Each step decodes a window of the last ids (so a token costs the same at any length) and
-/// emits what is new. A byte-level token can end inside a
-/// multi-byte character, which the decoder shows as U+FFFD: trailing U+FFFD are held back until
-/// a later token completes the character, or until the last token, which emits them as U+FFFD. So bytes that never form valid UTF-8 appear as U+FFFD, exactly as in the decode of
-/// all ids.
+/// emits what is new. A byte-level token can end inside a multi-byte character, which the
+/// decoder shows as U+FFFD: trailing U+FFFD are held back until a later token completes the
+/// character, or until the last token, which emits them as U+FFFD. A run of SentencePiece byte
+/// tokens (and special tokens, which decode to nothing) is held back whole until a token of
+/// another kind or the last token ends it: its decoder may turn the whole run, valid bytes
+/// included, into U+FFFD. So bytes that never form
+/// valid UTF-8 appear as U+FFFD, exactly as in the decode of all ids.
 pub struct IncrementalText<'a> {
     codec: &'a TextCodec,
     ids: Vec<u32>,
@@ -229,7 +249,13 @@ impl<'a> IncrementalText<'a> {
     /// held back.
     pub fn push(&mut self, id: u32, last: bool) -> Result<String> {
         self.ids.push(id);
-        let window = self.codec.decode(&self.ids[self.start..])?;
+        let mut end = self.ids.len();
+        if !last {
+            while end > self.start && self.codec.may_join_byte_run(self.ids[end - 1]) {
+                end -= 1;
+            }
+        }
+        let window = self.codec.decode(&self.ids[self.start..end])?;
         let Some(new) = window.strip_prefix(self.consumed.as_str()) else {
             // The decoders of supported tokenizers only ever extend their output; one that
             // rewrites earlier text cannot be streamed.
@@ -244,7 +270,7 @@ impl<'a> IncrementalText<'a> {
             new.trim_end_matches('\u{FFFD}')
         }
         .to_string();
-        let held_back = piece.len() < new.len();
+        let held_back = piece.len() < new.len() || end < self.ids.len();
         self.consumed.push_str(&piece);
         self.emitted.push_str(&piece);
         // With nothing held back, the window moves up: what it drops is all streamed.

@@ -14,7 +14,8 @@ use common::{all_gguf_fixture_ids, greedy, prompts, run, Fixture, GgufFixture};
 use llm_worker_rbee::folder::WeightsFormat;
 use llm_worker_rbee::gguf::format::type_name;
 use llm_worker_rbee::synth::write_gguf;
-use llm_worker_rbee::{synth, Dtype, LoadOptions, ModelInfo, Prompt, Request, Worker};
+use llm_worker_rbee::tokens::IncrementalText;
+use llm_worker_rbee::{synth, Dtype, LoadOptions, ModelFiles, ModelInfo, Prompt, Request, Worker};
 
 const TOKENS: usize = 16;
 
@@ -432,6 +433,232 @@ fn a_gguf_file_loads_by_its_own_path_and_without_a_tokenizer_needs_one_in_its_me
             && message.contains("smollm"),
         "{message}"
     );
+}
+
+/// What ci/reference/spm_tokenizer.py wrote: a SentencePiece vocabulary trained by
+/// sentencepiece, and transformers' ids for a corpus with the tokenizer it builds from a GGUF
+/// file holding that vocabulary.
+#[derive(serde::Deserialize)]
+struct SentencePieceReference {
+    tokens: Vec<String>,
+    scores: Vec<f32>,
+    token_types: Vec<i32>,
+    bos_token_id: u32,
+    eos_token_id: u32,
+    unknown_token_id: u32,
+    texts: Vec<SentencePieceText>,
+}
+
+#[derive(serde::Deserialize)]
+struct SentencePieceText {
+    text: String,
+    ids: Vec<u32>,
+    ids_with_specials: Vec<u32>,
+    decoded: String,
+}
+
+/// The llama fixture with the reference's vocabulary in its metadata (the same size as the
+/// fixture's), no tokenizer files beside it, and `add_space_prefix` when given.
+fn sentencepiece_fixture(
+    reference: &SentencePieceReference,
+    add_space_prefix: Option<bool>,
+) -> GgufFixture {
+    let fixture = GgufFixture::new("llama-q4_0");
+    std::fs::remove_file(fixture.file("tokenizer.json")).unwrap();
+    std::fs::remove_file(fixture.file("tokenizer_config.json")).unwrap();
+    let array = |values: Vec<Value>| Value::Array(values);
+    rewrite_gguf(&fixture.file("model.gguf"), |metadata, _| {
+        set(
+            metadata,
+            "tokenizer.ggml.model",
+            Value::String("llama".into()),
+        );
+        set(
+            metadata,
+            "tokenizer.ggml.pre",
+            Value::String("default".into()),
+        );
+        let tokens = reference.tokens.iter().map(|t| Value::String(t.clone()));
+        set(metadata, "tokenizer.ggml.tokens", array(tokens.collect()));
+        let scores = reference.scores.iter().map(|s| Value::F32(*s));
+        set(metadata, "tokenizer.ggml.scores", array(scores.collect()));
+        let types = reference.token_types.iter().map(|t| Value::I32(*t));
+        set(
+            metadata,
+            "tokenizer.ggml.token_type",
+            array(types.collect()),
+        );
+        set(
+            metadata,
+            "tokenizer.ggml.bos_token_id",
+            Value::U32(reference.bos_token_id),
+        );
+        set(
+            metadata,
+            "tokenizer.ggml.eos_token_id",
+            Value::U32(reference.eos_token_id),
+        );
+        let unknown = Value::U32(reference.unknown_token_id);
+        set(metadata, "tokenizer.ggml.unknown_token_id", unknown);
+        set(metadata, "tokenizer.ggml.add_bos_token", Value::Bool(true));
+        // Room for the corpus' longest text.
+        set(metadata, "llama.context_length", Value::U32(1024));
+        if let Some(prefix) = add_space_prefix {
+            set(
+                metadata,
+                "tokenizer.ggml.add_space_prefix",
+                Value::Bool(prefix),
+            );
+        }
+    });
+    fixture
+}
+
+fn sentencepiece_reference() -> SentencePieceReference {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../golden/reference/tokenizer-spm-fixture.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn a_sentencepiece_vocabulary_in_the_metadata_gives_transformers_ids_for_every_text() {
+    let reference = sentencepiece_reference();
+    assert!(reference.texts.len() >= 200, "{}", reference.texts.len());
+    let fixture = sentencepiece_fixture(&reference, None);
+    let files = ModelFiles::open(&fixture.path()).unwrap();
+    let codec = files.prompter().codec();
+    let mut differing = Vec::new();
+    for expected in &reference.texts {
+        let ids = codec.encode_rendered(&expected.text).unwrap();
+        let prepared = files
+            .prompter()
+            .prepare(&greedy(Prompt::Text(expected.text.clone()), 1))
+            .unwrap();
+        let decoded = codec.decode(&expected.ids).unwrap();
+        if ids != expected.ids
+            || prepared.prompt_ids() != expected.ids_with_specials
+            || decoded != expected.decoded
+        {
+            differing.push(format!(
+                "{:?}: worker {ids:?} {:?} {decoded:?}, transformers {:?} {:?} {:?}",
+                expected.text,
+                prepared.prompt_ids(),
+                expected.ids,
+                expected.ids_with_specials,
+                expected.decoded
+            ));
+        }
+    }
+    assert!(
+        differing.is_empty(),
+        "{} of {} texts differ:\n{}",
+        differing.len(),
+        reference.texts.len(),
+        differing.join("\n")
+    );
+    // The file runs alone: its vocabulary drives generation end to end.
+    let mut worker = Worker::load(&fixture.file("model.gguf"), LoadOptions::default()).unwrap();
+    let generation = run(
+        &mut worker,
+        &greedy(Prompt::Text("hello world".into()), TOKENS),
+    );
+    assert_eq!(generation.token_ids.len(), TOKENS);
+}
+
+#[test]
+fn a_sentencepiece_vocabulary_without_the_space_prefix_puts_no_marker_before_the_text() {
+    let reference = sentencepiece_reference();
+    let with = sentencepiece_fixture(&reference, Some(true));
+    let without = sentencepiece_fixture(&reference, None);
+    rewrite_gguf(&without.file("model.gguf"), |metadata, _| {
+        set(
+            metadata,
+            "tokenizer.ggml.add_space_prefix",
+            Value::Bool(false),
+        )
+    });
+    let with = ModelFiles::open(&with.path()).unwrap();
+    let without = ModelFiles::open(&without.path()).unwrap();
+    let (with, without) = (with.prompter().codec(), without.prompter().codec());
+    for text in ["hello world", "The capital of France is", "café"] {
+        let spaced = format!(" {text}");
+        // Without the prefix only a space of the text itself becomes the marker.
+        assert_eq!(
+            without.encode_rendered(&spaced).unwrap(),
+            with.encode_rendered(text).unwrap()
+        );
+        assert_ne!(
+            without.encode_rendered(text).unwrap(),
+            with.encode_rendered(text).unwrap()
+        );
+        let ids = without.encode_rendered(text).unwrap();
+        assert_eq!(without.decode(&ids).unwrap(), text);
+    }
+}
+
+#[test]
+fn a_stream_of_sentencepiece_byte_tokens_adds_up_to_the_decode_of_all_ids() {
+    let reference = sentencepiece_reference();
+    let fixture = sentencepiece_fixture(&reference, None);
+    let files = ModelFiles::open(&fixture.path()).unwrap();
+    let codec = files.prompter().codec();
+    let byte = |b: u8| {
+        reference
+            .tokens
+            .iter()
+            .position(|t| *t == format!("<0x{b:02X}>"))
+            .unwrap() as u32
+    };
+    // "t" as a byte token, then the first byte of a 4-byte character: the decoder shows both as
+    // U+FFFD until the character completes, so "t" must not be streamed before.
+    let piece = codec.encode_rendered("hello").unwrap();
+    let mut text = IncrementalText::new(codec);
+    assert_eq!(text.push(byte(b't'), false).unwrap(), "");
+    assert_eq!(text.push(byte(0xF0), false).unwrap(), "");
+    assert_eq!(
+        text.push(piece[1], false).unwrap(),
+        codec.decode(&[byte(b't'), byte(0xF0), piece[1]]).unwrap()
+    );
+    assert!(
+        text.text().starts_with("\u{FFFD}\u{FFFD}"),
+        "{:?}",
+        text.text()
+    );
+    let mut text = IncrementalText::new(codec);
+    let family: Vec<u32> = "t👧".bytes().map(byte).collect();
+    let pieces: Vec<String> = family
+        .iter()
+        .map(|id| text.push(*id, false).unwrap())
+        .collect();
+    assert_eq!(pieces.concat(), "");
+    assert_eq!(
+        text.push(piece[1], false).unwrap(),
+        codec.decode(&[&family[..], &piece[1..2]].concat()).unwrap()
+    );
+    assert!(text.text().starts_with("t👧"), "{:?}", text.text());
+
+    // Arbitrary ids: runs of byte tokens, specials, pieces.
+    let mut state = 11u64;
+    let mut ids = Vec::new();
+    for i in 0..600 {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        if i % 29 == 0 {
+            ids.extend(&family);
+        }
+        ids.push(((state >> 33) % reference.tokens.len() as u64) as u32);
+    }
+    let mut text = IncrementalText::new(codec);
+    let last = ids.len() - 1;
+    let streamed: String = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| text.push(*id, i == last).unwrap())
+        .collect();
+    assert_eq!(streamed, codec.decode(&ids).unwrap());
+    assert!(streamed.contains('👧') && streamed.contains('\u{FFFD}'));
 }
 
 #[test]

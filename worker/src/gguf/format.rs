@@ -169,6 +169,21 @@ impl Header {
         }
     }
 
+    /// An array of f32 (the SentencePiece scores).
+    pub fn f32s(&self, key: &str) -> Result<Vec<f32>> {
+        match self.value(key) {
+            Some(Value::Array(values)) => values
+                .iter()
+                .map(|v| match v {
+                    Value::F32(x) => Ok(*x),
+                    v => Err(self.error(key, format!("expected f32 values, found {v:?}"))),
+                })
+                .collect(),
+            Some(v) => Err(self.error(key, format!("expected an array, found {v:?}"))),
+            None => Err(self.error(key, "required, but missing")),
+        }
+    }
+
     /// An array of i32 (the token types).
     pub fn opt_i32s(&self, key: &str) -> Result<Option<Vec<i32>>> {
         match self.value(key) {
