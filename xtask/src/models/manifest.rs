@@ -109,11 +109,7 @@ impl Package {
 
     /// Where its files are unpacked: `packages/<name>-<version>/` beside the models folder.
     pub fn dir(&self) -> PathBuf {
-        let models = llm_worker_rbee_api::model_id::models_dir();
-        let parent = models.parent().map_or_else(PathBuf::new, Path::to_path_buf);
-        parent
-            .join("packages")
-            .join(format!("{}-{}", self.name, self.version))
+        beside_models("packages").join(format!("{}-{}", self.name, self.version))
     }
 }
 
@@ -274,10 +270,12 @@ impl Model {
     /// manifest pin that disagrees with the lock is an error.
     pub fn files(&self, lock: &Lock) -> Result<Vec<FileSpec>> {
         if let Some(package) = &self.package {
-            return Ok(self.package_files(package));
+            let dir = package.dir().join("files");
+            return Ok(self.pinned_files(package.label(), Some(package.version.clone()), &dir));
         }
         if let Some(gguf) = &self.from_gguf {
-            return Ok(self.twin_files(gguf));
+            let source = format!("synth --from-gguf {gguf}");
+            return Ok(self.pinned_files(source, None, &twin_dir(&self.id)));
         }
         self.files
             .iter()
@@ -312,46 +310,35 @@ impl Model {
             .collect()
     }
 
-    /// A package's files, each pinned in the manifest (validated).
-    fn package_files(&self, package: &Package) -> Vec<FileSpec> {
+    /// Files each pinned in the manifest (validated), which come from `source` (a package, or
+    /// `synth --from-gguf`) at `revision` and lie under `dir`.
+    fn pinned_files(&self, source: String, revision: Option<String>, dir: &Path) -> Vec<FileSpec> {
         self.files
             .iter()
             .map(|file| FileSpec {
                 model: self.id.clone(),
-                repo: package.label(),
+                repo: source.clone(),
                 path: file.path.clone(),
                 name: file_name(&file.path).to_string(),
-                revision: Some(package.version.clone()),
+                revision: revision.clone(),
                 size: file.size,
                 sha256: Some(file.sha256.clone()),
-                unpacked: Some(package.dir().join("files").join(&file.path)),
-            })
-            .collect()
-    }
-
-    /// The files `synth --from-gguf` writes, each pinned in the manifest (validated).
-    fn twin_files(&self, gguf: &str) -> Vec<FileSpec> {
-        self.files
-            .iter()
-            .map(|file| FileSpec {
-                model: self.id.clone(),
-                repo: format!("synth --from-gguf {gguf}"),
-                path: file.path.clone(),
-                name: file_name(&file.path).to_string(),
-                revision: None,
-                size: file.size,
-                sha256: Some(file.sha256.clone()),
-                unpacked: Some(twin_dir(&self.id).join(&file.path)),
+                unpacked: Some(dir.join(&file.path)),
             })
             .collect()
     }
 }
 
-/// Where `synth --from-gguf` writes model `id`: `twins/<id>/` beside the models folder.
-pub fn twin_dir(id: &str) -> PathBuf {
+/// `name` beside the models folder, under the same cache.
+fn beside_models(name: &str) -> PathBuf {
     let models = llm_worker_rbee_api::model_id::models_dir();
     let parent = models.parent().map_or_else(PathBuf::new, Path::to_path_buf);
-    parent.join("twins").join(id)
+    parent.join(name)
+}
+
+/// Where `synth --from-gguf` writes model `id`: `twins/<id>/` beside the models folder.
+pub fn twin_dir(id: &str) -> PathBuf {
+    beside_models("twins").join(id)
 }
 
 /// Each file pinned by its sha256 and size, measured on a real download or run.
@@ -518,6 +505,12 @@ impl Lock {
 mod tests {
     use super::*;
 
+    fn parse(text: &str) -> Result<Manifest> {
+        let manifest: Manifest = toml::from_str(text)?;
+        manifest.validate()?;
+        Ok(manifest)
+    }
+
     fn manifest(extra: &str) -> Result<Manifest> {
         let text = format!(
             r#"
@@ -529,9 +522,7 @@ mod tests {
             files = [{{ path = "config.json" }}, {{ path = "tokenizer.json" }}, {{ path = "model.safetensors" {extra} }}]
             "#
         );
-        let manifest: Manifest = toml::from_str(&text)?;
-        manifest.validate()?;
-        Ok(manifest)
+        parse(&text)
     }
 
     #[test]
@@ -563,9 +554,7 @@ mod tests {
             files = [{file}]
             "#
         );
-        let manifest: Manifest = toml::from_str(&text)?;
-        manifest.validate()?;
-        Ok(manifest)
+        parse(&text)
     }
 
     #[test]
@@ -617,9 +606,7 @@ mod tests {
             files = [{{ path = "config.json", size = 1, sha256 = "{sha}" }}, {{ path = "tokenizer.json", size = 1, sha256 = "{sha}" }}, {file}]
             "#
         );
-        let manifest: Manifest = toml::from_str(&text)?;
-        manifest.validate()?;
-        Ok(manifest)
+        parse(&text)
     }
 
     #[test]
