@@ -2,7 +2,7 @@
 //! sent, each check of `checks` applied, and the record written.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -10,7 +10,8 @@ use llm_worker_rbee::folder::WeightsFormat;
 use llm_worker_rbee::{Backend, Dtype, Generation, Request};
 
 use crate::cases::{Cases, Seed, Tolerance};
-use crate::checks::{llama_cpp, recompute, reference, repeat, sampling, snapshot, source};
+use crate::checks::llama_cpp::LlamaCppTokens;
+use crate::checks::{recompute, reference, repeat, sampling, snapshot, source};
 use crate::engine::{self, Engine, Logits};
 use crate::hash::weights_sha256;
 use crate::paths::Paths;
@@ -27,6 +28,7 @@ struct Loaded {
 
 type Slot = Arc<Mutex<Option<Result<Loaded, String>>>>;
 type SharedReference = Arc<Result<Option<Reference>, String>>;
+type SharedLlamaCpp = Arc<Result<LlamaCppTokens, String>>;
 
 /// Runs trials, loading each model once and keeping it for the trials that follow.
 pub struct Suite {
@@ -34,6 +36,7 @@ pub struct Suite {
     pub paths: Paths,
     workers: Mutex<HashMap<(String, Backend, Dtype, Transport), Slot>>,
     references: Mutex<HashMap<String, SharedReference>>,
+    llama_cpp: Mutex<HashMap<PathBuf, SharedLlamaCpp>>,
 }
 
 /// How a trial ended before the expected-failure list is applied.
@@ -65,6 +68,7 @@ impl Suite {
             paths,
             workers: Mutex::new(HashMap::new()),
             references: Mutex::new(HashMap::new()),
+            llama_cpp: Mutex::new(HashMap::new()),
         }
     }
 
@@ -172,6 +176,17 @@ impl Suite {
             .or_insert_with(|| {
                 Arc::new(Reference::load(&self.paths.reference(), model).map_err(|e| e.to_string()))
             })
+            .clone()
+    }
+
+    fn llama_cpp(&self, file: &Path) -> SharedLlamaCpp {
+        let mut files = self
+            .llama_cpp
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        files
+            .entry(file.to_path_buf())
+            .or_insert_with(|| Arc::new(LlamaCppTokens::load(file)))
             .clone()
     }
 
@@ -283,11 +298,14 @@ impl Suite {
             }
             if let Some(file) = real.and_then(|r| r.llama_cpp.as_deref()) {
                 let bound = real.and_then(|r| r.llama_cpp_min_steps.get(&spec.prompt.id));
-                match llama_cpp::agreement(
-                    &self.paths.reference().join(file),
-                    &spec.prompt.id,
-                    &generation,
-                ) {
+                let file = self.paths.reference().join(file);
+                let tokens = self.llama_cpp(&file);
+                let agreement = tokens
+                    .as_ref()
+                    .as_ref()
+                    .map_err(Clone::clone)
+                    .and_then(|t| t.agreement(&file, &spec.prompt.id, &generation));
+                match agreement {
                     Ok(agreement) => {
                         failures.extend(source::check(&agreement, bound.copied()));
                         differential.llama_cpp_agreement = Some(agreement);

@@ -9,8 +9,9 @@ use serde::Deserialize;
 use super::source;
 use crate::record::SourceAgreement;
 
+/// llama.cpp's greedy tokens for each prompt of a real model, read once per run.
 #[derive(Deserialize)]
-struct LlamaCpp {
+pub struct LlamaCppTokens {
     prompts: Vec<LlamaCppPrompt>,
 }
 
@@ -21,29 +22,36 @@ struct LlamaCppPrompt {
     token_ids: Vec<u32>,
 }
 
-/// How far `generation` (the trial of prompt `prompt_id`) follows llama.cpp's greedy tokens in
-/// `file`; an error when the file has no such prompt or tokenized it otherwise.
-pub fn agreement(
-    file: &Path,
-    prompt_id: &str,
-    generation: &Generation,
-) -> Result<SourceAgreement, String> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| format!("llama.cpp's tokens: {}: {e}", file.display()))?;
-    let reference: LlamaCpp = serde_json::from_str(&text)
-        .map_err(|e| format!("llama.cpp's tokens: {}: {e}", file.display()))?;
-    let prompt = reference
-        .prompts
-        .iter()
-        .find(|p| p.id == prompt_id)
-        .ok_or_else(|| {
-            format!(
-                "{} has no prompt `{prompt_id}`; regenerate it with \
-                 ci/reference/llama_cpp_reference.py",
-                file.display()
-            )
-        })?;
-    compare(prompt, generation)
+impl LlamaCppTokens {
+    pub fn load(file: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| format!("llama.cpp's tokens: {}: {e}", file.display()))?;
+        serde_json::from_str(&text)
+            .map_err(|e| format!("llama.cpp's tokens: {}: {e}", file.display()))
+    }
+
+    /// How far `generation` (the trial of prompt `prompt_id`) follows llama.cpp's greedy
+    /// tokens; an error when `file` (where these came from) has no such prompt or tokenized it
+    /// otherwise.
+    pub fn agreement(
+        &self,
+        file: &Path,
+        prompt_id: &str,
+        generation: &Generation,
+    ) -> Result<SourceAgreement, String> {
+        let prompt = self
+            .prompts
+            .iter()
+            .find(|p| p.id == prompt_id)
+            .ok_or_else(|| {
+                format!(
+                    "{} has no prompt `{prompt_id}`; regenerate it with \
+                     ci/reference/llama_cpp_reference.py",
+                    file.display()
+                )
+            })?;
+        compare(prompt, generation)
+    }
 }
 
 fn compare(prompt: &LlamaCppPrompt, generation: &Generation) -> Result<SourceAgreement, String> {
