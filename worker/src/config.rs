@@ -126,6 +126,17 @@ impl HfConfig {
             .transpose()
     }
 
+    /// A number that must be positive (an epsilon, a base): 0 or less would make the model
+    /// divide by zero or take the log of a negative, silently.
+    pub fn opt_positive_f64(&self, key: &str) -> Result<Option<f64>> {
+        match self.opt_f64(key)? {
+            Some(x) if !(x > 0.0 && x.is_finite()) => {
+                Err(self.error(key, format!("is {x}; it must be a positive, finite number")))
+            }
+            x => Ok(x),
+        }
+    }
+
     pub fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
         match self.value(key) {
             None => Ok(default),
@@ -261,6 +272,12 @@ impl HfConfig {
             self.opt_f64("rope_theta")?,
         )?
         .unwrap_or(defaults.theta);
+        if !(theta > 0.0 && theta.is_finite()) {
+            return Err(self.error(
+                "rope_theta",
+                format!("is {theta}; the rotary base must be a positive, finite number"),
+            ));
+        }
         let partial_rotary_factor = one_of(
             self,
             field,

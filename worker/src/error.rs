@@ -42,6 +42,14 @@ pub enum Error {
     #[error("cannot decode the generated tokens: {0}")]
     Decode(String),
 
+    /// The model computed logits no token can be chosen from: its weights or settings hold
+    /// numbers it cannot compute with.
+    #[error(
+        "generated token {step}: the logits hold {what}; the model's weights or config give \
+         numbers it cannot compute with"
+    )]
+    NotFinite { step: usize, what: &'static str },
+
     /// A failure inside candle while running the model.
     #[error("model execution failed: {0}")]
     Candle(#[source] candle_core::Error),

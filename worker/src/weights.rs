@@ -128,14 +128,46 @@ struct Tracker {
     tensors: HashMap<String, Tensor>,
     read: Mutex<BTreeSet<String>>,
     problems: Mutex<Vec<String>>,
+    /// Tensors whose values the module cannot compute with.
+    bad_values: Mutex<Vec<String>>,
 }
 
 impl Tracker {
-    fn note_read(&self, name: &str) {
+    /// Records that `name` was read; true the first time.
+    fn note_read(&self, name: &str) -> bool {
         self.read
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(name.to_string());
+            .insert(name.to_string())
+    }
+
+    /// Checks a tensor the module reads, the first time it reads it: floating point, with no
+    /// NaN or infinity (x * 0 is NaN exactly there, and one sum finds it: a reduction a tensor).
+    fn check_values(&self, name: &str, tensor: &Tensor) -> candle_core::Result<()> {
+        let problem = if !tensor.dtype().is_float() {
+            format!(
+                "`{name}` is {:?}, not floating point: its values are not weights",
+                tensor.dtype()
+            )
+        } else if tensor
+            .affine(0.0, 0.0)?
+            .sum_all()?
+            .to_dtype(DType::F32)?
+            .to_scalar::<f32>()?
+            .is_nan()
+        {
+            format!(
+                "`{name}` holds NaN or infinity (in {:?}, as loaded)",
+                tensor.dtype()
+            )
+        } else {
+            return Ok(());
+        };
+        self.bad_values
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(problem);
+        Ok(())
     }
 
     fn problem(&self, message: String) {
@@ -158,9 +190,14 @@ impl SimpleBackend for TrackingBackend {
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
         let tracker = &self.0;
-        tracker.note_read(name);
+        let first = tracker.note_read(name);
         match tracker.tensors.get(name) {
-            Some(t) if t.shape() == &shape => t.to_dtype(dtype)?.to_device(dev),
+            Some(t) if t.shape() == &shape => {
+                if first {
+                    tracker.check_values(name, t)?;
+                }
+                t.to_dtype(dtype)?.to_device(dev)
+            }
             found => {
                 tracker.problem(match found {
                     Some(t) => format!(
@@ -177,9 +214,14 @@ impl SimpleBackend for TrackingBackend {
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        self.0.note_read(name);
+        let first = self.0.note_read(name);
         match self.0.tensors.get(name) {
-            Some(t) => t.to_dtype(dtype)?.to_device(dev),
+            Some(t) => {
+                if first {
+                    self.0.check_values(name, t)?;
+                }
+                t.to_dtype(dtype)?.to_device(dev)
+            }
             None => Err(candle_core::Error::CannotFindTensor {
                 path: name.to_string(),
             }),
@@ -208,6 +250,7 @@ pub fn load_model(
         tensors,
         read: Mutex::new(BTreeSet::new()),
         problems: Mutex::new(Vec::new()),
+        bad_values: Mutex::new(Vec::new()),
     });
     let vb = VarBuilder::from_backend(
         Box::new(TrackingBackend(tracker.clone())),
@@ -228,6 +271,21 @@ pub fn load_model(
         )
     })?;
 
+    let bad_values = std::mem::take(
+        &mut *tracker
+            .bad_values
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner),
+    );
+    if !bad_values.is_empty() {
+        return Err(Error::weights(
+            root,
+            format!(
+                "the checkpoint holds values the model cannot compute with: {}",
+                summarize_list(&bad_values)
+            ),
+        ));
+    }
     let problems = std::mem::take(
         &mut *tracker
             .problems

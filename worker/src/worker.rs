@@ -86,6 +86,7 @@ impl Worker {
             Module::Gguf(_) => None,
         };
         let (engine, fast_shape) = fast::choose(options.engine, &device, module)?;
+        let root = files.folder.root.clone();
         let model = match (&files.module, &files.folder.weights) {
             (Module::Gguf(gguf), Weights::Gguf(path)) => gguf::load(path, *gguf, &device, dtype)?,
             (Module::SafeTensors(module), _) => weights::load_model(
@@ -110,7 +111,13 @@ impl Worker {
             },
         };
         let started = Instant::now();
-        worker.warm_up()?;
+        worker.warm_up().map_err(|e| match e {
+            // Computed from the weights and config alone: the model, not a request, is at fault.
+            Error::NotFinite { .. } => {
+                Error::weights(&root, format!("the warm-up generation failed: {e}"))
+            }
+            e => e,
+        })?;
         worker.load_timings.warmup_ms = elapsed_ms(started);
         Ok(worker)
     }
@@ -206,6 +213,7 @@ impl Worker {
                 }
             }
             let mut logits = forward(model.as_mut(), device, ids, offset)?;
+            check_finite(&logits, generated.len())?;
             if let Some(penalty) = request.repeat_penalty {
                 let context: Vec<u32> = prompt_ids.iter().chain(generated).copied().collect();
                 logits =
@@ -344,6 +352,20 @@ fn forward(
         .forward(&input, offset)?
         .flatten_all()?
         .to_dtype(DType::F32)?)
+}
+
+/// Refuses logits holding NaN or +inf, from which argmax and sampling would pick a token that
+/// means nothing (argmax with `>` never picks a NaN). -inf is a token ruled out, and fine.
+fn check_finite(logits: &Tensor, step: usize) -> Result<()> {
+    let values = logits.to_vec1::<f32>()?;
+    let what = if values.iter().any(|v| v.is_nan()) {
+        "NaN"
+    } else if values.contains(&f32::INFINITY) {
+        "+infinity"
+    } else {
+        return Ok(());
+    };
+    Err(Error::NotFinite { step, what })
 }
 
 /// Temperature 0, or only the most likely token allowed.

@@ -165,6 +165,90 @@ fn tied_output_layers_load_only_as_the_config_says() {
 }
 
 #[test]
+fn weights_holding_nan_infinity_or_integers_are_refused_by_name() {
+    let bad = |name: &str, value: Tensor| {
+        let fixture = Fixture::new("llama");
+        let mut all = tensors(&fixture);
+        all.insert(name.to_string(), value);
+        save(&fixture, &all);
+        load_error(fixture.path())
+    };
+    let fixture = Fixture::new("llama");
+    let all = tensors(&fixture);
+    let norm = &all["model.norm.weight"];
+    let q = "model.layers.1.self_attn.q_proj.weight";
+    let with_one = |t: &Tensor, v: f32| {
+        let mut values = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let middle = values.len() / 2;
+        values[middle] = v;
+        Tensor::from_vec(values, t.shape(), &Device::Cpu).unwrap()
+    };
+    for (value, what) in [
+        (f32::NAN, "NaN"),
+        (f32::INFINITY, "inf"),
+        (f32::NEG_INFINITY, "-inf"),
+    ] {
+        let message = bad(q, with_one(&all[q], value));
+        assert!(
+            message.contains(&format!("`{q}` holds NaN or infinity")),
+            "{what}: {message}"
+        );
+    }
+    let message = bad("model.norm.weight", norm.to_dtype(DType::U32).unwrap());
+    assert!(
+        message.contains("`model.norm.weight` is U32, not floating point"),
+        "{message}"
+    );
+    // A finite value too large for f16 becomes infinity when loaded in f16.
+    let message = match Worker::load(
+        fixture.path(),
+        LoadOptions {
+            dtype: Dtype::F16,
+            ..LoadOptions::default()
+        },
+    ) {
+        Ok(_) => String::new(),
+        Err(e) => e.to_string(),
+    };
+    assert_eq!(message, "", "the fixture loads in f16");
+    let message = {
+        let fixture = Fixture::new("llama");
+        let mut all = tensors(&fixture);
+        all.insert(q.to_string(), with_one(&all[q], 1e6));
+        save(&fixture, &all);
+        match Worker::load(
+            fixture.path(),
+            LoadOptions {
+                dtype: Dtype::F16,
+                ..LoadOptions::default()
+            },
+        ) {
+            Ok(_) => panic!("loaded in f16 with a weight of 1e6"),
+            Err(e) => e.to_string(),
+        }
+    };
+    assert!(
+        message.contains(&format!("`{q}` holds NaN or infinity (in F16")),
+        "{message}"
+    );
+}
+
+#[test]
+fn finite_weights_whose_logits_are_nan_are_refused_by_the_warm_up() {
+    let fixture = Fixture::new("llama");
+    let mut all = tensors(&fixture);
+    // Finite, but the final norm's output overflows f32 and the logits become NaN.
+    let norm = (all["model.norm.weight"].ones_like().unwrap() * 3e38).unwrap();
+    all.insert("model.norm.weight".into(), norm);
+    save(&fixture, &all);
+    let message = load_error(fixture.path());
+    assert!(
+        message.contains("the warm-up generation failed: generated token 0: the logits hold NaN"),
+        "{message}"
+    );
+}
+
+#[test]
 fn truncated_or_corrupt_weight_files_are_refused() {
     let fixture = Fixture::new("phi");
     let path = fixture.file("model.safetensors");

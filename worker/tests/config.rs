@@ -172,6 +172,34 @@ fn malformed_and_incomplete_configs_name_the_problem() {
 }
 
 #[test]
+fn epsilons_and_rotary_bases_that_cannot_be_computed_with_are_refused() {
+    let cases = [
+        ("llama", "rope_theta", json!(0.0)),
+        ("llama", "rope_theta", json!(-1.0)),
+        ("llama", "rms_norm_eps", json!(0.0)),
+        ("qwen3", "rms_norm_eps", json!(-1e-6)),
+        ("phi", "layer_norm_eps", json!(0.0)),
+        ("starcoder2", "norm_epsilon", json!(-1.0)),
+    ];
+    for (id, key, value) in cases {
+        let message = parse_err(&with(id, json!({ key: value })));
+        assert!(
+            message.contains(&format!("field `{key}`")) && message.contains("positive, finite"),
+            "{id} {key}: {message}"
+        );
+    }
+    // In the transformers 5 form too.
+    let message = parse_err(&with(
+        "llama",
+        json!({"rope_theta": null, "rope_parameters": {"rope_type": "default", "rope_theta": 0.0}}),
+    ));
+    assert!(
+        message.contains("rope_theta") && message.contains("positive, finite"),
+        "{message}"
+    );
+}
+
+#[test]
 fn settings_a_module_does_not_implement_are_refused() {
     let cases = [
         ("llama", json!({"attention_bias": true}), "attention_bias"),

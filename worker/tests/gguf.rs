@@ -878,9 +878,14 @@ fn a_gguf_the_module_would_misread_is_refused_with_the_key_or_tensor() {
     let heads: Edit = |metadata, _| set(metadata, "llama.attention.head_count", Value::U64(4));
     let rope_dims: Edit = |metadata, _| set(metadata, "llama.rope.dimension_count", Value::U32(8));
     let phi3_base: Edit = |metadata, _| set(metadata, "phi3.rope.freq_base", Value::F32(5e5));
+    let zero_base: Edit = |metadata, _| set(metadata, "llama.rope.freq_base", Value::F32(0.0));
+    let infinite_eps: Edit = |metadata, _| {
+        let eps = Value::F32(f32::INFINITY);
+        set(metadata, "qwen2.attention.layer_norm_rms_epsilon", eps)
+    };
     let unknown_key: Edit =
         |metadata, _| set(metadata, "qwen2.rope.scaling.factor", Value::F32(4.0));
-    let cases: [(&str, Edit, &[&str]); 6] = [
+    let cases: [(&str, Edit, &[&str]); 8] = [
         (
             "llama-q8_0",
             bias,
@@ -910,6 +915,16 @@ fn a_gguf_the_module_would_misread_is_refused_with_the_key_or_tensor() {
             "phi3-q8_0",
             phi3_base,
             &["`phi3.rope.freq_base`", "always uses 10000"],
+        ),
+        (
+            "llama-q8_0",
+            zero_base,
+            &["`llama.rope.freq_base`", "is 0", "positive, finite"],
+        ),
+        (
+            "qwen2-q8_0",
+            infinite_eps,
+            &["`qwen2.attention.layer_norm_rms_epsilon`", "is inf"],
         ),
     ];
     for (id, edit, expected) in cases {

@@ -101,6 +101,8 @@ fn malformed_bodies_get_a_status_naming_the_field() {
         (ok(json!({"max_tokens": -1})), 400, "max_tokens"),
         (ok(json!({"max_tokens": "4"})), 400, "max_tokens"),
         (ok(json!({"temperature": -0.5})), 400, "temperature"),
+        (ok(json!({"temperature": 1e-320})), 400, "temperature"),
+        (ok(json!({"temperature": 1e-6})), 400, "temperature"),
         (ok(json!({"top_p": 0.0})), 400, "top_p"),
         (ok(json!({"top_p": 1.5})), 400, "top_p"),
         (ok(json!({"top_k": 0})), 400, "top_k"),

@@ -22,6 +22,10 @@ pub struct Message {
     pub content: String,
 }
 
+/// The smallest temperature that samples (vLLM's sampling epsilon): logits of a few thousand
+/// divided by it stay far inside f32, while 1e-320 is 0 in f32 and divides by zero.
+pub const MIN_TEMPERATURE: f64 = 1e-5;
+
 /// One generation request. Temperature 0 is greedy; otherwise tokens are sampled with `seed`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Request {
@@ -70,10 +74,14 @@ impl Request {
         if self.max_tokens == 0 {
             return Err(RequestError::new("max_tokens", "must be at least 1"));
         }
-        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+        let t = self.temperature;
+        if !(t.is_finite() && (t == 0.0 || t >= MIN_TEMPERATURE)) {
             return Err(RequestError::new(
                 "temperature",
-                format!("is {}; it must be 0 (greedy) or positive", self.temperature),
+                format!(
+                    "is {t}; it must be 0 (greedy) or at least {MIN_TEMPERATURE} (below that, \
+                     logits divided by it overflow)"
+                ),
             ));
         }
         if let Some(p) = self.top_p {

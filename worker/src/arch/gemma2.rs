@@ -62,7 +62,7 @@ impl Architecture for Gemma2 {
             num_attention_heads: dims.num_heads,
             num_hidden_layers: dims.num_layers,
             num_key_value_heads: dims.num_kv_heads,
-            rms_norm_eps: cfg.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
+            rms_norm_eps: cfg.opt_positive_f64("rms_norm_eps")?.unwrap_or(1e-6),
             rope_theta: rope.theta,
             vocab_size: dims.vocab_size,
             final_logit_softcapping: cfg.opt_f64("final_logit_softcapping")?,

@@ -69,7 +69,7 @@ impl Architecture for Llama {
             num_attention_heads: dims.num_heads,
             num_key_value_heads: dims.num_kv_heads,
             use_flash_attn: false,
-            rms_norm_eps: cfg.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
+            rms_norm_eps: cfg.opt_positive_f64("rms_norm_eps")?.unwrap_or(1e-6),
             rope_theta: rope.theta as f32,
             bos_token_id: None,
             eos_token_id: None,

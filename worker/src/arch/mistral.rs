@@ -63,7 +63,7 @@ impl Architecture for Mistral {
             num_key_value_heads: dims.num_kv_heads,
             hidden_act,
             max_position_embeddings: dims.max_position_embeddings,
-            rms_norm_eps: cfg.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
+            rms_norm_eps: cfg.opt_positive_f64("rms_norm_eps")?.unwrap_or(1e-6),
             rope_theta: rope.theta,
             // The worker masks; the module's own window mask is never built.
             sliding_window: None,

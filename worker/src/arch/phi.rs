@@ -57,7 +57,7 @@ impl Architecture for Phi {
             num_key_value_heads: dims.num_kv_heads,
             hidden_act: model::activation(cfg, "hidden_act", "gelu_new")?,
             max_position_embeddings: dims.max_position_embeddings,
-            layer_norm_eps: cfg.opt_f64("layer_norm_eps")?.unwrap_or(1e-5),
+            layer_norm_eps: cfg.opt_positive_f64("layer_norm_eps")?.unwrap_or(1e-5),
             rope_theta: rope.theta,
             partial_rotary_factor: rope.partial_rotary_factor,
             qk_layernorm: cfg.bool_or("qk_layernorm", false)?,

@@ -54,7 +54,7 @@ impl Architecture for Phi3 {
             num_hidden_layers: dims.num_layers,
             num_attention_heads: dims.num_heads,
             num_key_value_heads: dims.num_kv_heads,
-            rms_norm_eps: cfg.opt_f64("rms_norm_eps")?.unwrap_or(1e-5),
+            rms_norm_eps: cfg.opt_positive_f64("rms_norm_eps")?.unwrap_or(1e-5),
             rope_theta: rope.theta,
             bos_token_id: None,
             eos_token_id: None,

@@ -55,7 +55,7 @@ impl Architecture for Qwen2 {
             max_window_layers: dims.num_layers,
             tie_word_embeddings,
             rope_theta: rope.theta,
-            rms_norm_eps: cfg.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
+            rms_norm_eps: cfg.opt_positive_f64("rms_norm_eps")?.unwrap_or(1e-6),
             use_sliding_window: false,
             hidden_act: model::activation(cfg, "hidden_act", "silu")?,
         };

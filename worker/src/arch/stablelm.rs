@@ -74,7 +74,7 @@ impl Architecture for StableLm {
                 "partial_rotary_factor": rope.partial_rotary_factor,
                 "rope_theta": rope.theta,
                 "max_position_embeddings": dims.max_position_embeddings,
-                "layer_norm_eps": cfg.opt_f64("layer_norm_eps")?.unwrap_or(1e-5),
+                "layer_norm_eps": cfg.opt_positive_f64("layer_norm_eps")?.unwrap_or(1e-5),
                 "use_cache": true,
                 "use_qkv_bias": cfg.bool_or("use_qkv_bias", false)?,
                 "use_flash_attn": false,

@@ -48,7 +48,7 @@ impl Architecture for Starcoder2 {
             num_key_value_heads: dims.num_kv_heads,
             hidden_act: model::activation(cfg, "hidden_act", "gelu_pytorch_tanh")?,
             max_position_embeddings: dims.max_position_embeddings,
-            norm_epsilon: cfg.opt_f64("norm_epsilon")?.unwrap_or(1e-5),
+            norm_epsilon: cfg.opt_positive_f64("norm_epsilon")?.unwrap_or(1e-5),
             rope_theta: rope.theta,
             use_bias: cfg.bool_or("use_bias", true)?,
             tie_word_embeddings,

@@ -86,7 +86,7 @@ pub fn parse(header: &Header) -> Result<(ArchConfig, &'static dyn GgufArchitectu
     header.opt_u32(&key("expert_used_count"))?;
     let rms_eps = key("attention.layer_norm_rms_epsilon");
     match header.opt_f32(&rms_eps)? {
-        Some(eps) if eps > 0.0 => {}
+        Some(eps) if eps > 0.0 && eps.is_finite() => {}
         Some(eps) => return Err(header.error(&rms_eps, format!("is {eps}; it must be positive"))),
         None => return Err(header.error(&rms_eps, "required, but missing")),
     }
@@ -199,6 +199,12 @@ fn read_rope(header: &Header, name: &str, quirks: &Quirks, head_dim: usize) -> R
         (Some(theta), _) => theta,
         (None, fixed) => fixed.unwrap_or(10_000.0),
     };
+    if !(theta > 0.0 && theta.is_finite()) {
+        return Err(header.error(
+            &freq_base,
+            format!("is {theta}; the rotary base must be a positive, finite number"),
+        ));
+    }
     Ok(Rope {
         theta,
         partial_rotary_factor: 1.0,
