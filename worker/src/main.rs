@@ -47,6 +47,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // candle captures a backtrace into its errors when RUST_BACKTRACE is set, and their
+    // messages print it: users get the cause, never a backtrace (panics still honour
+    // RUST_BACKTRACE, which std reads apart from RUST_LIB_BACKTRACE). Set before any thread.
+    std::env::set_var("RUST_LIB_BACKTRACE", "0");
     let cli = Cli::parse();
     init_logging(matches!(cli.command, Command::Serve(_)));
     let outcome = match cli.command {

@@ -303,3 +303,34 @@ fn bad_arguments_are_a_clear_error() {
         );
     }
 }
+
+#[test]
+fn errors_show_no_backtrace_whatever_rust_backtrace_says() {
+    let fixture = common::GgufFixture::new("llama-q4_0");
+    let file = fixture.file("model.gguf");
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+    let model = fixture.path();
+    for setting in ["1", "full"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_llm-worker-rbee"))
+            .args([
+                "generate",
+                "--model",
+                model.to_str().unwrap(),
+                "--prompt",
+                "hi",
+                "--max-tokens",
+                "2",
+            ])
+            .env("RUST_BACKTRACE", setting)
+            .output()
+            .expect("the binary runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{stderr}");
+        assert!(stderr.contains("only 0 remaining in file"), "{stderr}");
+        assert!(
+            !stderr.contains("candle_core::") && stderr.lines().count() == 1,
+            "RUST_BACKTRACE={setting}: {stderr}"
+        );
+    }
+}

@@ -58,6 +58,18 @@ fn malformed_bodies_get_a_status_naming_the_field() {
         (raw(r#""text""#), 400, "body"),
         (raw("{}"), 400, "prompt"),
         (raw(r#"{"prompt": "hi"}"#), 400, "max_tokens"),
+        (
+            raw(r#"{"prompt": "hi", "max_tokens": 4, "max_tokens": 8}"#),
+            400,
+            "max_tokens",
+        ),
+        (
+            raw(
+                r#"{"messages": [{"role": "user", "content": "x", "role": "system"}], "max_tokens": 4}"#,
+            ),
+            400,
+            "role",
+        ),
         (ok(json!({"bogus": 1})), 400, "bogus"),
         (ok(json!({"prompt_ids": [1]})), 400, "prompt"),
         (
@@ -262,12 +274,17 @@ fn sigterm_during_a_generation_ends_it_and_exits_0_within_2_s() {
     assert!(status.success());
     // The stream ends with `end` or `error`, or just closes; reads time out after GUARD.
     let mut last = None;
+    let mut tokens = 1;
     while let Some((name, data)) = response.event() {
+        tokens += usize::from(name == "token");
         last = Some((name, data));
     }
     let (name, data) = last.expect("events after the signal");
     match name.as_str() {
-        "end" => assert_eq!(data["stop_reason"], "cancelled", "{data}"),
+        "end" => {
+            assert_eq!(data["stop_reason"], "cancelled", "{data}");
+            assert_eq!(data["tokens_out"], tokens, "the tokens sent: {data}");
+        }
         "token" | "error" => {}
         other => panic!("unexpected event {other}: {data}"),
     }

@@ -1,10 +1,11 @@
 //! `llm-worker-rbee serve`: the HTTP worker.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
-use llm_worker_rbee::serve::ServeOptions;
+use llm_worker_rbee::serve::{ConnectionLimits, ServeOptions};
 
 use super::args::{DeviceArgs, ModelArgs};
 
@@ -23,6 +24,25 @@ pub struct ServeArgs {
     /// How many requests may wait while one generates; more get 503 with Retry-After.
     #[arg(long, default_value_t = 32, value_name = "N")]
     pub queue: usize,
+    /// Seconds a client may take to send a request's headers; a connection left idle that long
+    /// between requests is closed too.
+    #[arg(long, default_value_t = 10.0, value_name = "S", value_parser = seconds)]
+    pub header_timeout: f64,
+    /// Seconds a client may take to send a request's body; slower ones get 408.
+    #[arg(long, default_value_t = 30.0, value_name = "S", value_parser = seconds)]
+    pub body_timeout: f64,
+    /// Connections open at once; more are answered 503 (Retry-After) and closed. Keep it below
+    /// the process's file descriptor limit (`ulimit -n`).
+    #[arg(long, default_value_t = 256, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+}
+
+/// A positive, finite number of seconds.
+fn seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s > 0.0 && s.is_finite() && s < 1e9 => Ok(s),
+        _ => Err(format!("`{text}` is not a positive number of seconds")),
+    }
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -33,5 +53,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
         host: args.host,
         port: args.port,
         queue: args.queue,
+        connections: ConnectionLimits {
+            header_timeout: Duration::from_secs_f64(args.header_timeout),
+            max_connections: args.max_connections as usize,
+        },
+        body_timeout: Duration::from_secs_f64(args.body_timeout),
     })
 }

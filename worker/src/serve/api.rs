@@ -4,8 +4,11 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::de::{DeserializeOwned, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::error::Error;
@@ -77,6 +80,13 @@ pub fn parse_execute(body: &[u8]) -> Result<Execute, ApiError> {
     let Value::Object(mut object) = value else {
         return Err(ApiError::bad_request("body", "must be a JSON object"));
     };
+    // serde_json keeps the last of two equal keys; which one the client meant is unknowable.
+    if let Ok(FirstDuplicate(Some(key))) = serde_json::from_slice(body) {
+        return Err(ApiError::bad_request(
+            key,
+            "appears twice in one JSON object; each key must appear once",
+        ));
+    }
     if let Some(unknown) = object.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         return Err(ApiError::bad_request(
             unknown.clone(),
@@ -117,6 +127,70 @@ pub fn parse_execute(body: &[u8]) -> Result<Execute, ApiError> {
         ignore_eos: take(&mut object, "ignore_eos")?.unwrap_or(false),
     };
     Ok(Execute { job_id, request })
+}
+
+/// The first key that some object of a JSON document holds twice, at any depth.
+struct FirstDuplicate(Option<String>);
+
+impl<'de> Deserialize<'de> for FirstDuplicate {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(FirstDuplicateVisitor)
+    }
+}
+
+struct FirstDuplicateVisitor;
+
+impl<'de> Visitor<'de> for FirstDuplicateVisitor {
+    type Value = FirstDuplicate;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(FirstDuplicate(None))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(FirstDuplicate(None))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(FirstDuplicate(None))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(FirstDuplicate(None))
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(FirstDuplicate(None))
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(FirstDuplicate(None))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(FirstDuplicate(inner)) = seq.next_element()? {
+            found = found.or(inner);
+        }
+        Ok(FirstDuplicate(found))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut keys = HashSet::new();
+        let mut found = None;
+        while let Some(key) = map.next_key::<String>()? {
+            let FirstDuplicate(inner) = map.next_value()?;
+            if !keys.insert(key.clone()) {
+                found = found.or(Some(key));
+            }
+            found = found.or(inner);
+        }
+        Ok(FirstDuplicate(found))
+    }
 }
 
 /// Removes `field` from `object` and reads it as a `T`; `null` counts as absent.

@@ -204,6 +204,8 @@ impl GenerationThread {
             prompt_ids,
         }));
         let mut tokens = 0;
+        // Token events sent: `end` reports these, which a cancelled job has one fewer of.
+        let mut sent = 0;
         let mut first_token = None;
         let outcome = worker.generate(&request, |token| {
             tokens += 1;
@@ -217,6 +219,7 @@ impl GenerationThread {
             if self.shutdown.load(Ordering::SeqCst) || replies.send(Reply::Event(event)).is_err() {
                 return ControlFlow::Break(());
             }
+            sent += 1;
             ControlFlow::Continue(())
         });
         let report = |stop_reason| JobReport {
@@ -246,7 +249,7 @@ impl GenerationThread {
                 self.metrics.job(&report(stop_reason.name()));
                 Event::End {
                     job_id: job_id.clone(),
-                    tokens_out: generation.token_ids.len(),
+                    tokens_out: sent,
                     stop_reason,
                     prefill_ms: t.prefill_ms,
                     decode_ms: t.decode_ms,

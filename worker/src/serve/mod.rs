@@ -3,11 +3,11 @@
 //! others wait in a bounded queue.
 
 mod api;
+mod connections;
 mod generation;
 mod metrics;
 
 use std::convert::Infallible;
-use std::future::IntoFuture;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -18,12 +18,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::sse::{self, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use futures::{Stream, StreamExt};
 use serde_json::json;
@@ -31,6 +30,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::oneshot;
 
 use self::api::{ApiError, Event};
+pub use self::connections::ConnectionLimits;
 use self::generation::{Generator, Reply};
 use self::metrics::{Metrics, Outcome};
 use crate::files::{ModelFiles, ModelInfo};
@@ -50,6 +50,9 @@ pub struct ServeOptions {
     pub port: u16,
     /// How many requests may wait while one generates; more get 503.
     pub queue: usize,
+    pub connections: ConnectionLimits,
+    /// How long a client may take to send a request's body.
+    pub body_timeout: Duration,
 }
 
 struct AppState {
@@ -60,6 +63,7 @@ struct AppState {
     model: String,
     metrics: Arc<Metrics>,
     next_job: AtomicU64,
+    body_timeout: Duration,
 }
 
 /// How long open streams may take to end after SIGTERM before the server exits anyway.
@@ -97,6 +101,7 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
         model: options.model,
         metrics,
         next_job: AtomicU64::new(1),
+        body_timeout: options.body_timeout,
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -105,6 +110,7 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
     runtime.block_on(serve(
         state,
         SocketAddr::new(options.host, options.port),
+        options.connections,
         loaded,
     ))
 }
@@ -112,19 +118,13 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
 async fn serve(
     state: Arc<AppState>,
     address: SocketAddr,
+    limits: ConnectionLimits,
     loaded: oneshot::Receiver<anyhow::Result<()>>,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("cannot listen on {address}"))?;
     let local = listener.local_addr()?;
-    // Token events are small writes: without TCP_NODELAY, Nagle's algorithm holds each one
-    // until the client's delayed ACK, some 40 ms.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::warn!(%error, "cannot set TCP_NODELAY on a connection");
-        }
-    });
     let app = Router::new()
         .route("/execute", post(execute))
         .route("/health", get(health))
@@ -139,13 +139,7 @@ async fn serve(
     tracing::info!(address = %local, model = state.model, "listening; loading the model");
 
     let (stop, stopped) = oneshot::channel::<()>();
-    let mut server = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            })
-            .into_future(),
-    );
+    let mut server = tokio::spawn(connections::serve(listener, app, limits, stopped));
     let load_failure = async {
         match loaded.await {
             Ok(Err(error)) => error,
@@ -198,23 +192,23 @@ async fn shutdown_signal() {
     }
 }
 
-async fn execute(
-    State(state): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn execute(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let arrived = Instant::now();
     let refuse = |error: ApiError| {
         tracing::info!(field = error.field, reason = error.message, "refused");
         state.metrics.request(Outcome::Invalid);
         error.into_response()
     };
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) => {
+    // A client that stops sending its body would otherwise hold the connection for ever.
+    let body = tokio::time::timeout(state.body_timeout, Bytes::from_request(request, &state));
+    let body = match body.await {
+        Ok(Ok(body)) => body,
+        Ok(Err(rejection)) => return refuse(body_rejected(rejection)),
+        Err(_) => {
             return refuse(ApiError {
-                status: rejection.status(),
+                status: StatusCode::REQUEST_TIMEOUT,
                 field: "body".into(),
-                message: rejection.body_text(),
+                message: format!("not received within {} s", state.body_timeout.as_secs_f64()),
             })
         }
     };
@@ -240,6 +234,14 @@ async fn execute(
         Some(Reply::Event(started)) => Sse::new(events(started, replies)).into_response(),
         Some(Reply::Refused(error)) => error.into_response(),
         None => unavailable("the server is shutting down"),
+    }
+}
+
+fn body_rejected(rejection: BytesRejection) -> ApiError {
+    ApiError {
+        status: rejection.status(),
+        field: "body".into(),
+        message: rejection.body_text(),
     }
 }
 
