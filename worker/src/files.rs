@@ -17,7 +17,7 @@ use crate::gguf::tokenizer::{GgufText, CHAT_TEMPLATE};
 use crate::model::{ArchConfig, Architecture, Dims, ModuleConfig, Window};
 use crate::prompter::Prompter;
 use crate::tokens::{ModelSpecials, TextCodec};
-use crate::{arch, gguf, weights};
+use crate::{arch, gguf, memory, weights};
 
 /// What was detected in a model folder; `llm-worker-rbee inspect` prints it.
 #[derive(Clone, Debug, Serialize)]
@@ -105,6 +105,18 @@ impl ModelFiles {
                 )
             }
         };
+        if let Some(problem) =
+            memory::machine_memory().and_then(|bytes| memory::context_problem(&arch, bytes))
+        {
+            return Err(match &folder.weights {
+                Weights::Gguf(path) => Error::field(
+                    path,
+                    format!("{}.context_length", arch.architecture.name()),
+                    problem,
+                ),
+                _ => Error::field(&folder.config(), "max_position_embeddings", problem),
+            });
+        }
         let tokenizer_config = match &folder.tokenizer_config {
             Some(path) => Some((path.as_path(), read_json_object(path)?)),
             None => None,

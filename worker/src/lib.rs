@@ -30,6 +30,7 @@ pub mod files;
 pub mod fixture;
 pub mod folder;
 pub mod gguf;
+pub mod memory;
 pub mod model;
 pub mod modules;
 pub mod prompter;

@@ -121,6 +121,37 @@ fn read_all(
     Ok(tensors)
 }
 
+/// Refuses a config with more layers than the checkpoint holds (`model.layers.N.*`) before
+/// anything is read: building a module of a million layers would take minutes and gigabytes to
+/// reach the first missing tensor.
+fn check_layer_count(folder: &ModelFolder, arch: &ArchConfig) -> Result<()> {
+    let files = open_files(folder)?;
+    let held = files
+        .iter()
+        .flat_map(|(_, mapped)| mapped.tensors())
+        .filter_map(|(name, _)| {
+            name.strip_prefix("model.layers.")?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .max()
+        .map_or(0, |last| last + 1);
+    if held > 0 && arch.dims.num_layers > held {
+        return Err(Error::field(
+            &folder.config(),
+            "num_hidden_layers",
+            format!(
+                "is {}, but the checkpoint holds {held} layers (model.layers.0 to {})",
+                arch.dims.num_layers,
+                held - 1
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Serves tensors to a candle module and records what it asked for. A missing tensor or a
 /// wrong shape is recorded rather than returned, so that modules which `unwrap` while loading
 /// cannot panic, and so that every problem is reported at once.
@@ -243,8 +274,9 @@ pub fn load_model(
     device: &Device,
     dtype: DType,
 ) -> Result<Box<dyn CausalLm>> {
-    let tensors = read_all(folder, device, dtype)?;
     let root = folder.root.as_path();
+    check_layer_count(folder, arch)?;
+    let tensors = read_all(folder, device, dtype)?;
     check_output_layer(root, arch, &tensors)?;
     let tracker = Arc::new(Tracker {
         tensors,

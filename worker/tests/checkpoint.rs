@@ -249,6 +249,36 @@ fn finite_weights_whose_logits_are_nan_are_refused_by_the_warm_up() {
 }
 
 #[test]
+fn settings_too_large_to_build_are_refused_at_once_with_the_bytes_they_need() {
+    let fixture = Fixture::new("llama");
+    fixture.edit_json("config.json", |c| {
+        c.insert(
+            "max_position_embeddings".into(),
+            json!(1_000_000_000_000u64),
+        );
+    });
+    let started = std::time::Instant::now();
+    let message = load_error(fixture.path());
+    assert!(
+        message.contains("field `max_position_embeddings`: is 1000000000000 positions")
+            && message.contains("the rotary tables alone would need 58.2 TiB"),
+        "{message}"
+    );
+    let fixture = Fixture::new("llama");
+    fixture.edit_json("config.json", |c| {
+        c.insert("num_hidden_layers".into(), json!(1_000_000));
+    });
+    let message = load_error(fixture.path());
+    assert!(
+        message
+            .contains("field `num_hidden_layers`: is 1000000, but the checkpoint holds 2 layers"),
+        "{message}"
+    );
+    // Both before anything is allocated for them (a million layers took 36 s and 5 GB).
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
+
+#[test]
 fn truncated_or_corrupt_weight_files_are_refused() {
     let fixture = Fixture::new("phi");
     let path = fixture.file("model.safetensors");

@@ -883,9 +883,12 @@ fn a_gguf_the_module_would_misread_is_refused_with_the_key_or_tensor() {
         let eps = Value::F32(f32::INFINITY);
         set(metadata, "qwen2.attention.layer_norm_rms_epsilon", eps)
     };
+    // 2^32 - 1 positions of 64 dimensions: 1 TiB of rotary tables, more than any machine here.
+    let huge_context: Edit =
+        |metadata, _| set(metadata, "qwen2.context_length", Value::U32(u32::MAX));
     let unknown_key: Edit =
         |metadata, _| set(metadata, "qwen2.rope.scaling.factor", Value::F32(4.0));
-    let cases: [(&str, Edit, &[&str]); 8] = [
+    let cases: [(&str, Edit, &[&str]); 9] = [
         (
             "llama-q8_0",
             bias,
@@ -925,6 +928,14 @@ fn a_gguf_the_module_would_misread_is_refused_with_the_key_or_tensor() {
             "qwen2-q8_0",
             infinite_eps,
             &["`qwen2.attention.layer_norm_rms_epsilon`", "is inf"],
+        ),
+        (
+            "qwen2-h256-q4_k",
+            huge_context,
+            &[
+                "`qwen2.context_length`",
+                "rotary tables alone would need 1024.0 GiB",
+            ],
         ),
     ];
     for (id, edit, expected) in cases {
