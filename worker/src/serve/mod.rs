@@ -199,6 +199,18 @@ async fn execute(State(state): State<Arc<AppState>>, request: Request) -> Respon
         state.metrics.request(Outcome::Invalid);
         error.into_response()
     };
+    // A body announced larger than the limit is refused before waiting for it.
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if announced.is_some_and(|length| length > BODY_LIMIT as u64) {
+        return refuse(ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            field: "body".into(),
+            message: format!("is larger than {BODY_LIMIT} bytes"),
+        });
+    }
     // A client that stops sending its body would otherwise hold the connection for ever.
     let body = tokio::time::timeout(state.body_timeout, Bytes::from_request(request, &state));
     let body = match body.await {
