@@ -254,3 +254,57 @@ impl Event {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Any JSON value (numbers at the edges of their types among them), for a field's value.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |x| x.is_finite())
+                .prop_map(Value::from),
+            ".{0,8}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                prop::collection::btree_map("role|content|[a-z]{1,6}", inner, 0..3)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn any_bytes_are_parsed_or_refused(body in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = parse_execute(&body);
+        }
+
+        #[test]
+        fn any_values_of_the_known_fields_are_parsed_or_refused(
+            fields in prop::collection::vec(
+                (prop::sample::select(FIELDS), json_value()),
+                0..6,
+            ),
+        ) {
+            let body: Map<String, Value> = fields
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+            let body = serde_json::to_vec(&body).unwrap();
+            if let Ok(parsed) = parse_execute(&body) {
+                let _ = parsed.request.validate();
+            }
+        }
+    }
+}
