@@ -402,3 +402,17 @@ fn sampling(request: &Request) -> Sampling {
 fn elapsed_ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argmax_breaks_exact_ties_towards_the_lowest_id_as_torch_does() {
+        let argmax_of = |values: &[f32]| argmax(&Tensor::new(values, &Device::Cpu).unwrap());
+        assert_eq!(argmax_of(&[1.0, 3.0, 3.0, 2.0]).unwrap(), 1);
+        assert_eq!(argmax_of(&[0.5; 7]).unwrap(), 0);
+        assert_eq!(argmax_of(&[-1.0, -2.0, -1.0]).unwrap(), 0);
+        assert_eq!(argmax_of(&[f32::NEG_INFINITY, 2.0, 2.0]).unwrap(), 1);
+    }
+}

@@ -259,6 +259,21 @@ fn the_repeat_penalty_steers_away_from_tokens_already_seen() {
         // every other choice is penalized too: in 16 tokens from 512 that does not happen.
         let distinct: std::collections::BTreeSet<_> = penalized.iter().collect();
         assert_eq!(distinct.len(), penalized.len(), "{id}: {penalized:?}");
+
+        // The prompt's tokens are penalized too, as transformers does: with the greedy
+        // continuation as the prompt, none of its tokens comes again.
+        let prompt: Vec<u32> = base.iter().copied().chain(base.iter().copied()).collect();
+        let echo = Request {
+            prompt: Prompt::Ids(prompt.clone()),
+            repeat_penalty: Some(1e9),
+            ..greedy(Prompt::Text(String::new()), TOKENS)
+        };
+        let continued = run(&mut worker, &echo).token_ids;
+        let repeated: Vec<_> = continued.iter().filter(|t| prompt.contains(t)).collect();
+        assert!(
+            repeated.is_empty(),
+            "{id}: {repeated:?} of the prompt came again"
+        );
     }
     assert!(changed > 0);
 }
