@@ -24,9 +24,10 @@ pub fn context_problem(arch: &ArchConfig, memory: u64) -> Option<String> {
     let needed = rotary_table_bytes(arch);
     (needed > memory as u128).then(|| {
         format!(
-            "is {} positions: the rotary tables alone would need {}, more than this machine's {} \
-             of memory",
+            "is {} positions (of a {}-dimension head): the rotary tables alone would need {}, \
+             more than this machine's {} of memory",
             arch.dims.max_position_embeddings,
+            arch.dims.head_dim,
             human_bytes(needed),
             human_bytes(memory as u128)
         )
