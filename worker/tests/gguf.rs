@@ -662,6 +662,33 @@ fn a_stream_of_sentencepiece_byte_tokens_adds_up_to_the_decode_of_all_ids() {
 }
 
 #[test]
+fn float_tensors_holding_nan_or_infinity_are_refused_by_name() {
+    for (value, what) in [(f32::NAN, "NaN"), (f32::INFINITY, "inf")] {
+        let fixture = GgufFixture::new("llama-q8_0");
+        rewrite_gguf(&fixture.file("model.gguf"), |_, tensors| {
+            let (_, norm) = tensors
+                .iter_mut()
+                .find(|(name, _)| name == "output_norm.weight")
+                .unwrap();
+            let mut values = norm
+                .dequantize(&Device::Cpu)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            values[3] = value;
+            let len = values.len();
+            let broken = Tensor::from_vec(values, len, &Device::Cpu).unwrap();
+            *norm = QTensor::quantize(&broken, GgmlDType::F32).unwrap();
+        });
+        let message = load_error(&fixture.path(), LoadOptions::default());
+        assert!(
+            message.contains("`output_norm.weight` holds NaN or infinity"),
+            "{what}: {message}"
+        );
+    }
+}
+
+#[test]
 fn every_ggml_type_candle_reads_loads_and_generates() {
     let dir = tempfile::tempdir().unwrap();
     // k-quants need rows of 256: the wide source.

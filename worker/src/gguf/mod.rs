@@ -17,6 +17,8 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::Path;
 
+use candle_core::quantized::gguf_file::Content;
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device};
 
 use self::format::{
@@ -317,6 +319,7 @@ pub fn load(
     }
     let content = format::read_content(path)?;
     let mut file = File::open(path).map_err(|e| Error::file(path, format!("cannot open: {e}")))?;
+    check_float_tensors(path, &content, &mut file)?;
     gguf.load(content, &mut file, device).map_err(|e| {
         Error::weights(
             path,
@@ -326,4 +329,49 @@ pub fn load(
             ),
         )
     })
+}
+
+/// Refuses a file whose floating-point tensors (the norms; the embeddings in some files) hold
+/// NaN or infinity: x * 0 is NaN exactly there, and one sum a tensor finds it. Quantized blocks
+/// are not scanned (that would dequantize the whole model at every load); a NaN there reaches
+/// the logits, from which the worker refuses to pick a token.
+fn check_float_tensors(path: &Path, content: &Content, file: &mut File) -> Result<()> {
+    let mut names: Vec<&String> = content
+        .tensor_infos
+        .iter()
+        .filter(|(_, info)| {
+            matches!(
+                info.ggml_dtype,
+                GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
+            )
+        })
+        .map(|(name, _)| name)
+        .collect();
+    names.sort();
+    let mut bad = Vec::new();
+    for name in names {
+        let mut finite = || -> candle_core::Result<bool> {
+            let tensor = content.tensor(file, name, &Device::Cpu)?;
+            let sum = tensor
+                .dequantize(&Device::Cpu)?
+                .affine(0.0, 0.0)?
+                .sum_all()?;
+            Ok(!sum.to_scalar::<f32>()?.is_nan())
+        };
+        match finite() {
+            Ok(true) => {}
+            Ok(false) => bad.push(format!("`{name}` holds NaN or infinity")),
+            Err(e) => bad.push(format!("`{name}` cannot be read: {e}")),
+        }
+    }
+    if bad.is_empty() {
+        return Ok(());
+    }
+    Err(Error::weights(
+        path,
+        format!(
+            "the file holds values the model cannot compute with: {}",
+            summarize_list(&bad)
+        ),
+    ))
 }
