@@ -1,17 +1,18 @@
 #!/usr/bin/env python3
 """A SentencePiece vocabulary in a GGUF file (`tokenizer.ggml.model = "llama"`, byte fallback),
 and the token ids transformers gives for a corpus of texts with the tokenizer it builds from
-that file: the data that worker/tests/gguf_sentencepiece.rs checks the worker's own GGUF
-tokenizer against.
+that file: the data that worker/tests/gguf.rs checks the worker's own GGUF tokenizer against.
 
     python3 ci/reference/spm_tokenizer.py
 
 No trained SentencePiece model is within reach of these machines, so one is trained here:
 sentencepiece's BPE trainer on the corpus below, 512 pieces (the fixtures' vocabulary size),
 with byte fallback, two control tokens and one user-defined token. Its pieces, scores and types
-are written to a GGUF file as llama.cpp's converter writes them; transformers then reads that
-file (`AutoTokenizer.from_pretrained(folder, gguf_file=...)`), once as written and once with
-`tokenizer.ggml.add_space_prefix = false`.
+are written to two GGUF files as llama.cpp's converter writes them, one of the llama
+architecture and one of phi3 (for which transformers builds the tokenizer otherwise: the `▁`
+comes from a normalizer, before every piece of text between special tokens); transformers then
+reads each (`AutoTokenizer.from_pretrained(folder, gguf_file=...)`). transformers 5.23 ignores
+`tokenizer.ggml.add_space_prefix`, so the files leave it out: it defaults to true.
 
 Writes golden/reference/tokenizer-spm-fixture.json. Not run in CI: it installs sentencepiece
 and transformers into their own virtualenvs under target/ci-venvs/ (pinned_venv.py).
@@ -105,29 +106,32 @@ def train() -> None:
         "unknown_token_id": processor.unk_id(),
     }
     (WORK / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    writer = gguf.GGUFWriter(str(WORK / "model.gguf"), "llama")
-    writer.add_context_length(64)
-    writer.add_embedding_length(64)
-    writer.add_block_count(1)
-    writer.add_feed_forward_length(128)
-    writer.add_head_count(4)
-    writer.add_head_count_kv(4)
-    writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_tokenizer_model("llama")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(tokens)
-    writer.add_token_scores(scores)
-    writer.add_token_types(types)
-    writer.add_bos_token_id(vocab["bos_token_id"])
-    writer.add_eos_token_id(vocab["eos_token_id"])
-    writer.add_unk_token_id(vocab["unknown_token_id"])
-    writer.add_add_bos_token(True)
-    writer.add_add_eos_token(False)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    print(f"trained {len(tokens)} pieces; wrote {WORK}/model.gguf")
+    for architecture in ("llama", "phi3"):
+        folder = WORK / architecture
+        folder.mkdir(exist_ok=True)
+        writer = gguf.GGUFWriter(str(folder / "model.gguf"), architecture)
+        writer.add_context_length(64)
+        writer.add_embedding_length(64)
+        writer.add_block_count(1)
+        writer.add_feed_forward_length(128)
+        writer.add_head_count(4)
+        writer.add_head_count_kv(4)
+        writer.add_layer_norm_rms_eps(1e-5)
+        writer.add_tokenizer_model("llama")
+        writer.add_tokenizer_pre("default")
+        writer.add_token_list(tokens)
+        writer.add_token_scores(scores)
+        writer.add_token_types(types)
+        writer.add_bos_token_id(vocab["bos_token_id"])
+        writer.add_eos_token_id(vocab["eos_token_id"])
+        writer.add_unk_token_id(vocab["unknown_token_id"])
+        writer.add_add_bos_token(True)
+        writer.add_add_eos_token(False)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    print(f"trained {len(tokens)} pieces; wrote {WORK}/{{llama,phi3}}/model.gguf")
 
 
 def encode() -> None:
@@ -136,17 +140,20 @@ def encode() -> None:
     from transformers import AutoTokenizer
 
     vocab = json.loads((WORK / "vocab.json").read_text())
-    tokenizer = AutoTokenizer.from_pretrained(str(WORK), gguf_file="model.gguf")
+    tokenizer = AutoTokenizer.from_pretrained(str(WORK / "llama"), gguf_file="model.gguf")
+    phi3 = AutoTokenizer.from_pretrained(str(WORK / "phi3"), gguf_file="model.gguf")
     data = {
         "made_by": f"ci/reference/spm_tokenizer.py, transformers {transformers.__version__}",
         "note": "`ids` without special tokens added (add_special_tokens=False), `ids_with_specials` "
-        "with them; `decoded`: the decoding of `ids` without special tokens, as generated text is shown",
+        "with them; `decoded`: the decoding of `ids` without special tokens, as generated text is shown; "
+        "`ids_phi3`: the ids of the file of the phi3 architecture",
         **vocab,
         "texts": [
             {
                 "text": t,
                 "ids": tokenizer.encode(t, add_special_tokens=False),
                 "ids_with_specials": tokenizer.encode(t),
+                "ids_phi3": phi3.encode(t, add_special_tokens=False),
             }
             for t in texts()
         ],

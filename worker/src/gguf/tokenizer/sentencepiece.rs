@@ -1,9 +1,11 @@
 //! `tokenizer.ggml.model = "llama"`: a SentencePiece BPE vocabulary with byte fallback, built as
-//! transformers builds it from the same file (`LlamaTokenizer` over the file's pieces): `▁` for
-//! spaces and before the text, the merges derived from the pieces' scores (the file lists
-//! none), characters outside the vocabulary as `<0xXX>` byte tokens.
+//! transformers 5.23 builds it from the same file (`LlamaTokenizer` over the file's pieces): `▁`
+//! for spaces and before the text, the merges derived from the pieces' scores (the file lists
+//! none), characters outside the vocabulary as `<0xXX>` byte tokens. For phi3 files, as
+//! transformers does, the `▁` comes from a normalizer instead (so also after each special
+//! token). `tokenizer.ggml.add_space_prefix = false`, which transformers ignores, leaves the
+//! `▁` out, as llama.cpp does.
 
-use std::cmp::Ordering;
 use std::collections::HashMap;
 
 use tokenizers::decoders::byte_fallback::ByteFallback;
@@ -11,13 +13,15 @@ use tokenizers::decoders::fuse::Fuse;
 use tokenizers::decoders::sequence::Sequence;
 use tokenizers::decoders::strip::Strip;
 use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::normalizers::prepend::Prepend;
 use tokenizers::normalizers::replace::Replace;
+use tokenizers::normalizers::utils::Sequence as NormalizerSequence;
 use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tokenizers::{DecoderWrapper, Tokenizer};
 
 use super::vocabulary::{add_whole_tokens, token_types, TOKENS};
 use crate::error::Result;
-use crate::gguf::format::{Header, BOS, EOS};
+use crate::gguf::format::{Header, ARCHITECTURE_KEY, BOS, EOS};
 
 const SCORES: &str = "tokenizer.ggml.scores";
 const UNKNOWN: &str = "tokenizer.ggml.unknown_token_id";
@@ -37,6 +41,15 @@ pub(super) fn build(header: &Header) -> Result<Tokenizer> {
             format!("has {} entries for {} tokens", scores.len(), tokens.len()),
         ));
     }
+    if let Some(bad) = scores.iter().position(|s| !s.is_finite()) {
+        return Err(header.error(
+            SCORES,
+            format!(
+                "the score of token {bad} is {}; scores must be finite",
+                scores[bad]
+            ),
+        ));
+    }
     let types = token_types(header, tokens.len())?;
     let prefix = header.opt_bool(ADD_SPACE_PREFIX)?.unwrap_or(true);
     let ids: HashMap<&str, usize> = tokens.iter().enumerate().map(|(id, t)| (*t, id)).collect();
@@ -52,24 +65,38 @@ pub(super) fn build(header: &Header) -> Result<Tokenizer> {
         .build()
         .map_err(|e| header.error(TOKENS, format!("not a valid BPE vocabulary: {e}")))?;
     let mut tokenizer = Tokenizer::new(bpe);
-    let scheme = if prefix {
-        PrependScheme::First
-    } else {
-        PrependScheme::Never
+    let replace = |from: String, to: String| {
+        Replace::new(from, to)
+            .map_err(|e| header.error(TOKENS, format!("cannot build the tokenizer: {e}")))
     };
-    let replace = Replace::new(SPACE.to_string(), " ")
-        .map_err(|e| header.error(TOKENS, format!("cannot build the decoder: {e}")))?;
+    if header.opt_string(ARCHITECTURE_KEY)? == Some("phi3") {
+        // transformers' `phi3_tokenizer`: Phi-3's own tokenizer.json puts the `▁` in with a
+        // normalizer, which runs on each piece of text between special tokens.
+        let mut normalizers = Vec::new();
+        if prefix {
+            normalizers.push(Prepend::new(SPACE.to_string()).into());
+        }
+        normalizers.push(replace(" ".into(), SPACE.to_string())?.into());
+        tokenizer
+            .with_normalizer(Some(NormalizerSequence::new(normalizers)))
+            .map_err(|e| header.error(TOKENS, format!("cannot build the tokenizer: {e}")))?;
+    } else {
+        let scheme = if prefix {
+            PrependScheme::First
+        } else {
+            PrependScheme::Never
+        };
+        tokenizer.with_pre_tokenizer(Some(Metaspace::new(SPACE, scheme, false)));
+    }
     let mut decoders: Vec<DecoderWrapper> = vec![
-        replace.into(),
+        replace(SPACE.to_string(), " ".into())?.into(),
         ByteFallback::new().into(),
         Fuse::new().into(),
     ];
     if prefix {
         decoders.push(Strip::new(' ', 1, 0).into());
     }
-    tokenizer
-        .with_pre_tokenizer(Some(Metaspace::new(SPACE, scheme, false)))
-        .with_decoder(Some(Sequence::new(decoders)));
+    tokenizer.with_decoder(Some(Sequence::new(decoders)));
     // transformers adds the unknown, BOS, EOS and padding tokens as special tokens too, whatever
     // their type: "<s>" written in text is BOS.
     let mut special_ids = Vec::new();
@@ -111,13 +138,46 @@ fn merges(tokens: &[&str], scores: &[f32], ids: &HashMap<&str, usize>) -> Vec<(S
     };
     merges.sort_by(|a, b| {
         let (a, b) = (key(a), key(b));
-        b.0.partial_cmp(&a.0)
-            .unwrap_or(Ordering::Equal)
-            .then(b.1.cmp(&a.1))
-            .then(b.2.cmp(&a.2))
+        b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)).then(b.2.cmp(&a.2))
     });
     merges
         .into_iter()
         .map(|(left, right, _)| (left.to_string(), right.to_string()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merges_follow_transformers_order_through_equal_scores() {
+        let tokens = [
+            "a", "b", "c", "ab", "bc", "abc", "ca", "cab", "bca", "aa", "aaa",
+        ];
+        let scores = [
+            0.0, 0.0, 0.0, -1.0, -1.0, -2.0, -1.0, -2.0, -2.0, -3.0, -3.0,
+        ];
+        let ids = tokens.iter().enumerate().map(|(id, t)| (*t, id)).collect();
+        // What transformers 5.23's `generate_merges` gives for this vocabulary.
+        let expected = [
+            ("a", "b"),
+            ("b", "c"),
+            ("c", "a"),
+            ("ab", "c"),
+            ("ca", "b"),
+            ("bc", "a"),
+            ("a", "bc"),
+            ("c", "ab"),
+            ("b", "ca"),
+            ("aa", "a"),
+            ("a", "aa"),
+            ("a", "a"),
+        ];
+        let expected: Vec<(String, String)> = expected
+            .iter()
+            .map(|(l, r)| (l.to_string(), r.to_string()))
+            .collect();
+        assert_eq!(merges(&tokens, &scores, &ids), expected);
+    }
 }
