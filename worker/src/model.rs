@@ -212,7 +212,7 @@ impl Dims {
             vocab_size: positive(cfg, "vocab_size")?,
             hidden_size,
             intermediate_size: positive(cfg, "intermediate_size")?,
-            num_layers: positive(cfg, "num_hidden_layers")?,
+            num_layers: layer_count(cfg)?,
             num_heads,
             num_kv_heads,
             head_dim,
@@ -316,6 +316,21 @@ pub fn qwen_window(cfg: &HfConfig, dims: &Dims) -> Result<Window> {
             Window::None
         },
     )
+}
+
+/// The most layers a model may state: a hundred times the deepest models of today. The layer
+/// list is built from the stated count before any weight is seen, and 2^62 of them would abort
+/// the process on the allocation.
+pub const MAX_LAYERS: usize = 16_384;
+
+fn layer_count(cfg: &HfConfig) -> Result<usize> {
+    match positive(cfg, "num_hidden_layers")? {
+        n if n > MAX_LAYERS => Err(cfg.error(
+            "num_hidden_layers",
+            format!("is {n}; more than {MAX_LAYERS} layers is not a model that fits in memory"),
+        )),
+        n => Ok(n),
+    }
 }
 
 fn positive(cfg: &HfConfig, key: &str) -> Result<usize> {

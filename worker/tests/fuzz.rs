@@ -14,6 +14,19 @@ use llm_worker_rbee::ModelFiles;
 use proptest::prelude::*;
 use serde_json::{Map, Value};
 
+/// `cases` cases from a fixed seed, so that CI runs the same inputs every time; the
+/// environment's PROPTEST_CASES and PROPTEST_RNG_SEED override both, for a deeper run by hand.
+fn fuzz_config(cases: u32) -> ProptestConfig {
+    let mut config = ProptestConfig::default();
+    if std::env::var_os("PROPTEST_CASES").is_none() {
+        config.cases = cases;
+    }
+    if std::env::var_os("PROPTEST_RNG_SEED").is_none() {
+        config.rng_seed = proptest::test_runner::RngSeed::Fixed(0x11e5);
+    }
+    config
+}
+
 /// Any JSON value, numbers at the edges of their types among them.
 fn json_value() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
@@ -47,7 +60,7 @@ fn fixture_config(id: &str) -> Map<String, Value> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(fuzz_config(256))]
 
     #[test]
     fn any_config_field_set_to_any_value_is_read_or_refused(
@@ -73,7 +86,7 @@ fn gguf_bytes() -> &'static [u8] {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(fuzz_config(256))]
 
     #[test]
     fn a_gguf_with_header_bytes_changed_or_cut_short_is_read_or_refused(

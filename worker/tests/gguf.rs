@@ -455,6 +455,7 @@ struct SentencePieceText {
     ids: Vec<u32>,
     ids_with_specials: Vec<u32>,
     decoded: String,
+    ids_phi3: Vec<u32>,
 }
 
 /// The llama fixture with the reference's vocabulary in its metadata (the same size as the
@@ -463,7 +464,16 @@ fn sentencepiece_fixture(
     reference: &SentencePieceReference,
     add_space_prefix: Option<bool>,
 ) -> GgufFixture {
-    let fixture = GgufFixture::new("llama-q4_0");
+    sentencepiece_fixture_of("llama-q4_0", reference, add_space_prefix)
+}
+
+fn sentencepiece_fixture_of(
+    id: &str,
+    reference: &SentencePieceReference,
+    add_space_prefix: Option<bool>,
+) -> GgufFixture {
+    let fixture = GgufFixture::new(id);
+    let architecture = id.split('-').next().unwrap();
     std::fs::remove_file(fixture.file("tokenizer.json")).unwrap();
     std::fs::remove_file(fixture.file("tokenizer_config.json")).unwrap();
     let array = |values: Vec<Value>| Value::Array(values);
@@ -502,7 +512,11 @@ fn sentencepiece_fixture(
         set(metadata, "tokenizer.ggml.unknown_token_id", unknown);
         set(metadata, "tokenizer.ggml.add_bos_token", Value::Bool(true));
         // Room for the corpus' longest text.
-        set(metadata, "llama.context_length", Value::U32(1024));
+        set(
+            metadata,
+            &format!("{architecture}.context_length"),
+            Value::U32(1024),
+        );
         if let Some(prefix) = add_space_prefix {
             set(
                 metadata,
@@ -564,6 +578,54 @@ fn a_sentencepiece_vocabulary_in_the_metadata_gives_transformers_ids_for_every_t
         &greedy(Prompt::Text("hello world".into()), TOKENS),
     );
     assert_eq!(generation.token_ids.len(), TOKENS);
+}
+
+#[test]
+fn a_phi3_file_with_a_sentencepiece_vocabulary_puts_the_marker_after_special_tokens_too() {
+    let reference = sentencepiece_reference();
+    let fixture = sentencepiece_fixture_of("phi3-q8_0", &reference, None);
+    let files = ModelFiles::open(&fixture.path()).unwrap();
+    let codec = files.prompter().codec();
+    let differing: Vec<String> = reference
+        .texts
+        .iter()
+        .filter_map(|expected| {
+            let ids = codec.encode_rendered(&expected.text).unwrap();
+            (ids != expected.ids_phi3).then(|| {
+                format!(
+                    "{:?}: worker {ids:?}, transformers {:?}",
+                    expected.text, expected.ids_phi3
+                )
+            })
+        })
+        .collect();
+    assert!(differing.is_empty(), "{}", differing.join("\n"));
+    // Not the llama rule: 71 texts differ from the llama file's ids.
+    let other = reference
+        .texts
+        .iter()
+        .filter(|t| t.ids != t.ids_phi3)
+        .count();
+    assert!(other > 50, "{other}");
+}
+
+#[test]
+fn a_sentencepiece_score_that_is_not_finite_is_refused_by_its_key() {
+    let reference = sentencepiece_reference();
+    let fixture = sentencepiece_fixture(&reference, None);
+    rewrite_gguf(&fixture.file("model.gguf"), |metadata, _| {
+        let mut scores: Vec<Value> = reference.scores.iter().map(|s| Value::F32(*s)).collect();
+        scores[300] = Value::F32(f32::NAN);
+        set(metadata, "tokenizer.ggml.scores", Value::Array(scores));
+    });
+    let message = match ModelFiles::open(&fixture.path()) {
+        Ok(_) => panic!("a NaN score was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        message.contains("`tokenizer.ggml.scores`") && message.contains("token 300 is NaN"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -915,7 +977,10 @@ fn a_gguf_the_module_would_misread_is_refused_with_the_key_or_tensor() {
         |metadata, _| set(metadata, "qwen2.context_length", Value::U32(u32::MAX));
     let unknown_key: Edit =
         |metadata, _| set(metadata, "qwen2.rope.scaling.factor", Value::F32(4.0));
-    let cases: [(&str, Edit, &[&str]); 9] = [
+    // The fuzz test's find: the expected tensor list of 2^32 blocks did not fit in memory.
+    let huge_block_count: Edit =
+        |metadata, _| set(metadata, "llama.block_count", Value::U32(u32::MAX));
+    let cases: [(&str, Edit, &[&str]); 10] = [
         (
             "llama-q8_0",
             bias,
@@ -955,6 +1020,14 @@ fn a_gguf_the_module_would_misread_is_refused_with_the_key_or_tensor() {
             "qwen2-q8_0",
             infinite_eps,
             &["`qwen2.attention.layer_norm_rms_epsilon`", "is inf"],
+        ),
+        (
+            "llama-q8_0",
+            huge_block_count,
+            &[
+                "`llama.block_count`",
+                "is 4294967295, but the file holds 2 blocks",
+            ],
         ),
         (
             "qwen2-h256-q4_k",

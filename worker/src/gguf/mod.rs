@@ -89,7 +89,12 @@ pub fn parse(header: &Header) -> Result<(ArchConfig, &'static dyn GgufArchitectu
     let rms_eps = key("attention.layer_norm_rms_epsilon");
     match header.opt_f32(&rms_eps)? {
         Some(eps) if eps > 0.0 && eps.is_finite() => {}
-        Some(eps) => return Err(header.error(&rms_eps, format!("is {eps}; it must be positive"))),
+        Some(eps) => {
+            return Err(header.error(
+                &rms_eps,
+                format!("is {eps}; it must be a positive, finite number"),
+            ))
+        }
         None => return Err(header.error(&rms_eps, "required, but missing")),
     }
     let window_size = if quirks.reads_sliding_window {
@@ -259,6 +264,28 @@ fn check_tensors(
     tied: bool,
 ) -> Result<()> {
     let architecture = gguf.architecture().name();
+    // The blocks the file holds, checked first: the list below has an entry per tensor of every
+    // block the metadata states, which for a block count of 2^32 would not fit in memory.
+    let held = header
+        .tensor_names()
+        .filter_map(|name| {
+            name.strip_prefix("blk.")?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .max()
+        .map_or(0, |last| last + 1);
+    if dims.num_layers > held {
+        return Err(header.error(
+            &format!("{architecture}.block_count"),
+            format!(
+                "is {}, but the file holds {held} blocks of tensors",
+                dims.num_layers
+            ),
+        ));
+    }
     let expected = expected_tensors(gguf, dims, tied);
     let mut problems = Vec::new();
     for (name, shape) in &expected {
@@ -361,7 +388,8 @@ fn check_float_tensors(path: &Path, content: &Content, file: &mut File) -> Resul
         match finite() {
             Ok(true) => {}
             Ok(false) => bad.push(format!("`{name}` holds NaN or infinity")),
-            Err(e) => bad.push(format!("`{name}` cannot be read: {e}")),
+            // A file cut short, among others: the module's load says what is wrong.
+            Err(_) => return Ok(()),
         }
     }
     if bad.is_empty() {

@@ -261,6 +261,19 @@ mod tests {
 
     use super::*;
 
+    /// `cases` cases from a fixed seed, so that CI runs the same inputs every time; the
+    /// environment's PROPTEST_CASES and PROPTEST_RNG_SEED override both, for a deeper run by hand.
+    fn fuzz_config(cases: u32) -> ProptestConfig {
+        let mut config = ProptestConfig::default();
+        if std::env::var_os("PROPTEST_CASES").is_none() {
+            config.cases = cases;
+        }
+        if std::env::var_os("PROPTEST_RNG_SEED").is_none() {
+            config.rng_seed = proptest::test_runner::RngSeed::Fixed(0x11e5);
+        }
+        config
+    }
+
     /// Any JSON value (numbers at the edges of their types among them), for a field's value.
     fn json_value() -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
@@ -283,7 +296,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(512))]
+        #![proptest_config(fuzz_config(512))]
 
         #[test]
         fn any_bytes_are_parsed_or_refused(body in prop::collection::vec(any::<u8>(), 0..256)) {

@@ -23,6 +23,9 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
 }
 
+/// Connections over the cap answered at once; more are closed without an answer.
+const REFUSING_AT_ONCE: usize = 64;
+
 /// What a connection over the cap gets before it is closed.
 const OVER_CAP: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\n\
 content-type: application/json\r\ncontent-length: 77\r\nconnection: close\r\n\r\n\
@@ -36,6 +39,9 @@ pub async fn serve(
     stop: oneshot::Receiver<()>,
 ) -> std::io::Result<()> {
     let open = Arc::new(Semaphore::new(limits.max_connections));
+    // Answering a refused connection holds its socket up to a second: a flood of them must not
+    // hold the descriptors the cap keeps free.
+    let refusing = Arc::new(Semaphore::new(REFUSING_AT_ONCE));
     let graceful = GracefulShutdown::new();
     let mut stop = std::pin::pin!(stop);
     loop {
@@ -58,7 +64,12 @@ pub async fn serve(
                 max_connections = limits.max_connections,
                 "too many open connections; refusing one"
             );
-            tokio::spawn(refuse(stream));
+            if let Ok(slot) = refusing.clone().try_acquire_owned() {
+                tokio::spawn(async move {
+                    refuse(stream).await;
+                    drop(slot);
+                });
+            }
             continue;
         };
         // Token events are small writes: without TCP_NODELAY, Nagle's algorithm holds each one
@@ -78,6 +89,9 @@ pub async fn serve(
             drop(permit);
         });
     }
+    // New connections are refused by the system from here, not left waiting while the open
+    // streams end.
+    drop(listener);
     graceful.shutdown().await;
     Ok(())
 }
