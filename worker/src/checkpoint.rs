@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use candle_core::{DType, Tensor};
 use serde::Serialize;
 
 /// What the checkpoint files declare, read from their headers only.
@@ -30,4 +31,25 @@ pub fn summarize_list(items: &[String]) -> String {
         text.push_str(&format!("; and {} more", items.len() - SHOWN));
     }
     text
+}
+
+/// How many layers a checkpoint's tensor names hold: one more than the highest `N` of the
+/// names `{prefix}N.…`; 0 when no name has the prefix.
+pub fn layers_held<'a>(names: impl Iterator<Item = &'a str>, prefix: &str) -> usize {
+    names
+        .filter_map(|name| {
+            name.strip_prefix(prefix)?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .max()
+        .map_or(0, |last| last + 1)
+}
+
+/// Whether `tensor` holds NaN or infinity: x * 0 is NaN exactly there, and one sum finds it.
+pub fn holds_non_finite(tensor: &Tensor) -> candle_core::Result<bool> {
+    let sum = tensor.affine(0.0, 0.0)?.sum_all()?.to_dtype(DType::F32)?;
+    Ok(sum.to_scalar::<f32>()?.is_nan())
 }

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
 
-use crate::checkpoint::{summarize_list, CheckpointSummary};
+use crate::checkpoint::{holds_non_finite, layers_held, summarize_list, CheckpointSummary};
 use crate::error::{Error, Result};
 use crate::fast::LlamaShape;
 use crate::folder::{ModelFolder, Weights};
@@ -126,18 +126,12 @@ fn read_all(
 /// reach the first missing tensor.
 fn check_layer_count(folder: &ModelFolder, arch: &ArchConfig) -> Result<()> {
     let files = open_files(folder)?;
-    let held = files
+    let names: Vec<String> = files
         .iter()
         .flat_map(|(_, mapped)| mapped.tensors())
-        .filter_map(|(name, _)| {
-            name.strip_prefix("model.layers.")?
-                .split('.')
-                .next()?
-                .parse::<usize>()
-                .ok()
-        })
-        .max()
-        .map_or(0, |last| last + 1);
+        .map(|(name, _)| name)
+        .collect();
+    let held = layers_held(names.iter().map(String::as_str), "model.layers.");
     if held > 0 && arch.dims.num_layers > held {
         return Err(Error::field(
             &folder.config(),
@@ -173,20 +167,14 @@ impl Tracker {
     }
 
     /// Checks a tensor the module reads, the first time it reads it: floating point, with no
-    /// NaN or infinity (x * 0 is NaN exactly there, and one sum finds it: a reduction a tensor).
+    /// NaN or infinity (one reduction a tensor).
     fn check_values(&self, name: &str, tensor: &Tensor) -> candle_core::Result<()> {
         let problem = if !tensor.dtype().is_float() {
             format!(
                 "`{name}` is {:?}, not floating point: its values are not weights",
                 tensor.dtype()
             )
-        } else if tensor
-            .affine(0.0, 0.0)?
-            .sum_all()?
-            .to_dtype(DType::F32)?
-            .to_scalar::<f32>()?
-            .is_nan()
-        {
+        } else if holds_non_finite(tensor)? {
             format!(
                 "`{name}` holds NaN or infinity (in {:?}, as loaded)",
                 tensor.dtype()

@@ -24,7 +24,7 @@ use candle_core::{DType, Device};
 use self::format::{
     GgufArchitecture, Header, Quirks, ARCHITECTURE_KEY, EMBEDDINGS, OUTPUT, OUTPUT_NORM,
 };
-use crate::checkpoint::summarize_list;
+use crate::checkpoint::{holds_non_finite, layers_held, summarize_list};
 use crate::config::{Rope, RopeScaling};
 use crate::error::{Error, Result};
 use crate::model::{ArchConfig, Architecture, CausalLm, Dims, Window};
@@ -266,17 +266,7 @@ fn check_tensors(
     let architecture = gguf.architecture().name();
     // The blocks the file holds, checked first: the list below has an entry per tensor of every
     // block the metadata states, which for a block count of 2^32 would not fit in memory.
-    let held = header
-        .tensor_names()
-        .filter_map(|name| {
-            name.strip_prefix("blk.")?
-                .split('.')
-                .next()?
-                .parse::<usize>()
-                .ok()
-        })
-        .max()
-        .map_or(0, |last| last + 1);
+    let held = layers_held(header.tensor_names(), "blk.");
     if dims.num_layers > held {
         return Err(header.error(
             &format!("{architecture}.block_count"),
@@ -359,9 +349,9 @@ pub fn load(
 }
 
 /// Refuses a file whose floating-point tensors (the norms; the embeddings in some files) hold
-/// NaN or infinity: x * 0 is NaN exactly there, and one sum a tensor finds it. Quantized blocks
-/// are not scanned (that would dequantize the whole model at every load); a NaN there reaches
-/// the logits, from which the worker refuses to pick a token.
+/// NaN or infinity (one reduction a tensor). Quantized blocks are not scanned (that would
+/// dequantize the whole model at every load); a NaN there reaches the logits, from which the
+/// worker refuses to pick a token.
 fn check_float_tensors(path: &Path, content: &Content, file: &mut File) -> Result<()> {
     let mut names: Vec<&String> = content
         .tensor_infos
@@ -379,11 +369,7 @@ fn check_float_tensors(path: &Path, content: &Content, file: &mut File) -> Resul
     for name in names {
         let mut finite = || -> candle_core::Result<bool> {
             let tensor = content.tensor(file, name, &Device::Cpu)?;
-            let sum = tensor
-                .dequantize(&Device::Cpu)?
-                .affine(0.0, 0.0)?
-                .sum_all()?;
-            Ok(!sum.to_scalar::<f32>()?.is_nan())
+            Ok(!holds_non_finite(&tensor.dequantize(&Device::Cpu)?)?)
         };
         match finite() {
             Ok(true) => {}
