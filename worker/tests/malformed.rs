@@ -22,15 +22,7 @@ const HANG: Duration = Duration::from_secs(60);
 type Break = Box<dyn Fn(&Path)>;
 
 fn config(edits: Value) -> Break {
-    Box::new(move |dir| {
-        let path = dir.join("config.json");
-        let mut config: Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        for (key, value) in edits.as_object().unwrap() {
-            config[key] = value.clone();
-        }
-        std::fs::write(&path, config.to_string()).unwrap();
-    })
+    json_file("config.json", edits)
 }
 
 fn write(name: &'static str, contents: &'static [u8]) -> Break {
