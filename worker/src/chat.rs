@@ -103,3 +103,57 @@ pub fn special_token(config: &serde_json::Map<String, Value>, key: &str) -> Stri
         _ => String::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(json: Value) -> serde_json::Map<String, Value> {
+        json.as_object().unwrap().clone()
+    }
+
+    fn render(config: &serde_json::Map<String, Value>) -> String {
+        let template = ChatTemplate::from_config(Path::new("tokenizer_config.json"), config)
+            .unwrap()
+            .expect("a template");
+        let messages = [Message {
+            role: "user".into(),
+            content: "hi".into(),
+        }];
+        template.render(&messages).unwrap()
+    }
+
+    #[test]
+    fn of_several_named_templates_the_default_one_is_the_chat_template() {
+        let named = config(serde_json::json!({
+            "chat_template": [
+                {"name": "tool_use", "template": "tools"},
+                {"name": "default", "template": "{% for m in messages %}{{ m.content }}{% endfor %}"},
+                {"name": "rag", "template": "rag"},
+            ]
+        }));
+        assert_eq!(render(&named), "hi");
+        let none_default = config(serde_json::json!({
+            "chat_template": [{"name": "tool_use", "template": "tools"}]
+        }));
+        let path = Path::new("tokenizer_config.json");
+        assert!(ChatTemplate::from_config(path, &none_default)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn special_tokens_written_as_objects_render_their_content() {
+        let template =
+            "{{ bos_token }}{% for m in messages %}{{ m.content }}{{ eos_token }}{% endfor %}\
+                        {% if add_generation_prompt %}>{% endif %}";
+        let as_objects = config(serde_json::json!({
+            "chat_template": template,
+            "bos_token": {"content": "<s>", "lstrip": false},
+            "eos_token": "</s>",
+        }));
+        assert_eq!(render(&as_objects), "<s>hi</s>>");
+        let missing = config(serde_json::json!({"chat_template": template}));
+        assert_eq!(render(&missing), "hi>");
+    }
+}

@@ -256,18 +256,7 @@ impl Worker {
             }
             id = choose(&[id], prompt_ids.len() + index, &token_ids)?;
         };
-        let total_ms = elapsed_ms(started);
-        let decode_ms = total_ms - prefill_ms;
-        let decode_tokens_per_s = if token_ids.len() > 1 && decode_ms > 0.0 {
-            (token_ids.len() - 1) as f64 / (decode_ms / 1000.0)
-        } else {
-            0.0
-        };
-        let timings = GenerationTimings {
-            prefill_ms,
-            decode_ms,
-            decode_tokens_per_s,
-        };
+        let timings = timings(prefill_ms, elapsed_ms(started), token_ids.len());
         Ok((token_ids, text.text().to_string(), stop_reason, timings))
     }
 
@@ -399,6 +388,22 @@ fn sampling(request: &Request) -> Sampling {
     }
 }
 
+/// The prefill and decode times of `tokens` tokens, the first of which took `prefill_ms` of
+/// `total_ms`; the decode rate counts the tokens after the first.
+fn timings(prefill_ms: f64, total_ms: f64, tokens: usize) -> GenerationTimings {
+    let decode_ms = total_ms - prefill_ms;
+    let decode_tokens_per_s = if tokens > 1 && decode_ms > 0.0 {
+        (tokens - 1) as f64 / (decode_ms / 1000.0)
+    } else {
+        0.0
+    };
+    GenerationTimings {
+        prefill_ms,
+        decode_ms,
+        decode_tokens_per_s,
+    }
+}
+
 fn elapsed_ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
 }
@@ -414,5 +419,16 @@ mod tests {
         assert_eq!(argmax_of(&[0.5; 7]).unwrap(), 0);
         assert_eq!(argmax_of(&[-1.0, -2.0, -1.0]).unwrap(), 0);
         assert_eq!(argmax_of(&[f32::NEG_INFINITY, 2.0, 2.0]).unwrap(), 1);
+    }
+
+    #[test]
+    fn the_decode_rate_counts_the_tokens_after_the_first() {
+        let t = timings(40.0, 240.0, 11);
+        assert_eq!((t.prefill_ms, t.decode_ms), (40.0, 200.0));
+        assert_eq!(t.decode_tokens_per_s, 50.0);
+        // One token is all prefill; no time is no rate.
+        assert_eq!(timings(40.0, 40.0, 1).decode_tokens_per_s, 0.0);
+        assert_eq!(timings(40.0, 40.0, 2).decode_tokens_per_s, 0.0);
+        assert_eq!(timings(40.0, 41.0, 1).decode_tokens_per_s, 0.0);
     }
 }

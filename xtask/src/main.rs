@@ -10,6 +10,7 @@ mod harness;
 mod hosts;
 mod kernel_format;
 mod models;
+mod mutants;
 mod paths;
 mod reference;
 mod results;
@@ -68,6 +69,11 @@ enum Command {
     /// (`--check ci/bench/targets.toml` compares with the targets); `bench http` loads the HTTP
     /// worker with concurrent clients.
     Bench(bench::Args),
+    /// Mutation testing (not a CI step; most of an hour on two cores): cargo-mutants, installed
+    /// into target/tools/, over the files .cargo/mutants.toml names with the conformance suite
+    /// and the worker's tests; writes ci/mutants/summary.md with the kill ratio and every
+    /// surviving mutant, explained by ci/mutants/survivors.toml or not.
+    Mutants(mutants::Args),
     /// Run every check CI runs: formatting, clippy, fixtures, tests, the conformance suite
     /// (also under nextest and with the fault injected), the remote hosts, and the support
     /// matrix.
@@ -87,6 +93,7 @@ fn main() -> Result<()> {
         Command::Snapshots(args) => snapshots::run(&args),
         Command::SupportMatrix(args) => support_matrix::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Mutants(args) => mutants::run(&args),
         Command::Ci(args) => ci::run(&args),
     }
 }
