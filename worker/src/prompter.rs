@@ -48,11 +48,6 @@ impl Prompter {
         &self.codec
     }
 
-    /// The longest prompt plus generation the model runs.
-    pub fn context_length(&self) -> usize {
-        self.context_length
-    }
-
     /// Why the chat template of tokenizer_config.json cannot be used, if it cannot.
     pub fn chat_template_problem(&self) -> Option<&str> {
         match &self.chat {

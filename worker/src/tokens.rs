@@ -286,3 +286,36 @@ impl<'a> IncrementalText<'a> {
         &self.emitted
     }
 }
+
+#[cfg(all(test, feature = "synth"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_decoded_window_moves_up_once_its_text_is_all_streamed() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = crate::synth::fixture("qwen2").unwrap();
+        crate::synth::write_fixture(&spec, dir.path()).unwrap();
+        let tokenizer = TextCodec::read_tokenizer(&dir.path().join("tokenizer.json")).unwrap();
+        let codec = TextCodec::new(tokenizer, &ModelSpecials::default(), None, None).unwrap();
+        // Plain text holds nothing back; a "€" split over tokens holds back up to 3 of them.
+        let plain = "the quick brown fox jumps over the lazy dog while the cat sleeps on the mat";
+        let euros = "a € b €€ c € dd €€€ e € f € gg € h €€ i € jjj € k €€ l € m € nn € o €";
+        for (text, held) in [(plain, 0), (euros, 3)] {
+            let ids = codec.encode(text).unwrap();
+            assert!(ids.len() > 4 * WINDOW_CONTEXT, "{} tokens", ids.len());
+            let mut streamed = IncrementalText::new(&codec);
+            for (i, id) in ids.iter().enumerate() {
+                streamed.push(*id, false).unwrap();
+                // No token decodes more than a short window.
+                let window = streamed.ids.len() - streamed.start;
+                assert!(
+                    window <= 2 * WINDOW_CONTEXT + held,
+                    "{window} tokens after {} of {text:?}",
+                    i + 1
+                );
+            }
+            assert_eq!(streamed.text(), codec.decode(&ids).unwrap());
+        }
+    }
+}

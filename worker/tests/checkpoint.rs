@@ -246,6 +246,15 @@ fn finite_weights_whose_logits_are_nan_are_refused_by_the_warm_up() {
         message.contains("the warm-up generation failed: generated token 0: the logits hold NaN"),
         "{message}"
     );
+    // The warm-up's 2 prompt and 2 generated tokens fit a context of 4: it still runs.
+    fixture.edit_json("config.json", |c| {
+        c.insert("max_position_embeddings".into(), json!(4));
+    });
+    let message = load_error(fixture.path());
+    assert!(
+        message.contains("the warm-up generation failed"),
+        "{message}"
+    );
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use common::Fixture;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 fn worker(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_llm-worker-rbee"))
@@ -99,6 +99,25 @@ fn generate_prints_one_json_object() {
     ] {
         assert!(json["timings"][timing].is_number(), "{timing}");
     }
+    // The dtype is the one the weights were loaded in.
+    let f16 = generate(
+        fixture.path(),
+        &[
+            "--prompt",
+            "hello",
+            "--max-tokens",
+            "2",
+            "--dtype",
+            "f16",
+            "--format",
+            "json",
+        ],
+    );
+    let json: Value = serde_json::from_slice(&f16.stdout).unwrap();
+    assert_eq!(
+        (&json["backend"], &json["dtype"]),
+        (&json!("cpu"), &json!("f16"))
+    );
 }
 
 #[test]

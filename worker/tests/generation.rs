@@ -104,12 +104,18 @@ fn a_long_stream_of_any_tokens_adds_up_to_the_decode_of_all_ids() {
     }
     let mut text = IncrementalText::new(codec);
     let last = ids.len() - 1;
-    let streamed: String = ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| text.push(*id, i == last).unwrap())
-        .collect();
-    assert_eq!(streamed, codec.decode(&ids).unwrap());
+    let mut streamed = String::new();
+    for (i, id) in ids.iter().enumerate() {
+        streamed.push_str(&text.push(*id, i == last).unwrap());
+        // Nothing is held back but an unfinished character: this tokenizer has no byte tokens.
+        let decoded = codec.decode(&ids[..=i]).unwrap();
+        let complete = if i == last {
+            decoded.as_str()
+        } else {
+            decoded.trim_end_matches('\u{FFFD}')
+        };
+        assert_eq!(streamed, complete, "after {} tokens", i + 1);
+    }
     assert!(streamed.contains('€') && streamed.contains('\u{FFFD}'));
 }
 
@@ -161,6 +167,25 @@ fn bos_is_added_as_tokenizer_config_says() {
     });
     let without = run(&mut llama.load(), &Request::greedy(hello.clone(), 1));
     assert_eq!(without.prompt_ids, with_bos.prompt_ids[1..]);
+
+    // Special tokens written as objects, as older tokenizer_config.json files have them.
+    llama.edit_json("tokenizer_config.json", |t| {
+        t.insert("add_bos_token".into(), json!(true));
+        t.insert(
+            "bos_token".into(),
+            json!({"content": "<s>", "lstrip": false}),
+        );
+        t.insert(
+            "eos_token".into(),
+            json!({"content": "</s>", "lstrip": false}),
+        );
+    });
+    let objects = llama.load();
+    assert_eq!(objects.codec().eos_ids(), [2]);
+    assert_eq!(
+        run(&mut { objects }, &Request::greedy(hello.clone(), 1)).prompt_ids,
+        with_bos.prompt_ids
+    );
 
     // Ids are used exactly as given.
     let ids = run(
@@ -429,4 +454,48 @@ fn the_small_windows_change_the_tokens_of_prompts_that_run_past_them() {
         let unwindowed = run(&mut fixture.load(), &greedy(long.clone(), TOKENS)).token_ids;
         assert_eq!(windowed != unwindowed, applied, "{id}");
     }
+}
+
+#[test]
+fn positions_past_the_context_are_refused_before_any_forward_pass() {
+    let mut worker = Fixture::new("llama").load();
+    let context = worker.info().context_length;
+    let past = |result: Result<_, Error>| match result {
+        Err(e) => {
+            let message = e.to_string();
+            assert!(
+                message.contains(&format!("it needs 1 to {context} (the context)")),
+                "{message}"
+            );
+        }
+        Ok(_) => panic!("a sequence past the context of {context} was accepted"),
+    };
+    // The last position of the context has a decode step; the one after it has none.
+    assert!(worker.decode_graph(context - 1).unwrap().is_none(), "cpu");
+    past(worker.decode_graph(context).map(drop));
+    let prompt = vec![7; context - 1];
+    assert_eq!(worker.step_logits(&prompt, &[7]).unwrap().len(), 2);
+    past(worker.step_logits(&prompt, &[7, 7]).map(drop));
+    assert_eq!(
+        worker
+            .logits_without_cache(&vec![7; context])
+            .unwrap()
+            .len(),
+        512
+    );
+    past(worker.logits_without_cache(&vec![7; context + 1]).map(drop));
+    past(worker.logits_without_cache(&[]).map(drop));
+}
+
+#[test]
+fn the_first_token_is_the_prefill_and_the_rest_the_decode() {
+    let mut worker = Fixture::new("llama").load();
+    let one = run(&mut worker, &greedy(Prompt::Text("hello".into()), 1));
+    assert!(one.timings.prefill_ms > 0.0, "{:?}", one.timings);
+    assert_eq!(one.timings.decode_tokens_per_s, 0.0);
+    let many = run(&mut worker, &greedy(Prompt::Text("hello".into()), 8));
+    let t = &many.timings;
+    assert!(t.prefill_ms > 0.0 && t.decode_ms > 0.0, "{t:?}");
+    let rate = 7.0 / (t.decode_ms / 1000.0);
+    assert!((t.decode_tokens_per_s - rate).abs() < 1e-6 * rate, "{t:?}");
 }

@@ -362,6 +362,43 @@ fn chat_template_jinja_wins_over_tokenizer_config_as_in_transformers_5() {
 }
 
 #[test]
+fn a_chat_template_that_does_not_parse_stops_serve_before_it_listens() {
+    let fixture = Fixture::new("llama");
+    fixture.edit_json("tokenizer_config.json", |c| {
+        c.insert("chat_template".into(), json!("{% for m in messages %}"));
+    });
+    let mut child = Command::new(env!("CARGO_BIN_EXE_llm-worker-rbee"))
+        .args([
+            "serve",
+            "--model",
+            fixture.path().to_str().unwrap(),
+            "--port",
+            "0",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > common::http::GUARD {
+            child.kill().unwrap();
+            panic!("serve kept running with a chat template that does not parse");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(!output.status.success());
+    assert!(output.stdout.is_empty(), "it listened");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("the chat template of tokenizer_config.json: ")
+            && stderr.contains("unexpected end of input"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_chat_prompt_past_the_context_is_a_400_naming_messages() {
     let fixture = Fixture::new("llama");
     let template = "{% for m in messages %}{{ m.content }}{% endfor %}";

@@ -1,15 +1,15 @@
-//! `cargo xtask mutants`: cargo-mutants over the worker's generation, sampling, cache, config
-//! and tokenizer code (the scope and the test command are in .cargo/mutants.toml, so a plain
-//! `cargo mutants` runs the same), then a summary in ci/mutants/summary.md: the date, commit,
-//! scope, kill ratio and every surviving mutant with the reason ci/mutants/survivors.toml gives
-//! for it, or none. Not a CI step: it takes most of an hour on two cores.
+//! `cargo xtask mutants`: cargo-mutants over the worker's generation, sampling, cache, prompt,
+//! chat and tokenizer code (the scope and the test command are in .cargo/mutants.toml, so a plain
+//! `cargo mutants` runs the same), then ci/mutants/summary.md: the date, commit, scope, kill ratio
+//! and every surviving mutant, killed by a later rerun or explained by ci/mutants/survivors.toml,
+//! or neither. Not a CI step: it takes most of an hour on two cores.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use xshell::{cmd, Shell};
 
 use crate::harness::git_state;
@@ -23,12 +23,13 @@ const KILL_RATIO_TARGET: f64 = 0.95;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Only the mutants whose name matches this regex (as `cargo mutants --list` names them);
-    /// the summary then goes to target/mutants/summary.md, not ci/mutants/.
-    #[arg(long, value_name = "REGEX")]
+    /// Test only the mutants whose name matches this regex (as `cargo mutants --list` names
+    /// them), e.g. the survivors of the last full run after adding tests for them; the summary
+    /// then shows which of those survivors the rerun killed.
+    #[arg(long, value_name = "REGEX", conflicts_with = "summary_only")]
     re: Option<String>,
-    /// Write the summary again from the last run's outcomes (after editing
-    /// ci/mutants/survivors.toml) without running anything.
+    /// Write the summary again from the last runs (after editing ci/mutants/survivors.toml)
+    /// without running anything.
     #[arg(long)]
     summary_only: bool,
 }
@@ -37,38 +38,57 @@ pub fn run(args: &Args) -> Result<()> {
     let sh = Shell::new()?;
     let root = project_root();
     sh.change_dir(&root);
-    let out = target_dir().join("mutants");
-    let summary_path = match args.re {
-        None => root.join("ci/mutants/summary.md"),
-        Some(_) => out.join("summary.md"),
-    };
-    let survivors = Survivors::load(&root.join("ci/mutants/survivors.toml"))?;
-    if args.summary_only {
-        let outcomes = Outcomes::load(&out)?;
-        let run = RunInfo::load(&out)?;
-        return write_summary(&summary_path, &run, &outcomes, &survivors);
+    // The whole scope's run, and the last run of some mutants (`--re`), each with its
+    // cargo-mutants report (mutants.out/) and run.json.
+    let full_dir = target_dir().join("mutants");
+    let rerun_dir = full_dir.join("rerun");
+    if !args.summary_only {
+        let out = if args.re.is_some() {
+            &rerun_dir
+        } else {
+            &full_dir
+        };
+        mutate(&sh, out, args.re.as_deref())?;
     }
-    let tool = install(&sh)?;
-    let (commit, dirty) = git_state(&sh);
+    let survivors = Survivors::load(&root.join("ci/mutants/survivors.toml"))?;
+    let config =
+        std::fs::read_to_string(root.join(".cargo/mutants.toml")).context(".cargo/mutants.toml")?;
+    let full = Run::load(&full_dir)?;
+    // A rerun older than the full run says nothing about the code the full run tested.
+    let rerun = match Run::load(&rerun_dir) {
+        Ok(rerun) if rerun.info.started_at > full.info.started_at => Some(rerun),
+        _ => None,
+    };
+    let summary = Tally::of(&full, rerun.as_ref(), &survivors);
+    let text = summary.render(&full.info, rerun.as_ref().map(|r| &r.info), &config);
+    let path = root.join("ci/mutants/summary.md");
+    std::fs::write(&path, &text).with_context(|| format!("{}", path.display()))?;
+    println!("{text}\nwritten to {}", path.display());
+    summary.verdict()
+}
+
+/// Runs cargo-mutants with its report in `out`, over the mutants `re` matches or all.
+fn mutate(sh: &Shell, out: &Path, re: Option<&str>) -> Result<()> {
+    let tool = install(sh)?;
+    let (commit, dirty) = git_state(sh);
     let started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     let started = Instant::now();
-    let re: Vec<String> = match &args.re {
-        Some(re) => vec!["--re".into(), re.clone()],
+    let filter: Vec<&str> = match re {
+        Some(re) => vec!["--re", re],
         None => vec![],
     };
     // One job in one copy of the tree, built in target/mutants/build: a later run rebuilds only
-    // the mutated crate, where a fresh copy would build every dependency again (7 minutes here).
+    // the mutated crate, where a fresh copy would build every dependency again (6 minutes here).
     // The suite writes the fixtures it misses into this tree's target/fixtures once and reads
     // them there; its records and snapshots go nowhere that counts.
-    let records = out.join("records");
     let mutants = cmd!(
         sh,
-        "{tool} mutants --output {out} --jobs 1 --colors never {re...}"
+        "{tool} mutants --output {out} --jobs 1 --colors never {filter...}"
     )
-    .env("CARGO_TARGET_DIR", out.join("build"))
+    .env("CARGO_TARGET_DIR", target_dir().join("mutants/build"))
     .env("CONFORMANCE_FIXTURES", fixtures_dir())
     .env("CONFORMANCE_WRITE_FIXTURES", "1")
-    .env("CONFORMANCE_RECORDS", &records)
+    .env("CONFORMANCE_RECORDS", out.join("records"))
     .env("CI", "true")
     .env("INSTA_UPDATE", "no");
     eprintln!("$ {mutants}");
@@ -81,17 +101,16 @@ pub fn run(args: &Args) -> Result<()> {
             out.join("mutants.out/debug.log").display()
         ),
     }
-    let run = RunInfo {
+    let info = RunInfo {
         started_at,
         commit,
         dirty,
         minutes: started.elapsed().as_secs_f64() / 60.0,
-        re: args.re.clone(),
+        re: re.map(str::to_string),
         tool_version: CARGO_MUTANTS_VERSION.into(),
     };
-    run.save(&out)?;
-    let outcomes = Outcomes::load(&out)?;
-    write_summary(&summary_path, &run, &outcomes, &survivors)
+    std::fs::write(out.join("run.json"), serde_json::to_string_pretty(&info)?)?;
+    Ok(())
 }
 
 /// cargo-mutants at [`CARGO_MUTANTS_VERSION`], installed into target/tools/ when missing.
@@ -118,9 +137,10 @@ fn install(sh: &Shell) -> Result<PathBuf> {
     Ok(tool)
 }
 
-/// What the summary says about the run beside its outcomes.
-#[derive(serde::Serialize, Deserialize)]
+/// What the summary says about a run beside its outcomes.
+#[derive(Serialize, Deserialize)]
 struct RunInfo {
+    /// RFC 3339, UTC: later runs sort after earlier ones.
     started_at: String,
     commit: String,
     dirty: bool,
@@ -129,38 +149,16 @@ struct RunInfo {
     tool_version: String,
 }
 
-impl RunInfo {
-    fn file(out: &Path) -> PathBuf {
-        out.join("run.json")
-    }
-
-    fn save(&self, out: &Path) -> Result<()> {
-        Ok(std::fs::write(
-            Self::file(out),
-            serde_json::to_string_pretty(self)?,
-        )?)
-    }
-
-    fn load(out: &Path) -> Result<Self> {
-        let file = Self::file(out);
-        let text = std::fs::read_to_string(&file).with_context(|| {
-            format!(
-                "{}: no run to summarize; run `cargo xtask mutants`",
-                file.display()
-            )
-        })?;
-        serde_json::from_str(&text).with_context(|| format!("{}", file.display()))
-    }
-}
-
-/// Each mutant's outcome, from cargo-mutants' outcomes.json, keyed by its name without the
-/// line and column (which move with every edit above it).
-struct Outcomes {
-    by_outcome: BTreeMap<Summary, Vec<String>>,
+/// One run: its info and each mutant's outcome, from cargo-mutants' outcomes.json.
+struct Run {
+    info: RunInfo,
+    /// Mutant names (without line and column, which move with every edit above them) by
+    /// outcome.
+    by_outcome: BTreeMap<Outcome, Vec<String>>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
-enum Summary {
+enum Outcome {
     CaughtMutant,
     MissedMutant,
     Timeout,
@@ -177,55 +175,69 @@ struct OutcomesFile {
 #[derive(Deserialize)]
 struct OutcomeEntry {
     scenario: serde_json::Value,
-    summary: Summary,
+    summary: Outcome,
 }
 
-impl Outcomes {
-    fn load(out: &Path) -> Result<Self> {
-        let file = out.join("mutants.out/outcomes.json");
-        let text = std::fs::read_to_string(&file).with_context(|| {
-            format!("{}: no outcomes; run `cargo xtask mutants`", file.display())
-        })?;
-        let parsed: OutcomesFile =
-            serde_json::from_str(&text).with_context(|| format!("{}", file.display()))?;
-        let mut by_outcome: BTreeMap<Summary, Vec<String>> = BTreeMap::new();
+impl Run {
+    fn load(dir: &Path) -> Result<Self> {
+        let read = |file: PathBuf| {
+            std::fs::read_to_string(&file).with_context(|| {
+                format!(
+                    "{}: no run to summarize; run `cargo xtask mutants`",
+                    file.display()
+                )
+            })
+        };
+        let info = read(dir.join("run.json"))?;
+        let info: RunInfo = serde_json::from_str(&info).context("run.json")?;
+        let outcomes = read(dir.join("mutants.out/outcomes.json"))?;
+        Self::parse(info, &outcomes)
+    }
+
+    fn parse(info: RunInfo, outcomes_json: &str) -> Result<Self> {
+        let parsed: OutcomesFile = serde_json::from_str(outcomes_json).context("outcomes.json")?;
+        let mut by_outcome: BTreeMap<Outcome, Vec<String>> = BTreeMap::new();
         for entry in parsed.outcomes {
-            let Some(mutant) = entry.scenario.get("Mutant") else {
-                continue; // the baseline
-            };
-            by_outcome
-                .entry(entry.summary)
-                .or_default()
-                .push(mutant_name(mutant)?);
+            // The other scenario is the baseline, the unmutated tree.
+            if let Some(mutant) = entry.scenario.get("Mutant") {
+                by_outcome
+                    .entry(entry.summary)
+                    .or_default()
+                    .push(mutant_name(mutant)?);
+            }
         }
-        Ok(Self { by_outcome })
+        Ok(Self { info, by_outcome })
     }
 
-    fn names(&self, summary: Summary) -> &[String] {
-        self.by_outcome.get(&summary).map_or(&[], Vec::as_slice)
+    fn names(&self, outcome: Outcome) -> &[String] {
+        self.by_outcome.get(&outcome).map_or(&[], Vec::as_slice)
     }
 
-    fn count(&self, summary: Summary) -> usize {
-        self.names(summary).len()
+    fn count(&self, outcome: Outcome) -> usize {
+        self.names(outcome).len()
+    }
+
+    fn killed(&self, name: &str) -> bool {
+        [Outcome::CaughtMutant, Outcome::Timeout]
+            .iter()
+            .any(|o| self.names(*o).iter().any(|n| n == name))
     }
 }
 
-/// `file: replacement in function`, as `cargo mutants --list` names a mutant, less the line and
-/// column.
+/// `file: mutation`, as `cargo mutants --list` names a mutant, less the line and column.
 fn mutant_name(mutant: &serde_json::Value) -> Result<String> {
-    let text = |key: &str| mutant.get(key).and_then(|v| v.as_str());
     let name = mutant
         .get("name")
         .and_then(|v| v.as_str())
         .context("a mutant in outcomes.json has no name")?;
-    let file = text("file").context("a mutant in outcomes.json has no file")?;
-    // "file:line:col: what" -> "file: what"
-    let what = name
-        .splitn(4, ':')
-        .nth(3)
-        .map(str::trim)
-        .with_context(|| format!("unexpected mutant name `{name}`"))?;
-    Ok(format!("{file}: {what}"))
+    // "file:line:col: mutation"
+    let mut parts = name.splitn(4, ':');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(file), Some(_line), Some(_col), Some(mutation)) => {
+            Ok(format!("{file}: {}", mutation.trim()))
+        }
+        _ => bail!("unexpected mutant name `{name}` in outcomes.json"),
+    }
 }
 
 /// The surviving mutants the project has looked at, each with why no test can kill it.
@@ -260,92 +272,284 @@ impl Survivors {
     }
 }
 
-fn write_summary(
-    path: &Path,
-    run: &RunInfo,
-    outcomes: &Outcomes,
-    survivors: &Survivors,
-) -> Result<()> {
-    let caught = outcomes.count(Summary::CaughtMutant);
-    let missed = outcomes.count(Summary::MissedMutant);
-    let timeout = outcomes.count(Summary::Timeout);
-    let unviable = outcomes.count(Summary::Unviable);
-    let viable = caught + missed + timeout;
-    let ratio = if viable == 0 {
-        0.0
-    } else {
-        (caught + timeout) as f64 / viable as f64
-    };
-    let config = std::fs::read_to_string(project_root().join(".cargo/mutants.toml"))
-        .context(".cargo/mutants.toml")?;
-    let mut text = String::new();
-    text.push_str("# Mutation testing of the worker\n\n");
-    text.push_str(
-        "Written by `cargo xtask mutants` (cargo-mutants over the files below, the conformance \
-         suite and the worker's tests as the test command); not a CI step.\n\n",
-    );
-    text.push_str(&format!(
-        "- Run: {} UTC, {:.0} minutes, cargo-mutants {}\n",
-        run.started_at.replace('T', " ").trim_end_matches('Z'),
-        run.minutes,
-        run.tool_version
-    ));
-    text.push_str(&format!(
-        "- Commit: {}{}\n",
-        run.commit,
-        if run.dirty {
-            " with uncommitted changes"
-        } else {
-            ""
-        }
-    ));
-    if let Some(re) = &run.re {
-        text.push_str(&format!("- Only mutants matching `{re}`\n"));
-    }
-    text.push_str(&format!(
-        "- Kill ratio: {:.1}% ({} caught + {} timed out of {} viable; target {:.0}%); {} unviable \
-         (did not build) not counted\n\n",
-        ratio * 100.0,
-        caught,
-        timeout,
-        viable,
-        KILL_RATIO_TARGET * 100.0,
-        unviable
-    ));
-    text.push_str("## Scope and tests (.cargo/mutants.toml)\n\n```toml\n");
-    text.push_str(config.trim_end());
-    text.push_str("\n```\n\n## Surviving mutants\n\n");
-    let missed_names = outcomes.names(Summary::MissedMutant);
-    let mut unexplained = 0;
-    if missed_names.is_empty() {
-        text.push_str("None.\n");
-    }
-    for name in missed_names {
-        match survivors.why(name) {
-            Some(why) => text.push_str(&format!("- `{name}`: equivalent; {why}\n")),
-            None => {
-                unexplained += 1;
-                text.push_str(&format!("- `{name}`: not explained\n"));
+/// What became of each mutant of the full run.
+struct Tally {
+    caught: usize,
+    timeout: usize,
+    unviable: usize,
+    /// Missed in the full run and caught by the later rerun.
+    killed_later: Vec<String>,
+    equivalent: Vec<(String, String)>,
+    unexplained: Vec<String>,
+}
+
+impl Tally {
+    fn of(full: &Run, rerun: Option<&Run>, survivors: &Survivors) -> Self {
+        let mut tally = Self {
+            caught: full.count(Outcome::CaughtMutant),
+            timeout: full.count(Outcome::Timeout),
+            unviable: full.count(Outcome::Unviable),
+            killed_later: Vec::new(),
+            equivalent: Vec::new(),
+            unexplained: Vec::new(),
+        };
+        for name in full.names(Outcome::MissedMutant) {
+            if rerun.is_some_and(|r| r.killed(name)) {
+                tally.killed_later.push(name.clone());
+            } else if let Some(why) = survivors.why(name) {
+                tally.equivalent.push((name.clone(), why.to_string()));
+            } else {
+                tally.unexplained.push(name.clone());
             }
         }
+        tally
     }
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
+
+    fn viable(&self) -> usize {
+        self.caught
+            + self.timeout
+            + self.killed_later.len()
+            + self.equivalent.len()
+            + self.unexplained.len()
     }
-    std::fs::write(path, &text)?;
-    println!("{text}\nwritten to {}", path.display());
-    if ratio < KILL_RATIO_TARGET {
-        bail!(
-            "the kill ratio {:.1}% is below the target {:.0}%",
-            ratio * 100.0,
-            KILL_RATIO_TARGET * 100.0
+
+    /// Killed mutants over viable ones. Equivalent mutants count against it though no test can
+    /// kill them, so that calling mutants equivalent cannot raise it: at most 5% may be.
+    fn ratio(&self) -> f64 {
+        let killed = self.caught + self.timeout + self.killed_later.len();
+        match self.viable() {
+            0 => 0.0,
+            viable => killed as f64 / viable as f64,
+        }
+    }
+
+    fn render(&self, full: &RunInfo, rerun: Option<&RunInfo>, config: &str) -> String {
+        let when = |info: &RunInfo| {
+            format!(
+                "{} UTC at {}{}, {:.0} minutes, cargo-mutants {}",
+                info.started_at.replace('T', " ").trim_end_matches('Z'),
+                info.commit,
+                if info.dirty {
+                    " with uncommitted changes"
+                } else {
+                    ""
+                },
+                info.minutes,
+                info.tool_version
+            )
+        };
+        let mut text = String::from("# Mutation testing of the worker\n\n");
+        text.push_str(
+            "Written by `cargo xtask mutants` (xtask/README.md, \"Mutation testing\"); not a CI \
+             step.\n\n",
+        );
+        text.push_str(&format!("- Full run: {}\n", when(full)));
+        if let Some(rerun) = rerun {
+            text.push_str(&format!(
+                "- Rerun of the mutants matching `{}`: {}\n",
+                rerun.re.as_deref().unwrap_or_default(),
+                when(rerun)
+            ));
+        }
+        text.push_str(&format!(
+            "- Kill ratio: {:.1}% of {} viable mutants (target {:.0}%): {} caught, {} timed out, \
+             {} caught by the rerun; {} not explained, {} equivalent; {} unviable (did not \
+             build) not counted\n\n",
+            self.ratio() * 100.0,
+            self.viable(),
+            KILL_RATIO_TARGET * 100.0,
+            self.caught,
+            self.timeout,
+            self.killed_later.len(),
+            self.unexplained.len(),
+            self.equivalent.len(),
+            self.unviable
+        ));
+        text.push_str("## Scope and tests (.cargo/mutants.toml)\n\n```toml\n");
+        text.push_str(config.trim_end());
+        text.push_str("\n```\n\n## Mutants the full run missed\n\n");
+        if self.killed_later.is_empty() && self.equivalent.is_empty() && self.unexplained.is_empty()
+        {
+            text.push_str("None.\n");
+        }
+        for name in &self.killed_later {
+            text.push_str(&format!(
+                "- `{name}`: caught by the rerun, by tests added since\n"
+            ));
+        }
+        for (name, why) in &self.equivalent {
+            text.push_str(&format!("- `{name}`: equivalent; {why}\n"));
+        }
+        for name in &self.unexplained {
+            text.push_str(&format!("- `{name}`: not explained\n"));
+        }
+        text
+    }
+
+    fn verdict(&self) -> Result<()> {
+        if !self.unexplained.is_empty() {
+            bail!(
+                "{} surviving mutant(s) not explained: kill each with a test (then `cargo xtask \
+                 mutants --re` them) or say in ci/mutants/survivors.toml why it is equivalent",
+                self.unexplained.len()
+            );
+        }
+        if self.ratio() < KILL_RATIO_TARGET {
+            bail!(
+                "the kill ratio {:.1}% is below the target {:.0}%",
+                self.ratio() * 100.0,
+                KILL_RATIO_TARGET * 100.0
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(started_at: &str) -> RunInfo {
+        RunInfo {
+            started_at: started_at.into(),
+            commit: "abc".into(),
+            dirty: false,
+            minutes: 1.0,
+            re: None,
+            tool_version: CARGO_MUTANTS_VERSION.into(),
+        }
+    }
+
+    /// outcomes.json as cargo-mutants 27 writes it, with the fields read here.
+    fn outcomes(mutants: &[(&str, &str)]) -> String {
+        let mut entries = vec![serde_json::json!({"scenario": "Baseline", "summary": "Success"})];
+        for (name, summary) in mutants {
+            entries.push(serde_json::json!({
+                "scenario": {"Mutant": {"name": name, "file": "worker/src/a.rs"}},
+                "summary": summary,
+            }));
+        }
+        serde_json::json!({"outcomes": entries, "total_mutants": mutants.len()}).to_string()
+    }
+
+    #[test]
+    fn survivors_are_killed_later_equivalent_or_unexplained_and_the_ratio_counts_them() {
+        let mut mutants = vec![
+            (
+                "worker/src/a.rs:1:5: replace f -> bool with true",
+                "MissedMutant",
+            ),
+            (
+                "worker/src/a.rs:2:5: replace g -> bool with true",
+                "MissedMutant",
+            ),
+            (
+                "worker/src/a.rs:3:5: replace h -> bool with true",
+                "MissedMutant",
+            ),
+            (
+                "worker/src/a.rs:4:5: replace i -> bool with true",
+                "Unviable",
+            ),
+            (
+                "worker/src/a.rs:5:5: replace j -> bool with true",
+                "Timeout",
+            ),
+        ];
+        let caught = "worker/src/a.rs:9:1: replace k -> bool with false";
+        mutants.extend(std::iter::repeat_n((caught, "CaughtMutant"), 95));
+        let full = Run::parse(info("2026-12-05T20:00:00Z"), &outcomes(&mutants)).unwrap();
+        // The rerun catches f, at another line after an edit.
+        let rerun = Run::parse(
+            info("2026-12-05T21:00:00Z"),
+            &outcomes(&[(
+                "worker/src/a.rs:11:5: replace f -> bool with true",
+                "CaughtMutant",
+            )]),
+        )
+        .unwrap();
+        let survivors: Survivors = toml::from_str(
+            "[[equivalent]]\nmutant = \"worker/src/a.rs: replace g -> bool with true\"\n\
+             why = \"g is only ever true\"\n",
+        )
+        .unwrap();
+        let tally = Tally::of(&full, Some(&rerun), &survivors);
+        assert_eq!(
+            tally.killed_later,
+            ["worker/src/a.rs: replace f -> bool with true"]
+        );
+        assert_eq!(tally.equivalent.len(), 1);
+        assert_eq!(
+            tally.unexplained,
+            ["worker/src/a.rs: replace h -> bool with true"]
+        );
+        assert_eq!(tally.viable(), 99);
+        // 95 caught, 1 timed out, 1 caught later; g is equivalent; h survives.
+        assert!((tally.ratio() - 97.0 / 99.0).abs() < 1e-12);
+        let text = tally.render(&full.info, Some(&rerun.info), "examine_globs = []");
+        assert!(
+            text.contains("- Kill ratio: 98.0% of 99 viable mutants"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "- `worker/src/a.rs: replace g -> bool with true`: equivalent; g is only ever true"
+        ));
+        assert!(text.contains("- `worker/src/a.rs: replace h -> bool with true`: not explained"));
+        let refusal = tally.verdict().unwrap_err().to_string();
+        assert!(
+            refusal.contains("1 surviving mutant(s) not explained"),
+            "{refusal}"
+        );
+
+        // Explained, all but h; without the rerun f survives too and the ratio falls short.
+        let tally = Tally::of(&full, None, &survivors);
+        assert_eq!(tally.unexplained.len(), 2);
+        let mut survivors = survivors;
+        for name in ["f", "h"] {
+            survivors.equivalent.push(Equivalent {
+                mutant: format!("worker/src/a.rs: replace {name} -> bool with true"),
+                why: "because".into(),
+            });
+        }
+        let tally = Tally::of(&full, None, &survivors);
+        assert!((tally.ratio() - 96.0 / 99.0).abs() < 1e-12);
+        tally.verdict().unwrap();
+        survivors.equivalent.truncate(0);
+        let mut mostly_missed = vec![(
+            "worker/src/a.rs:1:1: replace m -> bool with true",
+            "CaughtMutant",
+        )];
+        mostly_missed.extend(std::iter::repeat_n(
+            ("worker/src/a.rs:2:1: delete ! in n", "MissedMutant"),
+            1,
+        ));
+        let run = Run::parse(info("2026-12-05T20:00:00Z"), &outcomes(&mostly_missed)).unwrap();
+        survivors.equivalent.push(Equivalent {
+            mutant: "worker/src/a.rs: delete ! in n".into(),
+            why: "because".into(),
+        });
+        let low = Tally::of(&run, None, &survivors)
+            .verdict()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            low.contains("the kill ratio 50.0% is below the target 95%"),
+            "{low}"
         );
     }
-    if unexplained > 0 {
-        bail!(
-            "{unexplained} surviving mutant(s) are not explained: kill each with a test or say \
-             in ci/mutants/survivors.toml why it is equivalent"
+
+    #[test]
+    fn a_mutant_name_loses_its_line_and_column() {
+        let name = |n: &str| mutant_name(&serde_json::json!({ "name": n }));
+        assert_eq!(
+            name("worker/src/tokens.rs:162:17: replace && with || in TextCodec::may_join_byte_run")
+                .unwrap(),
+            "worker/src/tokens.rs: replace && with || in TextCodec::may_join_byte_run"
         );
+        assert_eq!(
+            name("worker/src/a.rs:1:2: replace f -> &'static str with \"a: b\"").unwrap(),
+            "worker/src/a.rs: replace f -> &'static str with \"a: b\""
+        );
+        assert!(name("no line").is_err());
     }
-    Ok(())
 }
