@@ -79,10 +79,6 @@ impl HfConfig {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     pub fn error(&self, field: impl Into<String>, message: impl Into<String>) -> Error {
         Error::field(&self.path, field, message)
     }
@@ -91,10 +87,6 @@ impl HfConfig {
     pub fn value(&self, key: &str) -> Option<&Value> {
         self.read.borrow_mut().insert(key.to_string());
         self.map.get(key).filter(|v| !v.is_null())
-    }
-
-    pub fn contains(&self, key: &str) -> bool {
-        self.map.get(key).is_some_and(|v| !v.is_null())
     }
 
     pub fn usize(&self, key: &str) -> Result<usize> {
@@ -293,10 +285,10 @@ impl HfConfig {
             ));
         }
 
-        let rope_type = params
-            .get("rope_type")
-            .or_else(|| params.get("type"))
-            .filter(|v| !v.is_null());
+        // transformers 4.x wrote `type`, later `rope_type`; a `rope_type: null` beside `type`
+        // leaves `type` in force.
+        let present = |key: &str| params.get(key).filter(|v| !v.is_null());
+        let rope_type = present("rope_type").or_else(|| present("type"));
         let rope_type = match rope_type {
             None => "default",
             Some(v) => v.as_str().ok_or_else(|| {
@@ -466,4 +458,309 @@ pub enum RopeScaling {
         high_freq_factor: f64,
         original_max_position_embeddings: usize,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn cfg(config: Value) -> HfConfig {
+        HfConfig::parse(Path::new("model/config.json"), &config.to_string()).unwrap()
+    }
+
+    fn refusal<T: std::fmt::Debug>(result: Result<T>) -> String {
+        result.unwrap_err().to_string()
+    }
+
+    fn rope(config: Value, supported: &[RopeKind]) -> Result<Rope> {
+        cfg(config).rope(RopeDefaults::STANDARD, supported)
+    }
+
+    fn assert_refused<T: std::fmt::Debug>(result: Result<T>, expected: &str) {
+        let message = refusal(result);
+        assert!(
+            message.starts_with("model/config.json: ") && message.contains(expected),
+            "expected `{expected}` in: {message}"
+        );
+    }
+
+    const LLAMA3: &[RopeKind] = &[RopeKind::Llama3];
+
+    fn llama3_parameters() -> Value {
+        json!({
+            "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 64
+        })
+    }
+
+    #[test]
+    fn a_missing_file_or_one_that_is_not_an_object_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        let message = refusal(HfConfig::load(&path));
+        assert!(
+            message.contains("config.json") && message.contains("cannot read config"),
+            "{message}"
+        );
+        std::fs::write(&path, r#"{"hidden_size": 8}"#).unwrap();
+        assert_eq!(
+            HfConfig::load(&path).unwrap().usize("hidden_size").unwrap(),
+            8
+        );
+        let path = Path::new("model/config.json");
+        assert!(refusal(HfConfig::parse(path, "{")).contains("not valid JSON"));
+        assert!(refusal(HfConfig::parse(path, "[]")).contains("JSON object at the top level"));
+    }
+
+    #[test]
+    fn values_are_read_by_type_and_null_counts_as_absent() {
+        let c = cfg(json!({"n": 3, "x": 2.5, "neg": -1, "s": "a", "b": false, "nul": null}));
+        assert_eq!(c.usize("n").unwrap(), 3);
+        assert_eq!(c.opt_usize("absent").unwrap(), None);
+        assert_eq!(c.opt_usize("nul").unwrap(), None);
+        assert_refused(c.usize("nul"), "field `nul`: required, but missing");
+        assert_refused(
+            c.usize("neg"),
+            "field `neg`: expected a non-negative integer, found -1",
+        );
+        assert_refused(c.opt_usize("x"), "found 2.5");
+        assert_eq!(c.f64("x").unwrap(), 2.5);
+        assert_eq!(c.f64("n").unwrap(), 3.0);
+        assert_eq!(c.opt_f64("nul").unwrap(), None);
+        assert_refused(c.f64("absent"), "field `absent`: required, but missing");
+        assert_refused(c.opt_f64("s"), "field `s`: expected a number, found \"a\"");
+        assert_eq!(c.opt_str("s").unwrap(), Some("a"));
+        assert_eq!(c.opt_str("absent").unwrap(), None);
+        assert_refused(c.opt_str("n"), "field `n`: expected a string, found 3");
+        assert!(!c.bool_or("b", true).unwrap());
+        assert!(c.bool_or("absent", true).unwrap());
+        assert!(!c.bool_or("nul", false).unwrap());
+        assert_refused(
+            c.bool_or("n", false),
+            "field `n`: expected true or false, found 3",
+        );
+    }
+
+    #[test]
+    fn positive_numbers_refuse_zero_and_negatives() {
+        let c = cfg(json!({"eps": 1e-6, "huge": 1e300, "zero": 0.0, "neg": -1e-6}));
+        assert_eq!(c.opt_positive_f64("eps").unwrap(), Some(1e-6));
+        assert_eq!(c.opt_positive_f64("huge").unwrap(), Some(1e300));
+        assert_eq!(c.opt_positive_f64("absent").unwrap(), None);
+        assert_refused(
+            c.opt_positive_f64("zero"),
+            "field `zero`: is 0; it must be a positive",
+        );
+        assert_refused(
+            c.opt_positive_f64("neg"),
+            "field `neg`: is -0.000001; it must be",
+        );
+    }
+
+    #[test]
+    fn an_expected_setting_matches_by_value_and_a_number_by_magnitude() {
+        let c = cfg(json!({"act": "silu", "one": 1, "half": 0.5, "flag": false, "nul": null}));
+        for (key, expected) in [
+            ("absent", json!(true)),
+            ("nul", json!(true)),
+            ("act", json!("silu")),
+            ("one", json!(1.0)),
+            ("flag", json!(false)),
+        ] {
+            c.expect(key, expected, "why").unwrap();
+        }
+        assert_refused(
+            c.expect("act", json!("gelu"), "the module applies gelu"),
+            "field `act`: is \"silu\", but only \"gelu\" is supported: the module applies gelu",
+        );
+        assert_refused(c.expect("half", json!(1.0), "why"), "is 0.5, but only 1.0");
+        assert_refused(
+            c.expect("flag", json!(true), "why"),
+            "is false, but only true",
+        );
+    }
+
+    #[test]
+    fn token_ids_are_one_id_or_a_list() {
+        let c = cfg(json!({
+            "one": 2, "list": [0, 7], "nul": null, "neg": -1, "big": 4_294_967_296_u64,
+            "text": "</s>", "mixed": [1, "x"]
+        }));
+        assert_eq!(c.token_ids("one").unwrap(), vec![2]);
+        assert_eq!(c.token_ids("list").unwrap(), vec![0, 7]);
+        assert_eq!(c.token_ids("nul").unwrap(), Vec::<u32>::new());
+        assert_eq!(c.token_ids("absent").unwrap(), Vec::<u32>::new());
+        for (key, found) in [
+            ("neg", "-1"),
+            ("big", "4294967296"),
+            ("text", "\"</s>\""),
+            ("mixed", "\"x\""),
+        ] {
+            assert_refused(
+                c.token_ids(key),
+                &format!("field `{key}`: expected a token id, found {found}"),
+            );
+        }
+    }
+
+    #[test]
+    fn keys_nobody_read_are_reported_except_those_without_effect() {
+        let c = cfg(json!({
+            "hidden_size": 8, "torch_dtype": "float32", "attn_temperature": 0.5, "rope_theta": 1.0
+        }));
+        assert_eq!(
+            c.unread_keys(),
+            ["attn_temperature", "hidden_size", "rope_theta"]
+        );
+        c.usize("hidden_size").unwrap();
+        assert_eq!(c.value("rope_theta"), Some(&json!(1.0)));
+        assert_eq!(c.unread_keys(), ["attn_temperature"]);
+    }
+
+    #[test]
+    fn layer_types_name_each_layer() {
+        let c = cfg(json!({
+            "layer_types": ["sliding_attention", "full_attention", "sliding_attention"]
+        }));
+        assert_eq!(c.sliding_layers(3).unwrap(), Some(vec![true, false, true]));
+        assert_refused(
+            c.sliding_layers(2),
+            "field `layer_types`: has 3 entries but num_hidden_layers is 2",
+        );
+        assert_eq!(cfg(json!({})).sliding_layers(2).unwrap(), None);
+        let chunked = cfg(json!({"layer_types": ["full_attention", "chunked_attention"]}));
+        assert_refused(
+            chunked.sliding_layers(2),
+            "unknown layer type \"chunked_attention\"",
+        );
+        let text = cfg(json!({"layer_types": "full_attention"}));
+        assert_refused(text.sliding_layers(1), "expected a list");
+    }
+
+    #[test]
+    fn rope_settings_come_from_either_form_or_the_defaults() {
+        let standard = Rope {
+            theta: 10_000.0,
+            partial_rotary_factor: 1.0,
+            scaling: RopeScaling::None,
+        };
+        assert_eq!(rope(json!({}), &[]).unwrap(), standard);
+        let theta = Rope {
+            theta: 1e6,
+            ..standard.clone()
+        };
+        for config in [
+            json!({"rope_theta": 1e6}),
+            json!({"rope_parameters": {"rope_type": "default", "rope_theta": 1e6}}),
+            json!({"rope_theta": 1e6, "rope_parameters": {"rope_theta": 1e6}}),
+            json!({"rope_theta": null, "rope_scaling": null, "rope_parameters": {"rope_theta": 1e6}}),
+        ] {
+            assert_eq!(rope(config, &[]).unwrap(), theta);
+        }
+        assert_refused(
+            rope(
+                json!({"rope_theta": 1e4, "rope_parameters": {"rope_theta": 1e6}}),
+                &[],
+            ),
+            "field `rope_theta`: is 10000 at the top level but 1000000 in rope_parameters; they \
+             must agree",
+        );
+        let both = json!({"rope_parameters": {}, "rope_scaling": {}});
+        assert_refused(
+            rope(both, &[]),
+            "field `rope_scaling`: both rope_parameters",
+        );
+        for bad in [0.0, -1.0] {
+            assert_refused(
+                rope(json!({"rope_theta": bad}), &[]),
+                "the rotary base must be a positive, finite number",
+            );
+            assert_refused(
+                rope(json!({"rope_parameters": {"rope_theta": bad}}), &[]),
+                "field `rope_theta`",
+            );
+        }
+        for factor in [0.5, 1.0] {
+            let partial = rope(json!({"partial_rotary_factor": factor}), &[]).unwrap();
+            assert_eq!(partial.partial_rotary_factor, factor);
+        }
+        for bad in [0.0, -0.5, 1.5] {
+            assert_refused(
+                rope(json!({"partial_rotary_factor": bad}), &[]),
+                &format!("field `partial_rotary_factor`: is {bad}; it must be in (0, 1]"),
+            );
+        }
+    }
+
+    #[test]
+    fn a_module_that_rotates_the_whole_head_refuses_a_partial_factor() {
+        let c = cfg(json!({"partial_rotary_factor": 0.5}));
+        let partial = c.rope(RopeDefaults::STANDARD, &[]).unwrap();
+        assert_refused(
+            partial.expect_full_rotation(&c),
+            "field `partial_rotary_factor`: is 0.5, but this architecture's module rotates the \
+             whole head",
+        );
+        let c = cfg(json!({}));
+        let full = c.rope(RopeDefaults::STANDARD, &[]).unwrap();
+        full.expect_full_rotation(&c).unwrap();
+    }
+
+    #[test]
+    fn rope_types_must_be_implemented_and_their_keys_known() {
+        let llama3 = RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 64,
+        };
+        let mut legacy = llama3_parameters();
+        legacy["type"] = legacy["rope_type"].take();
+        for config in [
+            json!({"rope_scaling": llama3_parameters()}),
+            json!({"rope_parameters": llama3_parameters()}),
+            json!({"rope_scaling": legacy}),
+        ] {
+            assert_eq!(rope(config, LLAMA3).unwrap().scaling, llama3);
+        }
+        assert_refused(
+            rope(json!({"rope_scaling": llama3_parameters()}), &[]),
+            "field `rope_scaling.rope_type`: rope type `llama3` is not implemented by this \
+             architecture's module; supported: default",
+        );
+        assert_refused(
+            rope(json!({"rope_parameters": {"rope_type": "yarn"}}), LLAMA3),
+            "field `rope_parameters.rope_type`: rope type `yarn` is not implemented by this \
+             architecture's module; supported: default, llama3",
+        );
+        assert_refused(
+            rope(
+                json!({"rope_parameters": {"rope_type": "default", "factor": 2.0}}),
+                LLAMA3,
+            ),
+            "field `rope_parameters.factor`: not supported with rope type `default`",
+        );
+        let mut missing = llama3_parameters();
+        missing.as_object_mut().unwrap().remove("low_freq_factor");
+        assert_refused(
+            rope(json!({"rope_scaling": missing}), LLAMA3),
+            "field `rope_scaling.low_freq_factor`: required by this rope type, but missing",
+        );
+        let mut text = llama3_parameters();
+        text["factor"] = json!("8");
+        assert_refused(
+            rope(json!({"rope_scaling": text}), LLAMA3),
+            "field `rope_scaling.factor`: expected a number, found \"8\"",
+        );
+        assert_refused(
+            rope(json!({"rope_scaling": {"rope_type": 3}}), LLAMA3),
+            "field `rope_scaling.rope_type`: expected a string, found 3",
+        );
+        assert_refused(
+            rope(json!({"rope_scaling": "llama3"}), LLAMA3),
+            "field `rope_scaling`: expected an object, found \"llama3\"",
+        );
+    }
 }

@@ -69,10 +69,10 @@ enum Command {
     /// (`--check ci/bench/targets.toml` compares with the targets); `bench http` loads the HTTP
     /// worker with concurrent clients.
     Bench(bench::Args),
-    /// Mutation testing (not a CI step; most of an hour on two cores): cargo-mutants, installed
-    /// into target/tools/, over the files .cargo/mutants.toml names with the conformance suite
-    /// and the worker's tests; writes ci/mutants/summary.md with the kill ratio and every
-    /// surviving mutant, explained by ci/mutants/survivors.toml or not.
+    /// Mutation testing (not a CI step; under an hour a part on two cores): cargo-mutants,
+    /// installed into target/tools/, over a part of the worker with the conformance suite and
+    /// the worker's tests; writes ci/mutants/<part>.md with the kill ratio and every surviving
+    /// mutant, explained by ci/mutants/survivors.toml or not.
     Mutants(mutants::Args),
     /// Run every check CI runs: formatting, clippy, fixtures, tests, the conformance suite
     /// (also under nextest and with the fault injected), the remote hosts, and the support

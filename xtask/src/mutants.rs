@@ -1,14 +1,15 @@
 //! `cargo xtask mutants`: cargo-mutants over the worker's generation, sampling, cache, prompt,
-//! chat and tokenizer code (the scope and the test command are in .cargo/mutants.toml, so a plain
-//! `cargo mutants` runs the same), then ci/mutants/summary.md: the date, commit, scope, kill ratio
-//! and every surviving mutant, killed by a later rerun or explained by ci/mutants/survivors.toml,
-//! or neither. Not a CI step: it takes most of an hour on two cores.
+//! chat, config and tokenizer code, in parts that each run in under an hour on two cores (the
+//! test command is in .cargo/mutants.toml, which a plain `cargo mutants` reads too), then
+//! ci/mutants/<part>.md: the date, commit, scope, kill ratio and every surviving mutant, killed
+//! by a later rerun or explained by ci/mutants/survivors.toml, or neither. Not a CI step.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
+use clap::builder::PossibleValuesParser;
 use serde::{Deserialize, Serialize};
 use xshell::{cmd, Shell};
 
@@ -21,12 +22,51 @@ const CARGO_MUTANTS_VERSION: &str = "27.1.0";
 /// The least share of viable mutants the tests must kill.
 const KILL_RATIO_TARGET: f64 = 0.95;
 
+/// The scope, in parts of under an hour each on two cores (a mutant takes 10 to 30 s to build
+/// and test there).
+const PARTS: &[Part] = &[
+    Part {
+        name: "generation",
+        what: "generation, the greedy or sampled choice, the repeat penalty, the KV-cache reset, \
+               the context checks, prompts, chat templates, special tokens and streamed text",
+        files: &[
+            "worker/src/worker.rs",
+            "worker/src/request.rs",
+            "worker/src/prompter.rs",
+            "worker/src/chat.rs",
+            "worker/src/tokens.rs",
+        ],
+    },
+    Part {
+        name: "config",
+        what: "config.json in both transformers forms (sizes, epsilons, rotary settings and their \
+               refusals) and the vocabularies built from GGUF metadata",
+        files: &["worker/src/config.rs", "worker/src/gguf/tokenizer/*.rs"],
+    },
+];
+
+struct Part {
+    name: &'static str,
+    what: &'static str,
+    /// Globs, as cargo-mutants' `--file` takes them.
+    files: &'static [&'static str],
+}
+
 #[derive(clap::Args)]
 pub struct Args {
+    /// The part of the worker to run or summarize (each under an hour on two cores); every
+    /// part, one after the other, when not given.
+    #[arg(long, value_parser = PossibleValuesParser::new(PARTS.iter().map(|p| p.name)))]
+    part: Option<String>,
     /// Test only the mutants whose name matches this regex (as `cargo mutants --list` names
     /// them), e.g. the survivors of the last full run after adding tests for them; the summary
     /// then shows which of those survivors the rerun killed.
-    #[arg(long, value_name = "REGEX", conflicts_with = "summary_only")]
+    #[arg(
+        long,
+        value_name = "REGEX",
+        conflicts_with = "summary_only",
+        requires = "part"
+    )]
     re: Option<String>,
     /// Write the summary again from the last runs (after editing ci/mutants/survivors.toml)
     /// without running anything.
@@ -38,9 +78,28 @@ pub fn run(args: &Args) -> Result<()> {
     let sh = Shell::new()?;
     let root = project_root();
     sh.change_dir(&root);
-    // The whole scope's run, and the last run of some mutants (`--re`), each with its
+    let survivors = Survivors::load(&root.join("ci/mutants/survivors.toml"))?;
+    let parts = PARTS
+        .iter()
+        .filter(|p| args.part.as_ref().is_none_or(|name| name == p.name));
+    let mut failed = Vec::new();
+    for part in parts {
+        if let Err(e) = run_part(&sh, part, args, &survivors) {
+            eprintln!("part `{}`: {e:#}", part.name);
+            failed.push(part.name);
+        }
+    }
+    if !failed.is_empty() {
+        bail!("part(s) {} failed (above)", failed.join(", "));
+    }
+    Ok(())
+}
+
+fn run_part(sh: &Shell, part: &Part, args: &Args, survivors: &Survivors) -> Result<()> {
+    let root = project_root();
+    // The whole part's run, and the last run of some of its mutants (`--re`), each with its
     // cargo-mutants report (mutants.out/) and run.json.
-    let full_dir = target_dir().join("mutants");
+    let full_dir = target_dir().join("mutants").join(part.name);
     let rerun_dir = full_dir.join("rerun");
     if !args.summary_only {
         let out = if args.re.is_some() {
@@ -48,35 +107,37 @@ pub fn run(args: &Args) -> Result<()> {
         } else {
             &full_dir
         };
-        mutate(&sh, out, args.re.as_deref())?;
+        mutate(sh, part, out, args.re.as_deref())?;
     }
-    let survivors = Survivors::load(&root.join("ci/mutants/survivors.toml"))?;
-    let config =
-        std::fs::read_to_string(root.join(".cargo/mutants.toml")).context(".cargo/mutants.toml")?;
     let full = Run::load(&full_dir)?;
+    // The scope the full run had, which later edits of the file do not change.
+    let config = match &full.info.config {
+        Some(config) => config.clone(),
+        None => read_config()?,
+    };
     // A rerun older than the full run says nothing about the code the full run tested.
     let rerun = match Run::load(&rerun_dir) {
         Ok(rerun) if rerun.info.started_at > full.info.started_at => Some(rerun),
         _ => None,
     };
-    let summary = Tally::of(&full, rerun.as_ref(), &survivors);
-    let text = summary.render(&full.info, rerun.as_ref().map(|r| &r.info), &config);
-    let path = root.join("ci/mutants/summary.md");
+    let summary = Tally::of(&full, rerun.as_ref(), survivors);
+    let text = summary.render(part, &full.info, rerun.as_ref().map(|r| &r.info), &config);
+    let path = root.join(format!("ci/mutants/{}.md", part.name));
     std::fs::write(&path, &text).with_context(|| format!("{}", path.display()))?;
     println!("{text}\nwritten to {}", path.display());
     summary.verdict()
 }
 
-/// Runs cargo-mutants with its report in `out`, over the mutants `re` matches or all.
-fn mutate(sh: &Shell, out: &Path, re: Option<&str>) -> Result<()> {
+/// Runs cargo-mutants over `part` with its report in `out`, over the mutants `re` matches or
+/// all.
+fn mutate(sh: &Shell, part: &Part, out: &Path, re: Option<&str>) -> Result<()> {
     let tool = install(sh)?;
+    let config = read_config()?;
     let (commit, dirty) = git_state(sh);
     let started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     let started = Instant::now();
-    let filter: Vec<&str> = match re {
-        Some(re) => vec!["--re", re],
-        None => vec![],
-    };
+    let mut filter: Vec<&str> = part.files.iter().flat_map(|f| ["--file", f]).collect();
+    filter.extend(re.iter().flat_map(|re| ["--re", re]));
     // One job in one copy of the tree, built in target/mutants/build: a later run rebuilds only
     // the mutated crate, where a fresh copy would build every dependency again (6 minutes here).
     // The suite writes the fixtures it misses into this tree's target/fixtures once and reads
@@ -108,9 +169,17 @@ fn mutate(sh: &Shell, out: &Path, re: Option<&str>) -> Result<()> {
         minutes: started.elapsed().as_secs_f64() / 60.0,
         re: re.map(str::to_string),
         tool_version: CARGO_MUTANTS_VERSION.into(),
+        config: Some(config),
+        files: part.files.iter().map(|f| f.to_string()).collect(),
     };
     std::fs::write(out.join("run.json"), serde_json::to_string_pretty(&info)?)?;
     Ok(())
+}
+
+/// The scope and test command: cargo-mutants' own settings file.
+fn read_config() -> Result<String> {
+    let path = project_root().join(".cargo/mutants.toml");
+    std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))
 }
 
 /// cargo-mutants at [`CARGO_MUTANTS_VERSION`], installed into target/tools/ when missing.
@@ -147,6 +216,12 @@ struct RunInfo {
     minutes: f64,
     re: Option<String>,
     tool_version: String,
+    /// .cargo/mutants.toml as the run read it; absent in runs written before it was kept.
+    #[serde(default)]
+    config: Option<String>,
+    /// The files mutated (globs); absent in runs written before they were kept.
+    #[serde(default)]
+    files: Vec<String>,
 }
 
 /// One run: its info and each mutant's outcome, from cargo-mutants' outcomes.json.
@@ -323,7 +398,7 @@ impl Tally {
         }
     }
 
-    fn render(&self, full: &RunInfo, rerun: Option<&RunInfo>, config: &str) -> String {
+    fn render(&self, part: &Part, full: &RunInfo, rerun: Option<&RunInfo>, config: &str) -> String {
         let when = |info: &RunInfo| {
             format!(
                 "{} UTC at {}{}, {:.0} minutes, cargo-mutants {}",
@@ -338,10 +413,15 @@ impl Tally {
                 info.tool_version
             )
         };
-        let mut text = String::from("# Mutation testing of the worker\n\n");
-        text.push_str(
-            "Written by `cargo xtask mutants` (xtask/README.md, \"Mutation testing\"); not a CI \
-             step.\n\n",
+        let files = if full.files.is_empty() {
+            part.files.join(", ")
+        } else {
+            full.files.join(", ")
+        };
+        let mut text = format!(
+            "# Mutation testing of the worker: {}\n\nWritten by `cargo xtask mutants --part {}` \
+             (xtask/README.md, \"Mutation testing\"); not a CI step.\n\n- Scope: {}: {files}\n",
+            part.name, part.name, part.what
         );
         text.push_str(&format!("- Full run: {}\n", when(full)));
         if let Some(rerun) = rerun {
@@ -365,7 +445,9 @@ impl Tally {
             self.equivalent.len(),
             self.unviable
         ));
-        text.push_str("## Scope and tests (.cargo/mutants.toml)\n\n```toml\n");
+        text.push_str(
+            "## Settings and tests (.cargo/mutants.toml, as the full run read it)\n\n```toml\n",
+        );
         text.push_str(config.trim_end());
         text.push_str("\n```\n\n## Mutants the full run missed\n\n");
         if self.killed_later.is_empty() && self.equivalent.is_empty() && self.unexplained.is_empty()
@@ -390,7 +472,7 @@ impl Tally {
         if !self.unexplained.is_empty() {
             bail!(
                 "{} surviving mutant(s) not explained: kill each with a test (then `cargo xtask \
-                 mutants --re` them) or say in ci/mutants/survivors.toml why it is equivalent",
+                 mutants --part P --re` them) or say in ci/mutants/survivors.toml why it is equivalent",
                 self.unexplained.len()
             );
         }
@@ -417,6 +499,8 @@ mod tests {
             minutes: 1.0,
             re: None,
             tool_version: CARGO_MUTANTS_VERSION.into(),
+            config: None,
+            files: vec!["worker/src/a.rs".into()],
         }
     }
 
@@ -486,11 +570,18 @@ mod tests {
         assert_eq!(tally.viable(), 99);
         // 95 caught, 1 timed out, 1 caught later; g is equivalent; h survives.
         assert!((tally.ratio() - 97.0 / 99.0).abs() < 1e-12);
-        let text = tally.render(&full.info, Some(&rerun.info), "examine_globs = []");
+        let text = tally.render(
+            &PARTS[0],
+            &full.info,
+            Some(&rerun.info),
+            "timeout_multiplier = 3",
+        );
         assert!(
             text.contains("- Kill ratio: 98.0% of 99 viable mutants"),
             "{text}"
         );
+        assert!(text.contains(": worker/src/a.rs\n"), "{text}");
+        assert!(text.contains("timeout_multiplier = 3"), "{text}");
         assert!(text.contains(
             "- `worker/src/a.rs: replace g -> bool with true`: equivalent; g is only ever true"
         ));
@@ -536,6 +627,16 @@ mod tests {
             low.contains("the kill ratio 50.0% is below the target 95%"),
             "{low}"
         );
+    }
+
+    /// cargo-mutants adds the files of `--file` to the settings' `examine_globs`: with any
+    /// there, every part would mutate them too.
+    #[test]
+    fn the_settings_leave_the_files_to_the_parts() {
+        let path = project_root().join(".cargo/mutants.toml");
+        let settings: toml::Table =
+            toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        assert!(!settings.contains_key("examine_globs"), "{settings:?}");
     }
 
     #[test]

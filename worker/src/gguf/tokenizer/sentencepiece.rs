@@ -98,10 +98,10 @@ pub(super) fn build(header: &Header) -> Result<Tokenizer> {
     }
     tokenizer.with_decoder(Some(Sequence::new(decoders)));
     // transformers adds the unknown, BOS, EOS and padding tokens as special tokens too, whatever
-    // their type: "<s>" written in text is BOS.
+    // their type: "<s>" written in text is BOS. An id past the vocabulary names no token.
     let mut special_ids = Vec::new();
     for key in [UNKNOWN, BOS, EOS, PADDING] {
-        special_ids.extend(header.opt_u32(key)?.filter(|id| *id < tokens.len()));
+        special_ids.extend(header.opt_u32(key)?);
     }
     add_whole_tokens(header, &mut tokenizer, &tokens, &types, &special_ids)?;
     Ok(tokenizer)
