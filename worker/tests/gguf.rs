@@ -435,6 +435,110 @@ fn a_gguf_file_loads_by_its_own_path_and_without_a_tokenizer_needs_one_in_its_me
     );
 }
 
+/// The fixture's byte-level BPE vocabulary (its tokenizer.json) in the GGUF's metadata, with
+/// `tokenizer.ggml.pre` = `pre` and no tokenizer files beside it; its last token, which only the
+/// last merge makes, is replaced by "zyx", a word in the vocabulary that no merge makes.
+fn byte_level_fixture(pre: &str) -> GgufFixture {
+    let fixture = GgufFixture::new("qwen2-q4_0");
+    let text = std::fs::read_to_string(fixture.file("tokenizer.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let vocab = json["model"]["vocab"].as_object().unwrap();
+    let mut tokens = vec![String::new(); vocab.len()];
+    for (token, id) in vocab {
+        tokens[id.as_u64().unwrap() as usize] = token.clone();
+    }
+    let mut merges: Vec<String> = json["model"]["merges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| format!("{} {}", m[0].as_str().unwrap(), m[1].as_str().unwrap()))
+        .collect();
+    let last = merges.pop().unwrap();
+    assert_eq!(last.replace(' ', ""), tokens[tokens.len() - 1]);
+    *tokens.last_mut().unwrap() = "zyx".into();
+    let specials = json["added_tokens"].as_array().unwrap().len();
+    for file in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::remove_file(fixture.file(file)).unwrap();
+    }
+    let strings = |v: &[String]| Value::Array(v.iter().cloned().map(Value::String).collect());
+    rewrite_gguf(&fixture.file("model.gguf"), |metadata, _| {
+        set(
+            metadata,
+            "tokenizer.ggml.model",
+            Value::String("gpt2".into()),
+        );
+        set(metadata, "tokenizer.ggml.pre", Value::String(pre.into()));
+        set(metadata, "tokenizer.ggml.tokens", strings(&tokens));
+        set(metadata, "tokenizer.ggml.merges", strings(&merges));
+        // llama.cpp's token types: control (3) for the added special tokens, normal (1) else.
+        let types = (0..tokens.len()).map(|id| Value::I32(if id < specials { 3 } else { 1 }));
+        set(
+            metadata,
+            "tokenizer.ggml.token_type",
+            Value::Array(types.collect()),
+        );
+    });
+    fixture
+}
+
+#[test]
+fn a_byte_level_vocabulary_in_the_metadata_splits_text_as_its_pre_tokenizer_does() {
+    let reference_fixture = GgufFixture::new("qwen2-q4_0");
+    let reference =
+        tokenizers::Tokenizer::from_file(reference_fixture.file("tokenizer.json")).unwrap();
+    let id = |token: &str| reference.token_to_id(token).unwrap();
+    let ids = |tokens: &[&str]| tokens.iter().map(|t| id(t)).collect::<Vec<u32>>();
+    let zyx = reference.get_vocab_size(true) as u32 - 1;
+    // The fixture's own pre-tokenizer is GPT-2's: the same ids for the conformance prompts and
+    // special tokens, which are matched whole.
+    let texts = [
+        "hello",
+        "The quick brown fox jumps over the lazy dog while the cat sleeps in the warm afternoon sun.",
+        "Grüße aus Zürich, 世界!",
+        "<|im_start|>user\nhello 2024<|im_end|>\n",
+    ];
+    let gpt2 = byte_level_fixture("gpt-2");
+    let files = ModelFiles::open(&gpt2.path()).unwrap();
+    for text in texts {
+        let expected = reference.encode(text, false).unwrap().get_ids().to_vec();
+        assert_eq!(
+            files.prompter().codec().encode_rendered(text).unwrap(),
+            expected,
+            "{text:?}"
+        );
+    }
+    // Digits grouped (GPT-2), one by one (SmolLM, StarCoder, Qwen2) or by three (Llama 3); a word
+    // in the vocabulary taken whole (Llama 3's `ignore_merges`); text in NFC (Qwen2).
+    let one_by_one = ["1", "4", "7", "1"];
+    for (pre, digits, whole_word, nfc) in [
+        ("gpt-2", &["14", "71"][..], false, false),
+        ("smollm", &one_by_one[..], false, false),
+        ("starcoder", &one_by_one[..], false, false),
+        ("llama-bpe", &["14", "7", "1"][..], true, false),
+        ("qwen2", &one_by_one[..], false, true),
+    ] {
+        let fixture = byte_level_fixture(pre);
+        let files = ModelFiles::open(&fixture.path()).unwrap();
+        let encode = |text: &str| files.prompter().codec().encode_rendered(text).unwrap();
+        assert_eq!(encode("1471"), ids(digits), "{pre}");
+        assert_eq!(
+            encode("zyx") == [zyx],
+            whole_word,
+            "{pre}: {:?}",
+            encode("zyx")
+        );
+        assert_eq!(encode("e\u{301}") == encode("\u{e9}"), nfc, "{pre}");
+        for text in texts {
+            let decoded = files.prompter().codec().decode(&encode(text)).unwrap();
+            assert_eq!(
+                decoded,
+                text.replace("<|im_start|>", "").replace("<|im_end|>", ""),
+                "{pre}"
+            );
+        }
+    }
+}
+
 /// What ci/reference/spm_tokenizer.py wrote: a SentencePiece vocabulary trained by
 /// sentencepiece, and transformers' ids for a corpus with the tokenizer it builds from a GGUF
 /// file holding that vocabulary.
