@@ -714,22 +714,41 @@ fn a_phi3_file_with_a_sentencepiece_vocabulary_puts_the_marker_after_special_tok
 }
 
 #[test]
-fn a_sentencepiece_score_that_is_not_finite_is_refused_by_its_key() {
+fn sentencepiece_scores_and_types_that_do_not_fit_the_vocabulary_are_refused_by_key() {
     let reference = sentencepiece_reference();
-    let fixture = sentencepiece_fixture(&reference, None);
-    rewrite_gguf(&fixture.file("model.gguf"), |metadata, _| {
-        let mut scores: Vec<Value> = reference.scores.iter().map(|s| Value::F32(*s)).collect();
-        scores[300] = Value::F32(f32::NAN);
-        set(metadata, "tokenizer.ggml.scores", Value::Array(scores));
-    });
-    let message = match ModelFiles::open(&fixture.path()) {
-        Ok(_) => panic!("a NaN score was accepted"),
-        Err(e) => e.to_string(),
-    };
-    assert!(
-        message.contains("`tokenizer.ggml.scores`") && message.contains("token 300 is NaN"),
-        "{message}"
-    );
+    let count = reference.tokens.len();
+    let scores: Vec<Value> = reference.scores.iter().map(|s| Value::F32(*s)).collect();
+    let types: Vec<Value> = reference
+        .token_types
+        .iter()
+        .map(|t| Value::I32(*t))
+        .collect();
+    let mut nan = scores.clone();
+    nan[300] = Value::F32(f32::NAN);
+    let short = format!("has {} entries for {count} tokens", count - 1);
+    let cases = [
+        (
+            "tokenizer.ggml.scores",
+            nan,
+            "the score of token 300 is NaN".to_string(),
+        ),
+        ("tokenizer.ggml.scores", scores[1..].to_vec(), short.clone()),
+        ("tokenizer.ggml.token_type", types[1..].to_vec(), short),
+    ];
+    for (key, values, expected) in cases {
+        let fixture = sentencepiece_fixture(&reference, None);
+        rewrite_gguf(&fixture.file("model.gguf"), |metadata, _| {
+            set(metadata, key, Value::Array(values));
+        });
+        let message = match ModelFiles::open(&fixture.path()) {
+            Ok(_) => panic!("{key}: accepted, expected {expected}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            message.contains(&format!("`{key}`")) && message.contains(&expected),
+            "{message}"
+        );
+    }
 }
 
 #[test]
