@@ -233,10 +233,10 @@ impl HfConfig {
             Some(Value::Object(m)) => m.clone(),
             Some(v) => return Err(self.error(field, format!("expected an object, found {v}"))),
         };
+        // A null parameter counts as absent, as transformers reads it.
+        let present = |key: &str| params.get(key).filter(|v| !v.is_null());
         let param_f64 = |key: &str| -> Result<Option<f64>> {
-            params
-                .get(key)
-                .filter(|v| !v.is_null())
+            present(key)
                 .map(|v| {
                     v.as_f64().ok_or_else(|| {
                         self.error(
@@ -287,7 +287,6 @@ impl HfConfig {
 
         // transformers 4.x wrote `type`, later `rope_type`; a `rope_type: null` beside `type`
         // leaves `type` in force.
-        let present = |key: &str| params.get(key).filter(|v| !v.is_null());
         let rope_type = present("rope_type").or_else(|| present("type"));
         let rope_type = match rope_type {
             None => "default",

@@ -497,16 +497,6 @@ fn a_byte_level_vocabulary_in_the_metadata_splits_text_as_its_pre_tokenizer_does
         "Grüße aus Zürich, 世界!",
         "<|im_start|>user\nhello 2024<|im_end|>\n",
     ];
-    let gpt2 = byte_level_fixture("gpt-2");
-    let files = ModelFiles::open(&gpt2.path()).unwrap();
-    for text in texts {
-        let expected = reference.encode(text, false).unwrap().get_ids().to_vec();
-        assert_eq!(
-            files.prompter().codec().encode_rendered(text).unwrap(),
-            expected,
-            "{text:?}"
-        );
-    }
     // Digits grouped (GPT-2), one by one (SmolLM, StarCoder, Qwen2) or by three (Llama 3); a word
     // in the vocabulary taken whole (Llama 3's `ignore_merges`); text in NFC (Qwen2).
     let one_by_one = ["1", "4", "7", "1"];
@@ -520,6 +510,12 @@ fn a_byte_level_vocabulary_in_the_metadata_splits_text_as_its_pre_tokenizer_does
         let fixture = byte_level_fixture(pre);
         let files = ModelFiles::open(&fixture.path()).unwrap();
         let encode = |text: &str| files.prompter().codec().encode_rendered(text).unwrap();
+        if pre == "gpt-2" {
+            for text in texts {
+                let expected = reference.encode(text, false).unwrap().get_ids().to_vec();
+                assert_eq!(encode(text), expected, "{text:?}");
+            }
+        }
         assert_eq!(encode("1471"), ids(digits), "{pre}");
         assert_eq!(
             encode("zyx") == [zyx],

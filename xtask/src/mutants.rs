@@ -111,17 +111,13 @@ fn run_part(sh: &Shell, part: &Part, args: &Args, survivors: &Survivors) -> Resu
     }
     let full = Run::load(&full_dir)?;
     // The scope the full run had, which later edits of the file do not change.
-    let config = match &full.info.config {
-        Some(config) => config.clone(),
-        None => read_config()?,
-    };
     // A rerun older than the full run says nothing about the code the full run tested.
     let rerun = match Run::load(&rerun_dir) {
         Ok(rerun) if rerun.info.started_at > full.info.started_at => Some(rerun),
         _ => None,
     };
     let summary = Tally::of(&full, rerun.as_ref(), survivors);
-    let text = summary.render(part, &full.info, rerun.as_ref().map(|r| &r.info), &config);
+    let text = summary.render(part, &full.info, rerun.as_ref().map(|r| &r.info));
     let path = root.join(format!("ci/mutants/{}.md", part.name));
     std::fs::write(&path, &text).with_context(|| format!("{}", path.display()))?;
     println!("{text}\nwritten to {}", path.display());
@@ -169,7 +165,7 @@ fn mutate(sh: &Shell, part: &Part, out: &Path, re: Option<&str>) -> Result<()> {
         minutes: started.elapsed().as_secs_f64() / 60.0,
         re: re.map(str::to_string),
         tool_version: CARGO_MUTANTS_VERSION.into(),
-        config: Some(config),
+        config,
         files: part.files.iter().map(|f| f.to_string()).collect(),
     };
     std::fs::write(out.join("run.json"), serde_json::to_string_pretty(&info)?)?;
@@ -216,11 +212,9 @@ struct RunInfo {
     minutes: f64,
     re: Option<String>,
     tool_version: String,
-    /// .cargo/mutants.toml as the run read it; absent in runs written before it was kept.
-    #[serde(default)]
-    config: Option<String>,
-    /// The files mutated (globs); absent in runs written before they were kept.
-    #[serde(default)]
+    /// .cargo/mutants.toml as the run read it.
+    config: String,
+    /// The files mutated (globs).
     files: Vec<String>,
 }
 
@@ -398,7 +392,7 @@ impl Tally {
         }
     }
 
-    fn render(&self, part: &Part, full: &RunInfo, rerun: Option<&RunInfo>, config: &str) -> String {
+    fn render(&self, part: &Part, full: &RunInfo, rerun: Option<&RunInfo>) -> String {
         let when = |info: &RunInfo| {
             format!(
                 "{} UTC at {}{}, {:.0} minutes, cargo-mutants {}",
@@ -413,11 +407,7 @@ impl Tally {
                 info.tool_version
             )
         };
-        let files = if full.files.is_empty() {
-            part.files.join(", ")
-        } else {
-            full.files.join(", ")
-        };
+        let files = full.files.join(", ");
         let mut text = format!(
             "# Mutation testing of the worker: {}\n\nWritten by `cargo xtask mutants --part {}` \
              (xtask/README.md, \"Mutation testing\"); not a CI step.\n\n- Scope: {}: {files}\n",
@@ -448,7 +438,7 @@ impl Tally {
         text.push_str(
             "## Settings and tests (.cargo/mutants.toml, as the full run read it)\n\n```toml\n",
         );
-        text.push_str(config.trim_end());
+        text.push_str(full.config.trim_end());
         text.push_str("\n```\n\n## Mutants the full run missed\n\n");
         if self.killed_later.is_empty() && self.equivalent.is_empty() && self.unexplained.is_empty()
         {
@@ -499,7 +489,7 @@ mod tests {
             minutes: 1.0,
             re: None,
             tool_version: CARGO_MUTANTS_VERSION.into(),
-            config: None,
+            config: "timeout_multiplier = 3.0\n".into(),
             files: vec!["worker/src/a.rs".into()],
         }
     }
@@ -570,12 +560,7 @@ mod tests {
         assert_eq!(tally.viable(), 99);
         // 95 caught, 1 timed out, 1 caught later; g is equivalent; h survives.
         assert!((tally.ratio() - 97.0 / 99.0).abs() < 1e-12);
-        let text = tally.render(
-            &PARTS[0],
-            &full.info,
-            Some(&rerun.info),
-            "timeout_multiplier = 3",
-        );
+        let text = tally.render(&PARTS[0], &full.info, Some(&rerun.info));
         assert!(
             text.contains("- Kill ratio: 98.0% of 99 viable mutants"),
             "{text}"
@@ -633,9 +618,7 @@ mod tests {
     /// there, every part would mutate them too.
     #[test]
     fn the_settings_leave_the_files_to_the_parts() {
-        let path = project_root().join(".cargo/mutants.toml");
-        let settings: toml::Table =
-            toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let settings: toml::Table = toml::from_str(&read_config().unwrap()).unwrap();
         assert!(!settings.contains_key("examine_globs"), "{settings:?}");
     }
 
