@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use candle_core::DType;
 use serde::Serialize;
 
 use crate::chat::ChatTemplate;
@@ -14,6 +15,7 @@ use crate::error::Result;
 use crate::folder::{read_json_object, ModelFolder, Weights, WeightsFormat, TOKENIZER};
 use crate::gguf::format::{GgufArchitecture, Header};
 use crate::gguf::tokenizer::{GgufText, CHAT_TEMPLATE};
+use crate::memory::LoadBytes;
 use crate::model::{ArchConfig, Architecture, Dims, ModuleConfig, Window};
 use crate::prompter::Prompter;
 use crate::tokens::{ModelSpecials, TextCodec};
@@ -108,14 +110,7 @@ impl ModelFiles {
         if let Some(problem) =
             memory::machine_memory().and_then(|bytes| memory::context_problem(&arch, bytes))
         {
-            return Err(match &folder.weights {
-                Weights::Gguf(path) => Error::field(
-                    path,
-                    format!("{}.context_length", arch.architecture.name()),
-                    problem,
-                ),
-                _ => Error::field(&folder.config(), "max_position_embeddings", problem),
-            });
+            return Err(context_error(&folder, &arch, problem));
         }
         let tokenizer_config = match &folder.tokenizer_config {
             Some(path) => Some((path.as_path(), read_json_object(path)?)),
@@ -187,12 +182,49 @@ impl ModelFiles {
         &self.arch
     }
 
+    /// What loading these files in `dtype` puts on a device before any request (an estimate:
+    /// GGUF weights as the file stores them).
+    pub fn load_bytes(&self, dtype: DType) -> LoadBytes {
+        let checkpoint = &self.info.checkpoint;
+        let weights = match self.module {
+            Module::Gguf(_) => checkpoint.file_bytes as u128,
+            Module::SafeTensors(_) => checkpoint.parameters as u128 * dtype.size_in_bytes() as u128,
+        };
+        LoadBytes {
+            weights,
+            rotary_tables: memory::rotary_table_bytes(&self.arch),
+        }
+    }
+
+    /// The error for a load that does not fit: on the context's setting when the rotary tables
+    /// alone are too large, else on the weights.
+    pub(crate) fn memory_error(&self, needed: LoadBytes, free: u64, problem: String) -> Error {
+        if needed.rotary_tables > free as u128 {
+            context_error(&self.folder, &self.arch, problem)
+        } else {
+            Error::weights(&self.folder.root, problem)
+        }
+    }
+
     /// The settings of the module a SafeTensors checkpoint is built with.
     pub fn module_config(&self) -> Option<&dyn ModuleConfig> {
         match &self.module {
             Module::SafeTensors(module) => Some(module.as_ref()),
             Module::Gguf(_) => None,
         }
+    }
+}
+
+/// An error on the setting that sizes the context: `max_position_embeddings`, or the GGUF's
+/// `<arch>.context_length`.
+fn context_error(folder: &ModelFolder, arch: &ArchConfig, problem: String) -> Error {
+    match &folder.weights {
+        Weights::Gguf(path) => Error::field(
+            path,
+            format!("{}.context_length", arch.architecture.name()),
+            problem,
+        ),
+        _ => Error::field(&folder.config(), "max_position_embeddings", problem),
     }
 }
 

@@ -21,7 +21,7 @@ use crate::request::{
     Generation, GenerationTimings, PreparedRequest, Prompt, Request, StopReason, TokenEvent,
 };
 use crate::tokens::{IncrementalText, TextCodec};
-use crate::{gguf, weights};
+use crate::{gguf, memory, weights};
 
 #[derive(Clone, Copy, Debug)]
 pub struct LoadOptions {
@@ -81,6 +81,12 @@ impl Worker {
             );
         }
         let dtype = candle_dtype(options.dtype);
+        if let Some(free) = memory::device_free_memory(&device) {
+            let needed = files.load_bytes(dtype);
+            if let Some(problem) = memory::device_problem(needed, free, options.backend.name()) {
+                return Err(files.memory_error(needed, free, problem));
+            }
+        }
         let module = match &files.module {
             Module::SafeTensors(module) => Some(module.as_ref()),
             Module::Gguf(_) => None,

@@ -21,15 +21,15 @@ pub struct Args {
     pub cuda_compute_cap: Option<u32>,
 }
 
-/// The worker's tests that need a CUDA device: each fused kernel against candle's ops, and the
-/// fast engine against the candle engine.
-const CUDA_CHECKS: [&str; 2] = ["cuda_ops", "cuda_engine"];
+/// The worker's tests that need a CUDA device: each fused kernel against candle's ops, the fast
+/// engine against the candle engine, and the load's check of the device's free memory.
+const CUDA_CHECKS: [&str; 3] = ["cuda_ops", "cuda_engine", "cuda_memory"];
 
 /// What a build produced.
 pub struct Built {
     pub worker: PathBuf,
     pub harness: PathBuf,
-    /// For cuda: the worker's checks of its CUDA fast path (`CUDA_CHECKS`), by test name.
+    /// For cuda: the worker's checks that need a device (`CUDA_CHECKS`), by test name.
     pub cuda_checks: Vec<(&'static str, PathBuf)>,
 }
 
