@@ -7,12 +7,14 @@
 
 For each model of conformance/cases.toml and each prompt, transformers (float32, eager
 attention, one thread) decodes greedily with a plain forward loop over the cache: the prompt in
-one pass, then one token at a time, stopping at an EOS id or after max_tokens. It writes
+one pass, then one token at a time, stopping at an EOS id (unless the prompt says `ignore_eos`)
+or after max_tokens; a prompt's `repeat_penalty` goes through transformers'
+RepetitionPenaltyLogitsProcessor before each choice. It writes
 
 - <model>.json: the torch and transformers versions and, per prompt, the prompt ids, the greedy
   token ids and each step's five largest logits as [id, logit];
-- <model>.logits.safetensors: per prompt (tensor name = prompt id) the full logits of every step,
-  shape [steps, vocab]. Those steps are teacher-forced on the reference tokens by construction.
+- <model>.logits.safetensors: per prompt (tensor name = prompt id) the full logits of every step
+  (the model's, before any penalty), shape [steps, vocab]. Those steps are teacher-forced on the reference tokens by construction.
   A real model of cases.toml's [real] group has none (its top 5 per step only) and takes that
   group's prompts (a chat rendered with the model's template) and max_tokens.
 
@@ -32,6 +34,8 @@ from pinned_venv import NUMPY, ROOT, SAFETENSORS, TARGET, TORCH, TRANSFORMERS_5,
 from real_cases import is_real
 
 CASES = ROOT / "conformance" / "cases.toml"
+# The first id of a context-edge prompt (CONTEXT_EDGE_FIRST_ID, conformance/src/cases.rs).
+CONTEXT_EDGE_FIRST_ID = 312
 FIXTURES = TARGET / "fixtures"
 GOLDEN = ROOT / "golden" / "reference"
 
@@ -45,6 +49,14 @@ def eos_ids(model, tokenizer) -> set[int]:
         elif source is not None:
             ids.update(source)
     return ids
+
+
+def context_length(config) -> int:
+    """The worker's context for a model: its positions, or phi3's sliding window where that is
+    shorter (candle's phi3 module cannot apply the window, so the worker stops there). The suite
+    compares its prompt ids with the reference's, so a difference here fails loudly."""
+    window = getattr(config, "sliding_window", None) if config.model_type == "phi3" else None
+    return min(config.max_position_embeddings, window or config.max_position_embeddings)
 
 
 def fixture_models(cases: dict) -> list[tuple[str, Path]]:
@@ -76,22 +88,35 @@ def write_reference(out: Path, models: list[tuple[str, Path]] | None) -> None:
         group = cases["real"] if real else cases
         prompts, logits = {}, {}
         for prompt in group["prompts"]:
+            if "refused" in prompt:
+                continue  # the worker must refuse it: there is nothing to compare
             if "ids" in prompt:
                 prompt_ids = prompt["ids"]
+            elif "context_edge" in prompt:
+                over = prompt["context_edge"] == "over"
+                length = context_length(model.config) + over - group["max_tokens"]
+                prompt_ids = list(range(CONTEXT_EDGE_FIRST_ID, CONTEXT_EDGE_FIRST_ID + length))
             elif "messages" in prompt:
                 text = tokenizer.apply_chat_template(prompt["messages"], add_generation_prompt=True, tokenize=False)
                 prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             else:
                 prompt_ids = tokenizer(prompt["text"])["input_ids"]
+            # The model's logits are kept; the token is chosen after the repeat penalty, over the
+            # prompt and the tokens so far, as generate() applies it.
+            penalty = prompt.get("repeat_penalty")
+            processor = transformers.RepetitionPenaltyLogitsProcessor(penalty) if penalty else None
             steps, tokens = [], []
             with torch.no_grad():
                 result = model(torch.tensor([prompt_ids]), use_cache=True)
                 for _ in range(group["max_tokens"]):
                     step = result.logits[0, -1].float()
                     steps.append(step)
-                    token = int(step.argmax())
+                    chosen = step
+                    if processor is not None:
+                        chosen = processor(torch.tensor([prompt_ids + tokens]), step.clone()[None])[0]
+                    token = int(chosen.argmax())
                     tokens.append(token)
-                    if token in stop:
+                    if token in stop and not prompt.get("ignore_eos", False):
                         break
                     result = model(
                         torch.tensor([[token]]), past_key_values=result.past_key_values, use_cache=True

@@ -147,15 +147,42 @@ pub struct PromptCase {
     pub ids: Option<Vec<u32>>,
     /// A chat, rendered with the model's template.
     pub messages: Option<Vec<Message>>,
+    /// The request's repeat penalty (prompt and generated tokens, as transformers applies it).
+    pub repeat_penalty: Option<f32>,
+    /// Generate past EOS tokens.
+    #[serde(default)]
+    pub ignore_eos: bool,
+    /// Token ids that fill each model's own context up to its edge (see [`ContextEdge`]).
+    pub context_edge: Option<ContextEdge>,
+    /// The request must be refused with a message that contains this; nothing else is checked.
+    pub refused: Option<String>,
 }
 
+/// Prompt ids from [`CONTEXT_EDGE_FIRST_ID`] up, as many as leave room for exactly the trial's
+/// tokens in the model's context (`full`), or one more (`over`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContextEdge {
+    Full,
+    Over,
+}
+
+/// The first id of a context-edge prompt (ci/reference/reference.py counts from it too).
+pub const CONTEXT_EDGE_FIRST_ID: u32 = 312;
+
 impl PromptCase {
-    pub fn prompt(&self) -> Prompt {
-        match (&self.text, &self.ids, &self.messages) {
-            (Some(text), _, _) => Prompt::Text(text.clone()),
-            (None, Some(ids), _) => Prompt::Ids(ids.clone()),
-            (None, None, Some(messages)) => Prompt::Messages(messages.clone()),
-            (None, None, None) => unreachable!("checked by Cases::parse"),
+    /// The prompt of a trial of `max_tokens` tokens on a model of `context_length` positions.
+    pub fn prompt(&self, context_length: usize, max_tokens: usize) -> Prompt {
+        match (&self.text, &self.ids, &self.messages, self.context_edge) {
+            (Some(text), ..) => Prompt::Text(text.clone()),
+            (None, Some(ids), ..) => Prompt::Ids(ids.clone()),
+            (None, None, Some(messages), _) => Prompt::Messages(messages.clone()),
+            (None, None, None, Some(edge)) => {
+                let over = usize::from(edge == ContextEdge::Over);
+                let len = (context_length + over).saturating_sub(max_tokens).max(1);
+                Prompt::Ids((CONTEXT_EDGE_FIRST_ID..).take(len).collect())
+            }
+            (None, None, None, None) => unreachable!("checked by Cases::parse"),
         }
     }
 }
@@ -245,6 +272,15 @@ impl Cases {
             .collect()
     }
 
+    /// The ids of the prompts the worker must refuse.
+    pub fn refused_prompts(&self) -> Vec<String> {
+        self.prompts
+            .iter()
+            .filter(|p| p.refused.is_some())
+            .map(|p| p.id.clone())
+            .collect()
+    }
+
     /// The tolerance of `backend`-`dtype`, if cases.toml states one; GGUF models and real models
     /// have their own (`<backend>-<dtype>[-gguf][-real]`).
     pub fn tolerance(
@@ -282,10 +318,20 @@ fn check_prompts(prompts: &[PromptCase]) -> Result<(), String> {
             prompt.text.is_some(),
             prompt.ids.is_some(),
             prompt.messages.is_some(),
+            prompt.context_edge.is_some(),
         ];
         if given.iter().filter(|g| **g).count() != 1 {
             return Err(format!(
-                "prompt `{}` needs exactly one of `text`, `ids` and `messages`",
+                "prompt `{}` needs exactly one of `text`, `ids`, `messages` and `context_edge`",
+                prompt.id
+            ));
+        }
+        if let Some(penalty) = prompt
+            .repeat_penalty
+            .filter(|p| !(*p > 0.0 && p.is_finite()))
+        {
+            return Err(format!(
+                "prompt `{}`: repeat_penalty is {penalty}; it must be positive and finite",
                 prompt.id
             ));
         }
@@ -298,6 +344,13 @@ fn check_real(real: &Real) -> Result<(), String> {
         return Err("max_tokens must be at least 1".into());
     }
     check_prompts(&real.prompts)?;
+    if let Some(prompt) = real.prompts.iter().find(|p| p.repeat_penalty.is_some()) {
+        // Their references keep each step's top 5 model logits only, which a penalty reorders.
+        return Err(format!(
+            "prompt `{}`: the real models' prompts take no repeat_penalty",
+            prompt.id
+        ));
+    }
     let prompts: std::collections::BTreeSet<&str> =
         real.prompts.iter().map(|p| p.id.as_str()).collect();
     for model in &real.models {
@@ -418,6 +471,25 @@ mod tests {
     }
 
     #[test]
+    fn a_context_edge_prompt_leaves_room_for_exactly_the_trials_tokens_or_one_less() {
+        let cases = parse(
+            "[[prompts]]\nid = \"full\"\ncontext_edge = \"full\"\n\
+             [[prompts]]\nid = \"over\"\ncontext_edge = \"over\"\nrefused = \"at most 3\"",
+        )
+        .unwrap();
+        let ids = |prompt: &PromptCase| match prompt.prompt(64, 4) {
+            Prompt::Ids(ids) => ids,
+            other => panic!("{other:?}"),
+        };
+        let full = ids(&cases.prompts[0]);
+        assert_eq!((full.len(), full[0], full[59]), (60, 312, 371));
+        assert_eq!(ids(&cases.prompts[1]).len(), 61);
+        assert_eq!(cases.refused_prompts(), ["over"]);
+        let both = parse("[[prompts]]\nid = \"x\"\nids = [1]\ncontext_edge = \"full\"");
+        assert!(both.unwrap_err().to_string().contains("exactly one of"));
+    }
+
+    #[test]
     fn real_models_take_their_own_prompts_and_bounds_name_them() {
         let real = |model: &str| {
             parse(&format!(
@@ -431,7 +503,7 @@ mod tests {
             real_group.model("q").unwrap().llama_cpp_min_steps["chat"],
             3
         );
-        assert!(matches!(real_group.prompts[0].prompt(), Prompt::Messages(m) if m.len() == 1));
+        assert!(matches!(real_group.prompts[0].prompt(64, 8), Prompt::Messages(m) if m.len() == 1));
         let err = real(r#"{ id = "q", source = "st", llama_cpp = "l.json", llama_cpp_min_steps = { nope = 3 } }"#)
             .unwrap_err();
         assert!(err.to_string().contains("names no prompt `nope`"), "{err}");

@@ -189,11 +189,13 @@ impl Report {
 
     /// For a run with the `fault-injection` worker: every greedy trial of every model in
     /// `models` must have failed, a single-token prompt among them, or the suite could not be
-    /// trusted to catch the old cache bug. Returns how many greedy trials failed.
+    /// trusted to catch the old cache bug; the trials of `refused_prompts` generate nothing and
+    /// are left out. Returns how many greedy trials failed.
     pub fn check_fault_injection(
         &self,
         models: &[String],
         single_token_prompts: &[String],
+        refused_prompts: &[String],
     ) -> Result<usize, String> {
         let mut caught = 0;
         for model in models {
@@ -201,6 +203,7 @@ impl Report {
                 .trials
                 .iter()
                 .filter(|t| &t.model == model && t.seed == "greedy")
+                .filter(|t| !refused_prompts.contains(&t.prompt))
                 .collect();
             let missed: Vec<&str> = greedy
                 .iter()

@@ -11,6 +11,7 @@ use llm_worker_rbee::{Backend, Dtype, Generation, Request};
 
 use crate::cases::{Cases, Seed, Tolerance};
 use crate::checks::llama_cpp::LlamaCppTokens;
+use crate::checks::logits::penalized;
 use crate::checks::{recompute, reference, repeat, sampling, snapshot, source};
 use crate::engine::{self, Engine, Logits};
 use crate::hash::weights_sha256;
@@ -24,6 +25,8 @@ struct Loaded {
     engine: Box<dyn Engine>,
     format: WeightsFormat,
     weights_sha256: String,
+    /// The model's context, which context-edge prompts fill.
+    context_length: usize,
 }
 
 type Slot = Arc<Mutex<Option<Result<Loaded, String>>>>;
@@ -155,6 +158,7 @@ impl Suite {
             engine,
             format: info.format,
             weights_sha256,
+            context_length: info.context_length,
         })
     }
 
@@ -223,8 +227,13 @@ impl Suite {
             .map_err(|e| format!("source model `{source}`: generation failed: {e}"))
     }
 
-    fn request(&self, spec: &TrialSpec) -> Request {
-        let greedy = Request::greedy(spec.prompt.prompt(), spec.max_tokens);
+    fn request(&self, spec: &TrialSpec, context_length: usize) -> Request {
+        let prompt = spec.prompt.prompt(context_length, spec.max_tokens);
+        let greedy = Request {
+            repeat_penalty: spec.prompt.repeat_penalty,
+            ignore_eos: spec.prompt.ignore_eos,
+            ..Request::greedy(prompt, spec.max_tokens)
+        };
         match spec.seed {
             Seed::Sampled(seed) => Request {
                 temperature: self.cases.sampling.temperature,
@@ -238,8 +247,24 @@ impl Suite {
     }
 
     fn check_loaded(&self, spec: &TrialSpec, loaded: &mut Loaded) -> Verdict {
-        let request = self.request(spec);
+        let request = self.request(spec, loaded.context_length);
         let engine = &mut loaded.engine;
+        if let Some(expected) = &spec.prompt.refused {
+            let failure = match engine.generate(&request) {
+                Err(e) if e.contains(expected.as_str()) => None,
+                Err(e) => Some(format!("refused, but not with `{expected}`: {e}")),
+                Ok(g) => Some(format!(
+                    "generated {} tokens; the request must be refused with `{expected}`",
+                    g.token_ids.len()
+                )),
+            };
+            return Verdict::Ran {
+                failures: failure.into_iter().collect(),
+                golden_sha256: None,
+                differential: Differential::default(),
+                latency: None,
+            };
+        }
         let started = Instant::now();
         let generation = match engine.generate(&request) {
             Ok(g) => g,
@@ -315,9 +340,14 @@ impl Suite {
             }
             if let Some(logits) = engine.logits() {
                 let sampled = real.and_then(|_| self.cases.real.as_ref()?.recompute_steps);
-                if let Err(message) =
-                    check_recompute(logits, &generation, tolerance, sampled, &mut differential)
-                {
+                if let Err(message) = check_recompute(
+                    logits,
+                    &generation,
+                    request.repeat_penalty,
+                    tolerance,
+                    sampled,
+                    &mut differential,
+                ) {
                     failures.push(message);
                 }
                 let transformers_reference = !gguf && source.is_none();
@@ -362,12 +392,21 @@ impl Suite {
             generation,
         )?;
         let forced = &expected.token_ids;
-        let ours = logits
+        let mut ours = logits
             .step_logits(
                 &expected.prompt_ids,
                 &forced[..forced.len().saturating_sub(1)],
             )
             .map_err(|e| format!("teacher-forced logits: {e}"))?;
+        // The reference keeps the model's logits; its tokens were chosen after the penalty.
+        let mut reference_logits = reference_logits;
+        if let Some(penalty) = spec.prompt.repeat_penalty {
+            let prompt = &expected.prompt_ids;
+            penalized(&mut ours, prompt, forced, penalty);
+            for theirs in reference_logits.iter_mut() {
+                penalized(theirs, prompt, forced, penalty);
+            }
+        }
         reference::compare(
             expected,
             reference_logits.as_deref(),
@@ -379,32 +418,33 @@ impl Suite {
     }
 }
 
-/// The logits of every step decoding with the cache, and recomputed without it.
+/// The logits of every step decoding with the cache, and recomputed without it; with a repeat
+/// penalty, as it leaves them.
 fn check_recompute(
     logits: &mut dyn Logits,
     generation: &Generation,
+    repeat_penalty: Option<f32>,
     tolerance: Option<Tolerance>,
     sampled: Option<usize>,
     differential: &mut Differential,
 ) -> Result<(), String> {
-    let tokens = &generation.token_ids;
-    let cached = logits
-        .step_logits(&generation.prompt_ids, &tokens[..tokens.len() - 1])
+    let (prompt, tokens) = (&generation.prompt_ids, &generation.token_ids);
+    let mut cached = logits
+        .step_logits(prompt, &tokens[..tokens.len() - 1])
         .map_err(|e| format!("cached logits: {e}"))?;
     let mut full = Vec::with_capacity(cached.len());
     for step in recomputed_steps(cached.len(), sampled) {
-        let sequence: Vec<u32> = generation
-            .prompt_ids
-            .iter()
-            .chain(&tokens[..step])
-            .copied()
-            .collect();
-        full.push((
-            step,
-            logits
-                .without_cache(&sequence)
-                .map_err(|e| format!("recomputed logits at step {step}: {e}"))?,
-        ));
+        let sequence: Vec<u32> = prompt.iter().chain(&tokens[..step]).copied().collect();
+        let mut recomputed = vec![logits
+            .without_cache(&sequence)
+            .map_err(|e| format!("recomputed logits at step {step}: {e}"))?];
+        if let Some(penalty) = repeat_penalty {
+            penalized(&mut recomputed, &sequence, &[], penalty);
+        }
+        full.push((step, recomputed.remove(0)));
+    }
+    if let Some(penalty) = repeat_penalty {
+        penalized(&mut cached, prompt, tokens, penalty);
     }
     let (figures, verdict) = recompute::check(tokens, &cached, &full, tolerance);
     if let Some(figures) = figures {

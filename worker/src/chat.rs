@@ -59,6 +59,10 @@ impl ChatTemplate {
         eos_token: String,
     ) -> std::result::Result<Self, minijinja::Error> {
         let mut env = Environment::new();
+        // As transformers renders them: a block tag takes the newline after it and the spaces
+        // before it, which templates written one tag per line rely on.
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
         // Hugging Face templates are written for Python's Jinja: `.strip()`, `.items()`, ...
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |message: String| {

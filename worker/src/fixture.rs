@@ -44,6 +44,9 @@ pub struct FixtureLayout {
     pub add_bos: bool,
     pub eos: u32,
     pub extra_eos: Option<u32>,
+    /// The chat template of the family's released checkpoints, as their tokenizer_config.json
+    /// ships it (its special tokens are plain text to the fixture's tokenizer).
+    pub chat_template: &'static str,
 }
 
 /// The sizes that decide a model's config and tensor shapes.

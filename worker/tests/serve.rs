@@ -122,8 +122,9 @@ fn malformed_bodies_get_a_status_naming_the_field() {
         (ok(json!({"seed": "x"})), 400, "seed"),
         (ok(json!({"ignore_eos": "yes"})), 400, "ignore_eos"),
         (ok(json!({"job_id": 5})), 400, "job_id"),
+        // The fixture's Llama 2 template raises unless the roles alternate from the user's.
         (
-            raw(r#"{"messages": [{"role": "user", "content": "x"}], "max_tokens": 4}"#),
+            raw(r#"{"messages": [{"role": "assistant", "content": "x"}], "max_tokens": 4}"#),
             400,
             "messages",
         ),
@@ -418,6 +419,28 @@ fn a_chat_prompt_past_the_context_is_a_400_naming_messages() {
             .as_str()
             .unwrap()
             .contains("the context is 128 tokens"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_model_without_a_chat_template_answers_messages_with_a_400() {
+    let fixture = Fixture::new("llama");
+    fixture.edit_json("tokenizer_config.json", |c| {
+        c.remove("chat_template");
+    });
+    let server = Server::start(fixture.path());
+    let mut response = server.execute(&json!({"max_tokens": 4,
+        "messages": [{"role": "user", "content": "x"}]}));
+    let text = response.text();
+    assert_eq!(response.status, 400, "{text}");
+    let error: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(error["error"]["field"], "messages");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("the model has no chat template"),
         "{text}"
     );
 }

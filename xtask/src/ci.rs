@@ -134,7 +134,11 @@ fn fault_injection(sh: &Shell) -> Result<()> {
     );
     let report = Report::from_records(run, &records, &cases.models.fixtures)?;
     let caught = report
-        .check_fault_injection(&cases.models.fixtures, &cases.single_token_prompts())
+        .check_fault_injection(
+            &cases.models.fixtures,
+            &cases.single_token_prompts(),
+            &cases.refused_prompts(),
+        )
         .map_err(anyhow::Error::msg)?;
     eprintln!(
         "fault injection: all {caught} greedy trials of {} fixtures failed with the cache reset skipped",

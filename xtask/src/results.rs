@@ -52,9 +52,11 @@ pub fn run(args: &Args) -> Result<()> {
             .to_string_lossy()
             .into_owned();
         if label.starts_with("fault-injection") {
-            match report
-                .check_fault_injection(&cases.models.fixtures, &cases.single_token_prompts())
-            {
+            match report.check_fault_injection(
+                &cases.models.fixtures,
+                &cases.single_token_prompts(),
+                &cases.refused_prompts(),
+            ) {
                 Ok(caught) => println!("{label}: all {caught} greedy trials failed, as they must"),
                 Err(message) => {
                     failed += 1;

@@ -54,9 +54,37 @@ pub fn argmax(values: &[f32]) -> usize {
     best
 }
 
+/// Each step's logits as a repeat penalty leaves them, written from transformers'
+/// `RepetitionPenaltyLogitsProcessor`: at step `i` every id of `prompt` and `tokens[..i]`, once,
+/// has a positive logit divided by `penalty` and a negative one multiplied by it. The checks
+/// compare the logits a token was chosen from.
+pub fn penalized(steps: &mut [Vec<f32>], prompt: &[u32], tokens: &[u32], penalty: f32) {
+    for (step, logits) in steps.iter_mut().enumerate() {
+        let mut seen = std::collections::BTreeSet::new();
+        for &id in prompt.iter().chain(&tokens[..step.min(tokens.len())]) {
+            if let Some(logit) = logits.get_mut(id as usize).filter(|_| seen.insert(id)) {
+                *logit = if *logit < 0.0 {
+                    *logit * penalty
+                } else {
+                    *logit / penalty
+                };
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_penalty_reaches_each_id_of_the_prompt_and_earlier_steps_once() {
+        let mut steps = vec![vec![4.0, -1.0, 2.0, 3.0]; 3];
+        penalized(&mut steps, &[1, 1], &[0, 3, 2], 2.0);
+        assert_eq!(steps[0], [4.0, -2.0, 2.0, 3.0]);
+        assert_eq!(steps[1], [2.0, -2.0, 2.0, 3.0]);
+        assert_eq!(steps[2], [2.0, -2.0, 2.0, 1.5]);
+    }
 
     #[test]
     fn a_near_tie_needs_both_tokens_in_each_others_top_five() {

@@ -32,6 +32,11 @@ struct SnapshotSampling {
     top_p: Option<f64>,
     top_k: Option<usize>,
     seed: Option<u64>,
+    /// Kept out of the snapshots of the trials without them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    repeat_penalty: Option<f32>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    ignore_eos: bool,
 }
 
 #[derive(Serialize)]
@@ -62,6 +67,8 @@ pub fn contents(
                 Seed::Sampled(seed) => Some(seed),
                 Seed::Label(_) => None,
             },
+            repeat_penalty: request.repeat_penalty,
+            ignore_eos: request.ignore_eos,
         },
         prompt: SnapshotPrompt {
             id: &spec.prompt.id,

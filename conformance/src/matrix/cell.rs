@@ -22,6 +22,9 @@ pub enum Showing {
         source_agreement: Option<(usize, usize)>,
         /// Real GGUF models: leading greedy steps equal to llama.cpp's, of its steps.
         llama_cpp_agreement: Option<(usize, usize)>,
+        /// Trials cases.toml defines for the model that the run did not have (it was made
+        /// before they were added).
+        not_run: usize,
     },
     Failed {
         failed: usize,
@@ -35,7 +38,9 @@ pub enum Showing {
     ExpectedToFail(usize),
 }
 
-pub fn showing(report: &Report, model: &str, snapshots: &Path) -> Option<Showing> {
+/// What `report` showed for `model`, of which cases.toml defines `defined` trials per
+/// backend-dtype.
+pub fn showing(report: &Report, model: &str, defined: usize, snapshots: &Path) -> Option<Showing> {
     let trials: Vec<_> = report.trials.iter().filter(|t| t.model == model).collect();
     if trials.is_empty() {
         return None;
@@ -83,6 +88,7 @@ pub fn showing(report: &Report, model: &str, snapshots: &Path) -> Option<Showing
                     .iter()
                     .filter_map(|t| t.differential.as_ref()?.llama_cpp_agreement.as_ref()),
             ),
+            not_run: defined.saturating_sub(trials.len()),
         }
     })
 }
@@ -104,8 +110,12 @@ impl Showing {
                 diverged,
                 source_agreement,
                 llama_cpp_agreement,
+                not_run,
             } => {
                 let mut text = "passed".to_string();
+                if *not_run > 0 {
+                    write!(text, " ({not_run} trials of cases.toml not run)").unwrap();
+                }
                 if *expected_failures > 0 {
                     write!(text, ", {expected_failures} expected failures").unwrap();
                 }
@@ -165,9 +175,16 @@ pub fn mark(runs: &[Shown]) -> String {
     }
     let passed: Vec<String> = runs
         .iter()
-        .filter(|r| matches!(r.showing, Showing::Passed { .. }))
+        .filter(|r| matches!(r.showing, Showing::Passed { not_run: 0, .. }))
         .map(|r| r.transport.replacen("library", "lib", 1))
         .collect();
+    if passed.is_empty()
+        && runs
+            .iter()
+            .any(|r| matches!(r.showing, Showing::Passed { .. }))
+    {
+        return "partial".into();
+    }
     // The library first, the others by name.
     let mut transports: Vec<&str> = passed.iter().map(String::as_str).collect();
     transports.sort_by_key(|t| (!t.starts_with("lib"), *t));
@@ -191,6 +208,7 @@ mod tests {
             diverged: 0,
             source_agreement: None,
             llama_cpp_agreement: None,
+            not_run: 0,
         };
         let shown = |transport: &str, showing| Shown {
             footnote: 1,
@@ -216,5 +234,22 @@ mod tests {
             "fail 3/16"
         );
         assert_eq!(mark(&[]), "not run");
+        let partial = || Showing::Passed {
+            expected_failures: 0,
+            ignored: 0,
+            diverged: 0,
+            source_agreement: None,
+            llama_cpp_agreement: None,
+            not_run: 2,
+        };
+        assert_eq!(mark(&[shown("library", partial())]), "partial");
+        assert_eq!(
+            mark(&[shown("library", partial()), shown("http", pass())]),
+            "pass (http)"
+        );
+        assert_eq!(
+            partial().detail(),
+            "passed (2 trials of cases.toml not run)"
+        );
     }
 }

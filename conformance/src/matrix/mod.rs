@@ -29,7 +29,8 @@ pub fn render(cases: &Cases, reports: &[CommittedReport], snapshots: &Path) -> S
          `llm-worker-rbee serve` both passed, `(http)` when only the latter ran), **fail f/t** \
          (trials failed / trials run), **expected fail** (every trial failed as `cases.toml` \
          expects, for the reason it gives), **stale** (a golden snapshot changed after the run), \
-         **ignored** (the model was not present), or **not run**. Rows are the fixture models of \
+         **ignored** (the model was not present), **partial** (the runs passed, but were made \
+         before trials were added to `cases.toml` and lack them), or **not run**. Rows are the fixture models of \
          `conformance/cases.toml`: tiny random-weight models that exercise each architecture's \
          code, not the released checkpoints. The details table gives each run of a cell that \
          showed more than a pass: greedy trials whose tokens left the reference's at a near tie \
@@ -50,8 +51,10 @@ pub fn render(cases: &Cases, reports: &[CommittedReport], snapshots: &Path) -> S
         .collect();
     let fixtures = cases.models.ids();
     let mut details = Vec::new();
+    let per_model = cases.seeds.len() * cases.prompts.len();
     out.push_str(&table(
         &fixtures,
+        per_model,
         &columns,
         reports,
         snapshots,
@@ -73,7 +76,15 @@ pub fn render(cases: &Cases, reports: &[CommittedReport], snapshots: &Path) -> S
              on the same file before the first difference, and **source e/s** against the \
              SafeTensors model of the same weights.\n\n",
         );
-        out.push_str(&table(&real, &columns, reports, snapshots, &mut details));
+        let per_model = cases.seeds.len() * cases.real.as_ref().map_or(0, |r| r.prompts.len());
+        out.push_str(&table(
+            &real,
+            per_model,
+            &columns,
+            reports,
+            snapshots,
+            &mut details,
+        ));
     }
     if !details.is_empty() {
         out.push_str("\n## Details\n\n| model | backend-dtype | runs |\n|---|---|---|\n");
@@ -120,10 +131,11 @@ fn via(run: &RunInfo) -> String {
     }
 }
 
-/// The rows of `models`: a mark per column; a line of `details` for each cell whose runs showed
-/// more than a pass.
+/// The rows of `models`, each with `per_model` trials in cases.toml per column: a mark per
+/// column; a line of `details` for each cell whose runs showed more than a pass.
 fn table(
     models: &[String],
+    per_model: usize,
     columns: &[(String, String)],
     reports: &[CommittedReport],
     snapshots: &Path,
@@ -150,7 +162,7 @@ fn table(
                     Some(Shown {
                         footnote: i + 1,
                         transport: via(&c.report.run),
-                        showing: showing(&c.report, model, snapshots)?,
+                        showing: showing(&c.report, model, per_model, snapshots)?,
                     })
                 })
                 .collect();

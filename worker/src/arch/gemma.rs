@@ -87,6 +87,7 @@ impl Architecture for Gemma {
             add_bos: true,
             eos: EOS,
             extra_eos: None,
+            chat_template: include_str!("chat_templates/gemma.jinja"),
         }
     }
 

@@ -111,6 +111,7 @@ impl Architecture for Gemma2 {
             add_bos: true,
             eos: EOS,
             extra_eos: None,
+            chat_template: include_str!("chat_templates/gemma.jinja"),
         }
     }
 

@@ -106,6 +106,7 @@ impl Architecture for Llama {
             add_bos: true,
             eos: EOS,
             extra_eos: None,
+            chat_template: include_str!("chat_templates/llama.jinja"),
         }
     }
 

@@ -113,6 +113,7 @@ impl Architecture for Mistral {
             add_bos: true,
             eos: EOS,
             extra_eos: None,
+            chat_template: include_str!("chat_templates/mistral.jinja"),
         }
     }
 

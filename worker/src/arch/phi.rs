@@ -91,6 +91,7 @@ impl Architecture for Phi {
             add_bos: false,
             eos: ENDOFTEXT,
             extra_eos: None,
+            chat_template: include_str!("chat_templates/phi.jinja"),
         }
     }
 

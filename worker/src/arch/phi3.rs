@@ -94,6 +94,7 @@ impl Architecture for Phi3 {
             add_bos: false,
             eos: ENDOFTEXT,
             extra_eos: Some(IM_END),
+            chat_template: include_str!("chat_templates/phi3.jinja"),
         }
     }
 

@@ -98,6 +98,7 @@ impl Architecture for Qwen2 {
             add_bos: false,
             eos: ENDOFTEXT,
             extra_eos: Some(IM_END),
+            chat_template: include_str!("chat_templates/qwen2.jinja"),
         }
     }
 

@@ -87,6 +87,7 @@ impl Architecture for Qwen3 {
             add_bos: false,
             eos: ENDOFTEXT,
             extra_eos: Some(IM_END),
+            chat_template: include_str!("chat_templates/qwen3.jinja"),
         }
     }
 

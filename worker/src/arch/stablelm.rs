@@ -109,6 +109,7 @@ impl Architecture for StableLm {
             add_bos: false,
             eos: ENDOFTEXT,
             extra_eos: None,
+            chat_template: include_str!("chat_templates/stablelm.jinja"),
         }
     }
 

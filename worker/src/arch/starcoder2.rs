@@ -98,6 +98,7 @@ impl Architecture for Starcoder2 {
             add_bos: false,
             eos: ENDOFTEXT,
             extra_eos: None,
+            chat_template: include_str!("chat_templates/starcoder2.jinja"),
         }
     }
 

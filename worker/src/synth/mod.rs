@@ -327,6 +327,11 @@ impl FixtureFiles {
             .chain(layout.extra_eos)
             .collect();
         let generation_config = json!({"bos_token_id": bos, "eos_token_id": if eos_ids.len() == 1 { json!(eos_ids[0]) } else { json!(eos_ids) }});
+        // A template file's last newline is not the template's.
+        let chat_template = layout
+            .chat_template
+            .strip_suffix('\n')
+            .unwrap_or(layout.chat_template);
         let tokenizer_config = if layout.add_bos {
             json!({
                 "tokenizer_class": "PreTrainedTokenizerFast",
@@ -337,6 +342,7 @@ impl FixtureFiles {
                 "unk_token": SPECIAL_TOKENS[0],
                 "model_max_length": MAX_POSITIONS,
                 "clean_up_tokenization_spaces": false,
+                "chat_template": chat_template,
             })
         } else {
             json!({
@@ -344,6 +350,7 @@ impl FixtureFiles {
                 "eos_token": SPECIAL_TOKENS[layout.eos as usize],
                 "model_max_length": MAX_POSITIONS,
                 "clean_up_tokenization_spaces": false,
+                "chat_template": chat_template,
             })
         };
         Self {
