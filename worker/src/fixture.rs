@@ -30,7 +30,24 @@ pub struct FixtureVariant {
     pub seed: u64,
     /// A small sliding window, for the variants whose prompts run past it.
     pub sliding_window: Option<usize>,
+    /// Rotary settings in transformers 5's `rope_parameters`, in place of `rope_theta` 10000.
+    pub rope: Option<FixtureRope>,
     pub description: &'static str,
+}
+
+/// A fixture's `rope_parameters`: its base, and Llama 3's frequency scaling where set.
+#[derive(Clone, Copy, Debug)]
+pub struct FixtureRope {
+    pub theta: f64,
+    pub llama3: Option<Llama3Scaling>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Llama3Scaling {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_position_embeddings: usize,
 }
 
 /// The choices of an architecture's fixture models beyond their sizes.

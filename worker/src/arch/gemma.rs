@@ -75,6 +75,7 @@ impl Architecture for Gemma {
             id: "gemma",
             seed: 6,
             sliding_window: None,
+            rope: None,
             description: "multi-query attention, head_dim 32, scaled embeddings",
         }]
     }

@@ -92,12 +92,14 @@ impl Architecture for Gemma2 {
                 id: "gemma2",
                 seed: 0,
                 sliding_window: None,
+                rope: None,
                 description: "soft-capping, query_pre_attn_scalar unlike head_dim",
             },
             FixtureVariant {
                 id: "gemma2-sw8",
                 seed: 1,
                 sliding_window: Some(8),
+                rope: None,
                 description: "sliding window of 8 on every other layer",
             },
         ]

@@ -14,7 +14,9 @@ use serde_json::{json, Value};
 use crate::config::{HfConfig, RopeDefaults, RopeKind, RopeScaling};
 use crate::error::Result;
 use crate::fast::{Heads, LlamaShape, QkvKind};
-use crate::fixture::{FixtureLayout, FixtureVariant, Geometry, TensorLayout, EOS};
+use crate::fixture::{
+    FixtureLayout, FixtureRope, FixtureVariant, Geometry, Llama3Scaling, TensorLayout, EOS,
+};
 use crate::model::{ArchConfig, Architecture, CausalLm, Dims, ModuleConfig, Parsed, Window};
 use crate::modules::llama as llama_module;
 
@@ -90,12 +92,31 @@ impl Architecture for Llama {
     }
 
     fn fixtures(&self) -> &'static [FixtureVariant] {
-        &[FixtureVariant {
-            id: "llama",
-            seed: 9,
-            sliding_window: None,
-            description: "GQA, BOS added, untied output",
-        }]
+        &[
+            FixtureVariant {
+                id: "llama",
+                seed: 9,
+                sliding_window: None,
+                rope: None,
+                description: "GQA, BOS added, untied output",
+            },
+            FixtureVariant {
+                id: "llama-rope",
+                seed: 12,
+                sliding_window: None,
+                rope: Some(FixtureRope {
+                    theta: 500_000.0,
+                    llama3: Some(Llama3Scaling {
+                        factor: 8.0,
+                        low_freq_factor: 1.0,
+                        high_freq_factor: 4.0,
+                        original_max_position_embeddings: 32,
+                    }),
+                }),
+                description: "transformers 5's rope_parameters: rope_theta 500000 and Llama 3's \
+                              scaling (factor 8 over 32 original positions), as Llama 3.1",
+            },
+        ]
     }
 
     fn fixture_layout(&self) -> FixtureLayout {

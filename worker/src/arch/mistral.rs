@@ -94,12 +94,14 @@ impl Architecture for Mistral {
                 id: "mistral",
                 seed: 11,
                 sliding_window: None,
+                rope: None,
                 description: "GQA, no window",
             },
             FixtureVariant {
                 id: "mistral-sw8",
                 seed: 5,
                 sliding_window: Some(8),
+                rope: None,
                 description: "sliding window of 8 on every layer",
             },
         ]

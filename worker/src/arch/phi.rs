@@ -79,6 +79,7 @@ impl Architecture for Phi {
             id: "phi",
             seed: 4,
             sliding_window: None,
+            rope: None,
             description: "partial rotary, parallel attention/MLP, biases",
         }]
     }

@@ -81,6 +81,7 @@ impl Architecture for Phi3 {
             id: "phi3",
             seed: 5,
             sliding_window: None,
+            rope: None,
             description: "fused projections; a 64-token window limits the context, as \
                           Phi-3-mini-4k's does",
         }]

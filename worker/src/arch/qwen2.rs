@@ -77,12 +77,14 @@ impl Architecture for Qwen2 {
                 id: "qwen2",
                 seed: 0,
                 sliding_window: None,
+                rope: None,
                 description: "GQA, q/k/v biases, tied output, two EOS ids",
             },
             FixtureVariant {
                 id: "qwen2-sw8",
                 seed: 3,
                 sliding_window: Some(8),
+                rope: None,
                 description: "sliding_window 8 with use_sliding_window false, as the released \
                               Qwen2.5 configs: transformers ignores the window, candle's module \
                               would apply it",

@@ -75,6 +75,7 @@ impl Architecture for Qwen3 {
             id: "qwen3",
             seed: 1,
             sliding_window: None,
+            rope: None,
             description: "q/k norms, head_dim 32 unlike hidden/heads, tied output",
         }]
     }

@@ -97,6 +97,7 @@ impl Architecture for StableLm {
             id: "stablelm",
             seed: 5,
             sliding_window: None,
+            rope: None,
             description: "quarter rotary, q/k/v biases",
         }]
     }

@@ -79,12 +79,14 @@ impl Architecture for Starcoder2 {
                 id: "starcoder2",
                 seed: 6,
                 sliding_window: None,
+                rope: None,
                 description: "LayerNorm, biases, GELU MLP, tied output",
             },
             FixtureVariant {
                 id: "starcoder2-sw8",
                 seed: 3,
                 sliding_window: Some(8),
+                rope: None,
                 description: "sliding window of 8 on every layer",
             },
         ]

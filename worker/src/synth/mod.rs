@@ -21,7 +21,9 @@ use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, Tokenizer, TokenizerBuilder};
 
 use crate::error::{Error, Result};
-use crate::fixture::{Fill, FixtureVariant, Geometry, BOS, ENDOFTEXT, HEADS, SPECIAL_TOKENS};
+use crate::fixture::{
+    Fill, FixtureRope, FixtureVariant, Geometry, BOS, ENDOFTEXT, HEADS, SPECIAL_TOKENS,
+};
 use crate::model::Architecture;
 use crate::{arch, folder};
 
@@ -70,6 +72,8 @@ pub struct FixtureSpec {
     pub seed: u64,
     /// A small sliding window, for the variants whose prompts run past it.
     pub sliding_window: Option<usize>,
+    /// Rotary settings in `rope_parameters` (transformers 5), in place of `rope_theta` 10000.
+    pub rope: Option<FixtureRope>,
     pub description: &'static str,
 }
 
@@ -82,6 +86,7 @@ pub fn fixtures() -> Vec<FixtureSpec> {
         size: FixtureSize::SMALL,
         seed: variant.seed,
         sliding_window: variant.sliding_window,
+        rope: variant.rope,
         description: variant.description,
     };
     let plain = arch::ALL
@@ -103,6 +108,7 @@ pub fn wide_fixtures() -> Vec<FixtureSpec> {
         size: FixtureSize::WIDE,
         seed: 2,
         sliding_window: None,
+        rope: None,
         description: "hidden size 256: the source of the k-quant GGUF fixture",
     }]
 }
@@ -322,6 +328,23 @@ impl FixtureFiles {
             &mut config,
             arch.fixture_config(&geometry, spec.sliding_window),
         );
+        if let Some(rope) = spec.rope {
+            config.as_object_mut().map(|c| c.remove("rope_theta"));
+            let mut parameters = json!({"rope_type": "default", "rope_theta": rope.theta});
+            if let Some(l) = rope.llama3 {
+                merge(
+                    &mut parameters,
+                    json!({
+                        "rope_type": "llama3",
+                        "factor": l.factor,
+                        "low_freq_factor": l.low_freq_factor,
+                        "high_freq_factor": l.high_freq_factor,
+                        "original_max_position_embeddings": l.original_max_position_embeddings,
+                    }),
+                );
+            }
+            merge(&mut config, json!({ "rope_parameters": parameters }));
+        }
 
         let eos_ids: Vec<u32> = std::iter::once(layout.eos)
             .chain(layout.extra_eos)
