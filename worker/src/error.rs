@@ -57,14 +57,17 @@ pub enum Error {
 
 impl From<candle_core::Error> for Error {
     fn from(error: candle_core::Error) -> Self {
-        // With RUST_BACKTRACE set, candle wraps its errors with a backtrace, which would end up
-        // in messages to clients; the cause is what they need.
-        let mut error = error;
-        while let candle_core::Error::WithBacktrace { inner, .. } = error {
-            error = *inner;
-        }
-        Error::Candle(error)
+        Error::Candle(without_backtrace(error))
     }
+}
+
+/// `error` without the backtrace candle wraps its errors in when RUST_BACKTRACE is set, which
+/// would end up in messages to users and clients; the cause is what they need.
+pub fn without_backtrace(mut error: candle_core::Error) -> candle_core::Error {
+    while let candle_core::Error::WithBacktrace { inner, .. } = error {
+        error = *inner;
+    }
+    error
 }
 
 impl From<RequestError> for Error {

@@ -11,7 +11,7 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
 
 use crate::checkpoint::{holds_non_finite, layers_held, summarize_list, CheckpointSummary};
-use crate::error::{Error, Result};
+use crate::error::{without_backtrace, Error, Result};
 use crate::fast::LlamaShape;
 use crate::folder::{ModelFolder, Weights};
 use crate::model::{ArchConfig, CausalLm, ModuleConfig};
@@ -287,7 +287,11 @@ pub fn load_model(
     let model = built.map_err(|e| {
         Error::weights(
             root,
-            format!("cannot build the {} model: {e}", arch.architecture),
+            format!(
+                "cannot build the {} model: {}",
+                arch.architecture,
+                without_backtrace(e)
+            ),
         )
     })?;
 

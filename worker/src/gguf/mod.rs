@@ -26,7 +26,7 @@ use self::format::{
 };
 use crate::checkpoint::{holds_non_finite, layers_held, summarize_list};
 use crate::config::{Rope, RopeScaling};
-use crate::error::{Error, Result};
+use crate::error::{without_backtrace, Error, Result};
 use crate::model::{ArchConfig, Architecture, CausalLm, Dims, Window};
 
 /// Every architecture with a quantized module.
@@ -341,8 +341,9 @@ pub fn load(
         Error::weights(
             path,
             format!(
-                "cannot build the quantized {} model: {e}",
-                gguf.architecture()
+                "cannot build the quantized {} model: {}",
+                gguf.architecture(),
+                without_backtrace(e)
             ),
         )
     })
