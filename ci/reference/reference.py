@@ -14,7 +14,8 @@ RepetitionPenaltyLogitsProcessor before each choice. It writes
 - <model>.json: the torch and transformers versions and, per prompt, the prompt ids, the greedy
   token ids and each step's five largest logits as [id, logit];
 - <model>.logits.safetensors: per prompt (tensor name = prompt id) the full logits of every step
-  (the model's, before any penalty), shape [steps, vocab]. Those steps are teacher-forced on the reference tokens by construction.
+  (the model's, before any penalty), shape [steps, vocab]. Those steps are teacher-forced on the
+  reference tokens by construction.
   A real model of cases.toml's [real] group has none (its top 5 per step only) and takes that
   group's prompts (a chat rendered with the model's template) and max_tokens.
 

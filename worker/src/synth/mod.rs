@@ -329,7 +329,9 @@ impl FixtureFiles {
             arch.fixture_config(&geometry, spec.sliding_window),
         );
         if let Some(rope) = spec.rope {
-            config.as_object_mut().map(|c| c.remove("rope_theta"));
+            if let Some(config) = config.as_object_mut() {
+                config.remove("rope_theta");
+            }
             let mut parameters = json!({"rope_type": "default", "rope_theta": rope.theta});
             if let Some(l) = rope.llama3 {
                 merge(
