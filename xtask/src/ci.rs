@@ -35,6 +35,15 @@ const STEPS: &[(&str, Step)] = &[
     ("conformance over http", |_| {
         test::run(&test::Args::cpu_http())
     }),
+    ("conformance in bf16 and f16", |_| {
+        for dtype in [Dtype::Bf16, Dtype::F16] {
+            test::run(&test::Args {
+                dtype,
+                ..test::Args::cpu()
+            })?;
+        }
+        Ok(())
+    }),
     ("conformance under nextest", |sh| {
         Ok(cmd!(sh, "cargo nextest run -p conformance --no-fail-fast").run()?)
     }),
@@ -50,7 +59,7 @@ const STEPS: &[(&str, Step)] = &[
 pub struct Args {
     /// Run only this step (repeatable), e.g. `--step "remote hosts"`; the steps, in order:
     /// formatting, clippy, fixtures, tests, "real model", conformance, "conformance over http",
-    /// "conformance under nextest", "fault injection", "remote hosts", workflow, "support
+    /// "conformance in bf16 and f16", "conformance under nextest", "fault injection", "remote hosts", workflow, "support
     /// matrix".
     #[arg(long = "step", value_name = "NAME")]
     steps: Vec<String>,

@@ -1,16 +1,14 @@
-//! Gemma: candle-transformers `models::gemma`. Embeddings are always tied.
+//! Gemma: the worker's module derived from candle-transformers `models::gemma2`
+//! (`modules::gemma`), which computes the rotary tables in f32 as transformers does (candle's
+//! `models::gemma` computes them in the model dtype). Embeddings are always tied.
 
-use std::any::Any;
-
-use candle_core::{Result as CandleResult, Tensor};
-use candle_nn::VarBuilder;
-use candle_transformers::models::gemma as candle_gemma;
 use serde_json::{json, Value};
 
 use crate::config::{HfConfig, RopeDefaults};
 use crate::error::Result;
 use crate::fixture::{FixtureLayout, FixtureVariant, Geometry, TensorLayout, EOS};
-use crate::model::{self, ArchConfig, Architecture, CausalLm, Dims, ModuleConfig, Parsed, Window};
+use crate::model::{self, ArchConfig, Architecture, Dims, Parsed, Window};
+use crate::modules::gemma as gemma_module;
 
 pub struct Gemma;
 
@@ -40,14 +38,13 @@ impl Architecture for Gemma {
         if !tie_word_embeddings {
             return Err(cfg.error(
                 "tie_word_embeddings",
-                "is false, but candle's gemma module always ties the output to the embeddings",
+                "is false, but Gemma ties the output to the embeddings",
             ));
         }
-        let module = candle_gemma::Config {
+        let module = gemma_module::Config {
             attention_bias: cfg.bool_or("attention_bias", false)?,
             head_dim: dims.head_dim,
-            hidden_act: None,
-            hidden_activation: Some(hidden_activation(cfg)?),
+            hidden_activation: hidden_activation(cfg)?,
             hidden_size: dims.hidden_size,
             intermediate_size: dims.intermediate_size,
             num_attention_heads: dims.num_heads,
@@ -56,7 +53,12 @@ impl Architecture for Gemma {
             rms_norm_eps: cfg.opt_positive_f64("rms_norm_eps")?.unwrap_or(1e-6),
             rope_theta: rope.theta,
             vocab_size: dims.vocab_size,
+            final_logit_softcapping: None,
+            attn_logit_softcapping: None,
+            query_pre_attn_scalar: dims.head_dim as f64,
             max_position_embeddings: dims.max_position_embeddings,
+            window: None,
+            output_norms: false,
         };
         Ok(Parsed {
             config: ArchConfig {
@@ -66,7 +68,7 @@ impl Architecture for Gemma {
                 rope,
                 window: Window::None,
             },
-            module: Box::new(Config(module)),
+            module: Box::new(module),
         })
     }
 
@@ -118,33 +120,5 @@ fn hidden_activation(cfg: &HfConfig) -> Result<candle_nn::Activation> {
     match name {
         Some("gelu") | None => Ok(candle_nn::Activation::GeluPytorchTanh),
         Some(_) => model::activation(cfg, key, "gelu_pytorch_tanh"),
-    }
-}
-
-#[derive(Debug)]
-struct Config(candle_gemma::Config);
-
-impl ModuleConfig for Config {
-    fn load(&self, vb: VarBuilder<'static>) -> CandleResult<Box<dyn CausalLm>> {
-        Ok(Box::new(Model(candle_gemma::Model::new(
-            false, &self.0, vb,
-        )?)))
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-}
-
-struct Model(candle_gemma::Model);
-
-impl CausalLm for Model {
-    fn forward(&mut self, ids: &Tensor, offset: usize) -> CandleResult<Tensor> {
-        self.0.forward(ids, offset)
-    }
-
-    fn reset(&mut self) -> CandleResult<()> {
-        self.0.clear_kv_cache();
-        Ok(())
     }
 }

@@ -1,17 +1,13 @@
 //! Gemma 2: the worker's module derived from candle-transformers `models::gemma2`
-//! (`modules::gemma2`), which applies the sliding window as transformers does.
+//! (`modules::gemma`), which applies the sliding window as transformers does.
 
-use std::any::Any;
-
-use candle_core::Result as CandleResult;
-use candle_nn::VarBuilder;
 use serde_json::{json, Value};
 
 use crate::config::{HfConfig, RopeDefaults};
 use crate::error::Result;
 use crate::fixture::{BlockNorms, FixtureLayout, FixtureVariant, Geometry, TensorLayout, EOS};
-use crate::model::{self, ArchConfig, Architecture, CausalLm, Dims, ModuleConfig, Parsed, Window};
-use crate::modules::gemma2 as gemma2_module;
+use crate::model::{self, ArchConfig, Architecture, Dims, Parsed, Window};
+use crate::modules::gemma as gemma_module;
 
 pub struct Gemma2;
 
@@ -53,7 +49,7 @@ impl Architecture for Gemma2 {
             }
             _ => Window::None,
         };
-        let module = gemma2_module::Config {
+        let module = gemma_module::Config {
             attention_bias: cfg.bool_or("attention_bias", false)?,
             head_dim: dims.head_dim,
             hidden_activation: model::activation(cfg, "hidden_activation", "gelu_pytorch_tanh")?,
@@ -73,6 +69,7 @@ impl Architecture for Gemma2 {
                 Window::Applied { size, layers } => Some((*size, layers.clone())),
                 _ => None,
             },
+            output_norms: true,
         };
         Ok(Parsed {
             config: ArchConfig {
@@ -130,15 +127,5 @@ impl Architecture for Gemma2 {
             block_norms: BlockNorms::Sandwich { gain: 8.0 },
             ..TensorLayout::LLAMA
         }
-    }
-}
-
-impl ModuleConfig for gemma2_module::Config {
-    fn load(&self, vb: VarBuilder<'static>) -> CandleResult<Box<dyn CausalLm>> {
-        Ok(Box::new(gemma2_module::Model::load(self, vb)?))
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }

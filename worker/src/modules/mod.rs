@@ -2,7 +2,7 @@
 //! compute something other than transformers (or issue more kernels), and the masks and rotary
 //! tables they share. Architectures whose candle module is right use it directly.
 
-pub mod gemma2;
+pub mod gemma;
 pub mod llama;
 pub mod mask;
 pub mod phi;
