@@ -138,6 +138,8 @@ fn mutate(sh: &Shell, part: &Part, out: &Path, re: Option<&str>) -> Result<()> {
     // the mutated crate, where a fresh copy would build every dependency again (6 minutes here).
     // The suite writes the fixtures it misses into this tree's target/fixtures once and reads
     // them there; its records and snapshots go nowhere that counts.
+    // cargo-mutants makes `out` itself, but not its parent (absent in a fresh clone).
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mutants = cmd!(
         sh,
         "{tool} mutants --output {out} --jobs 1 --colors never {filter...}"
