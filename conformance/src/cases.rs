@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use llm_worker_rbee_api::{Backend, Dtype, Message, Prompt};
+use llm_worker_rbee_api::{Backend, Dtype, Engine, Message, Prompt};
 use serde::Deserialize;
 
 use crate::error::Error;
@@ -210,6 +210,9 @@ pub struct Tolerance {
 pub struct ExpectedFailure {
     /// A glob over trial names, e.g. `phi/*-bf16/*`.
     pub trials: String,
+    /// Only in runs on this engine (`Selection::run_engine`); absent, in every run.
+    #[serde(default)]
+    pub engine: Option<Engine>,
     pub reason: String,
 }
 
@@ -297,11 +300,12 @@ impl Cases {
             .copied()
     }
 
-    /// The expected failure that covers `trial`, if any.
-    pub fn expected_failure(&self, trial: &str) -> Option<&ExpectedFailure> {
-        self.expected_failures
-            .iter()
-            .find(|e| glob::Pattern::new(&e.trials).is_ok_and(|pattern| pattern.matches(trial)))
+    /// The expected failure that covers `trial` run on `engine`, if any.
+    pub fn expected_failure(&self, trial: &str, engine: Engine) -> Option<&ExpectedFailure> {
+        self.expected_failures.iter().find(|e| {
+            e.engine.is_none_or(|only| only == engine)
+                && glob::Pattern::new(&e.trials).is_ok_and(|pattern| pattern.matches(trial))
+        })
     }
 }
 
@@ -459,15 +463,38 @@ mod tests {
             "[[prompts]]\nid = \"a\"\ntext = \"a\"\n[[expected_failures]]\ntrials = \"llama/*-bf16/*\"\nreason = \"r\"",
         )
         .unwrap();
-        assert!(cases.expected_failure("llama/cpu-bf16/greedy/a").is_some());
-        assert!(cases.expected_failure("llama/cuda-bf16/7/a").is_some());
-        assert!(cases.expected_failure("llama/cpu-f32/greedy/a").is_none());
-        assert!(cases.expected_failure("llama2/cpu-bf16/greedy/a").is_none());
+        let candle = Engine::Candle;
+        assert!(cases
+            .expected_failure("llama/cpu-bf16/greedy/a", candle)
+            .is_some());
+        assert!(cases
+            .expected_failure("llama/cuda-bf16/7/a", Engine::Fast)
+            .is_some());
+        assert!(cases
+            .expected_failure("llama/cpu-f32/greedy/a", candle)
+            .is_none());
+        assert!(cases
+            .expected_failure("llama2/cpu-bf16/greedy/a", candle)
+            .is_none());
         let bad = parse(
             "[[prompts]]\nid = \"a\"\ntext = \"a\"\n[[expected_failures]]\ntrials = \"[x\"\nreason = \"r\"",
         )
         .unwrap_err();
         assert!(bad.to_string().contains("not a glob"), "{bad}");
+    }
+
+    #[test]
+    fn expected_failures_may_hold_on_one_engine_only() {
+        let cases = parse(
+            "[[prompts]]\nid = \"a\"\ntext = \"a\"\n[[expected_failures]]\ntrials = \"q/*-bf16/*\"\nengine = \"candle\"\nreason = \"r\"",
+        )
+        .unwrap();
+        assert!(cases
+            .expected_failure("q/cuda-bf16/greedy/a", Engine::Candle)
+            .is_some());
+        assert!(cases
+            .expected_failure("q/cuda-bf16/greedy/a", Engine::Fast)
+            .is_none());
     }
 
     #[test]

@@ -80,7 +80,7 @@ impl Suite {
         let started = Instant::now();
         let verdict = self.check(spec);
         let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let expected = self.cases.expected_failure(&spec.name);
+        let expected = self.cases.expected_failure(&spec.name, spec.run_engine);
         let (outcome, message, golden_sha256, differential, latency) = match verdict {
             Verdict::Ignored(reason) => (Outcome::Ignored, Some(reason), None, None, None),
             Verdict::Ran {
