@@ -203,6 +203,10 @@ pub struct Tolerance {
     /// near tie only: each side's token among the other's top 5 at that step, and each side
     /// preferring its token by at most this many logits.
     pub near_tie_margin: Option<f32>,
+    /// Largest absolute difference of one of the worker's top-5 log-probabilities from the
+    /// reference's at the steps before the greedy tokens differ (`checks::logprobs`); without
+    /// it the check does not run.
+    pub reference_logprobs: Option<f32>,
 }
 
 #[derive(Clone, Debug, Deserialize)]

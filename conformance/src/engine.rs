@@ -1,12 +1,13 @@
 //! The transports behind one interface: what runs a model's requests for the trials, the
-//! worker library in this process or a `llm-worker-rbee serve` process over HTTP.
+//! worker library in this process or a `llm-worker-rbee serve` process over HTTP (its own
+//! `/execute` or OpenAI's API).
 
 use std::ops::ControlFlow;
 use std::path::Path;
 
 use llm_worker_rbee::{Generation, LoadOptions, ModelInfo, Request, Worker};
 
-use crate::http::HttpWorker;
+use crate::http::{Api, HttpWorker};
 use crate::paths::Paths;
 use crate::trial::{Transport, TrialSpec};
 
@@ -52,14 +53,22 @@ pub fn start(
             let info = worker.info().clone();
             Ok((Box::new(worker), info))
         }
-        Transport::Http => {
-            let binary = paths.worker_binary.as_ref().ok_or(
-                "the http transport needs the worker binary in CONFORMANCE_WORKER \
-                 (`cargo xtask test --via http` builds it)",
-            )?;
+        Transport::Http | Transport::OpenAi => {
+            let binary = paths.worker_binary.as_ref().ok_or_else(|| {
+                format!(
+                    "the {0} transport needs the worker binary in CONFORMANCE_WORKER \
+                     (`cargo xtask test --via {0}` builds it)",
+                    spec.transport
+                )
+            })?;
             let info =
                 ModelInfo::inspect(dir).map_err(|e| format!("cannot read the model: {e}"))?;
-            let server = HttpWorker::start(binary, dir, spec.backend, spec.dtype, spec.engine)?;
+            let api = match spec.transport {
+                Transport::OpenAi => Api::OpenAi,
+                _ => Api::Execute,
+            };
+            let server =
+                HttpWorker::start(binary, dir, spec.backend, spec.dtype, spec.engine, api)?;
             Ok((Box::new(server), info))
         }
     }

@@ -76,6 +76,9 @@ pub struct Differential {
     /// Steps where decoding with the cache and a full recompute chose different tokens at a
     /// near tie.
     pub recompute_near_ties: Option<usize>,
+    /// Largest absolute difference of a reported top-5 log-probability from the reference's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_reference_logprob_diff: Option<f32>,
     /// For a GGUF fixture: how far its greedy tokens follow those of the SafeTensors fixture it
     /// was quantized from.
     #[serde(default, skip_serializing_if = "Option::is_none")]

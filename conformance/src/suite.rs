@@ -12,7 +12,7 @@ use llm_worker_rbee::{Backend, Dtype, Generation, Request};
 use crate::cases::{Cases, Seed, Tolerance};
 use crate::checks::llama_cpp::LlamaCppTokens;
 use crate::checks::logits::penalized;
-use crate::checks::{recompute, reference, repeat, sampling, snapshot, source};
+use crate::checks::{logprobs, recompute, reference, repeat, sampling, snapshot, source};
 use crate::engine::{self, Engine, Logits};
 use crate::hash::weights_sha256;
 use crate::paths::Paths;
@@ -48,7 +48,7 @@ enum Verdict {
     Ran {
         failures: Vec<String>,
         golden_sha256: Option<String>,
-        differential: Differential,
+        differential: Box<Differential>,
         latency: Option<Latency>,
     },
 }
@@ -58,7 +58,7 @@ impl Verdict {
         Verdict::Ran {
             failures: vec![message],
             golden_sha256: None,
-            differential: Differential::default(),
+            differential: Box::default(),
             latency: None,
         }
     }
@@ -109,7 +109,13 @@ impl Suite {
                         )),
                     ),
                 };
-                (outcome, message, golden_sha256, Some(differential), latency)
+                (
+                    outcome,
+                    message,
+                    golden_sha256,
+                    Some(*differential),
+                    latency,
+                )
             }
         };
         let record = TrialRecord {
@@ -261,7 +267,7 @@ impl Suite {
             return Verdict::Ran {
                 failures: failure.into_iter().collect(),
                 golden_sha256: None,
-                differential: Differential::default(),
+                differential: Box::default(),
                 latency: None,
             };
         }
@@ -272,7 +278,7 @@ impl Suite {
         };
         let first_ms = started.elapsed().as_secs_f64() * 1000.0;
         let mut failures = Vec::new();
-        let mut differential = Differential::default();
+        let mut differential = Box::<Differential>::default();
 
         let contents = snapshot::contents(spec, &loaded.weights_sha256, &request, &generation);
         let golden_sha256 = match snapshot::check(
@@ -338,6 +344,22 @@ impl Suite {
                     Err(e) => failures.push(e),
                 }
             }
+            let transformers_reference = !gguf && source.is_none();
+            let logprob_bound = tolerance.and_then(|t| t.reference_logprobs);
+            if let Some(bound) = logprob_bound.filter(|_| transformers_reference) {
+                let reference = self.reference(&spec.model);
+                if let Err(message) = check_logprobs(
+                    engine.as_mut(),
+                    &reference,
+                    spec,
+                    &request,
+                    &generation,
+                    bound,
+                    &mut differential,
+                ) {
+                    failures.push(message);
+                }
+            }
             if let Some(logits) = engine.logits() {
                 let sampled = real.and_then(|_| self.cases.real.as_ref()?.recompute_steps);
                 if let Err(message) = check_recompute(
@@ -350,7 +372,6 @@ impl Suite {
                 ) {
                     failures.push(message);
                 }
-                let transformers_reference = !gguf && source.is_none();
                 if let Some(tolerance) = tolerance.filter(|_| transformers_reference) {
                     let reference = self.reference(&spec.model);
                     if let Err(message) = self.check_reference(
@@ -416,6 +437,55 @@ impl Suite {
             differential,
         )
     }
+}
+
+/// The request again with `logprobs`: the same tokens, and log-probabilities close to the
+/// reference's (`checks::logprobs`).
+fn check_logprobs(
+    engine: &mut dyn Engine,
+    reference: &Result<Option<Reference>, String>,
+    spec: &TrialSpec,
+    request: &Request,
+    generation: &Generation,
+    bound: f32,
+    differential: &mut Differential,
+) -> Result<(), String> {
+    let (expected, reference_logits) = reference::expected(
+        reference,
+        &spec.model,
+        &spec.prompt.id,
+        spec.max_tokens,
+        generation,
+    )?;
+    let Some(mut reference_logits) = reference_logits else {
+        // A real model's reference keeps each step's top 5 logits: no log-probabilities.
+        return Ok(());
+    };
+    let with_logprobs = Request {
+        logprobs: Some(logprobs::TOP),
+        ..request.clone()
+    };
+    let ours = engine
+        .generate(&with_logprobs)
+        .map_err(|e| format!("logprobs: generation failed: {e}"))?;
+    if ours.token_ids != generation.token_ids {
+        return Err(format!(
+            "logprobs: asked for log-probabilities, the worker generated {:?}; without, {:?}",
+            ours.token_ids, generation.token_ids
+        ));
+    }
+    // The reference keeps the model's logits; the worker's logprobs are after the penalty.
+    if let Some(penalty) = request.repeat_penalty {
+        penalized(
+            &mut reference_logits,
+            &expected.prompt_ids,
+            &expected.token_ids,
+            penalty,
+        );
+    }
+    let closeness = logprobs::compare(&expected.token_ids, &reference_logits, &ours, bound);
+    differential.max_reference_logprob_diff = closeness.max_diff;
+    closeness.verdict
 }
 
 /// The logits of every step decoding with the cache, and recomputed without it; with a repeat

@@ -8,12 +8,13 @@ use llm_worker_rbee_api::{Backend, Dtype, Engine};
 use crate::cases::{Cases, PromptCase, Seed};
 
 /// How trials reach the worker: the library in this process, or a `llm-worker-rbee serve`
-/// process per model over HTTP.
+/// process per model over HTTP, through `/execute` or through OpenAI's API.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Transport {
     #[default]
     Library,
     Http,
+    OpenAi,
 }
 
 impl Transport {
@@ -21,6 +22,7 @@ impl Transport {
         match self {
             Transport::Library => "library",
             Transport::Http => "http",
+            Transport::OpenAi => "openai",
         }
     }
 }
@@ -38,7 +40,10 @@ impl std::str::FromStr for Transport {
         match s {
             "library" => Ok(Transport::Library),
             "http" => Ok(Transport::Http),
-            other => Err(format!("unknown transport `{other}` (library or http)")),
+            "openai" => Ok(Transport::OpenAi),
+            other => Err(format!(
+                "unknown transport `{other}` (library, http or openai)"
+            )),
         }
     }
 }

@@ -30,6 +30,7 @@ pub mod files;
 pub mod fixture;
 pub mod folder;
 pub mod gguf;
+mod logprobs;
 pub mod memory;
 pub mod model;
 pub mod modules;
@@ -37,6 +38,7 @@ pub mod prompter;
 pub mod request;
 #[cfg(feature = "serve")]
 pub mod serve;
+mod stop;
 #[cfg(feature = "synth")]
 pub mod synth;
 pub mod tokens;
@@ -48,7 +50,9 @@ pub use error::{Error, Result};
 pub use files::{ModelFiles, ModelInfo};
 pub use llm_worker_rbee_api::model_id;
 pub use model::Architecture;
-pub use request::{Generation, Message, PreparedRequest, Prompt, Request, StopReason, TokenEvent};
+pub use request::{
+    Generation, Message, PreparedRequest, Prompt, Request, StopReason, TokenEvent, TokenLogprobs,
+};
 pub use worker::{LoadOptions, Worker};
 
 /// This crate's version, as reports record it.

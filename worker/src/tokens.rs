@@ -138,6 +138,13 @@ impl TextCodec {
             .map_err(|e| Error::Decode(e.to_string()))
     }
 
+    /// The text of `id` alone, special tokens included: how log-probabilities name tokens.
+    pub fn token_text(&self, id: u32) -> Result<String> {
+        self.tokenizer
+            .decode(&[id], false)
+            .map_err(|e| Error::Decode(e.to_string()))
+    }
+
     /// Every id that ends generation: from config.json (or the GGUF metadata),
     /// generation_config.json and the tokenizer's EOS token.
     pub fn eos_ids(&self) -> &[u32] {

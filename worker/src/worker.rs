@@ -15,11 +15,14 @@ use crate::error::{Error, Result};
 use crate::fast::{self, Engine};
 use crate::files::{ModelFiles, ModelInfo, Module};
 use crate::folder::Weights;
+use crate::logprobs::token_logprobs;
 use crate::model::{CausalLm, DecodeGraph};
 use crate::prompter::Prompter;
 use crate::request::{
     Generation, GenerationTimings, PreparedRequest, Prompt, Request, StopReason, TokenEvent,
+    TokenLogprobs,
 };
+use crate::stop::StopStrings;
 use crate::tokens::{IncrementalText, TextCodec};
 use crate::{gguf, memory, weights};
 
@@ -185,14 +188,15 @@ impl Worker {
         let outcome = self.run(request, &mut on_token);
         // The next request resets too; this only frees the cache's memory now.
         let reset = self.reset_cache();
-        let (token_ids, text, stop_reason, timings) = outcome?;
+        let outcome = outcome?;
         reset?;
         Ok(Generation {
             prompt_ids: request.prompt_ids().to_vec(),
-            token_ids,
-            text,
-            stop_reason,
-            timings,
+            token_ids: outcome.token_ids,
+            text: outcome.text,
+            stop_reason: outcome.stop_reason,
+            timings: outcome.timings,
+            logprobs: outcome.logprobs,
         })
     }
 
@@ -200,7 +204,7 @@ impl Worker {
         &mut self,
         prepared: &PreparedRequest,
         on_token: &mut dyn FnMut(&TokenEvent) -> ControlFlow<()>,
-    ) -> Result<(Vec<u32>, String, StopReason, GenerationTimings)> {
+    ) -> Result<Outcome> {
         let Self {
             model,
             prompter,
@@ -211,11 +215,12 @@ impl Worker {
         let codec = prompter.codec();
         let mut sampler = LogitsProcessor::from_sampling(request.seed, sampling(request));
         let greedy = is_greedy(request);
-        // The next token after `ids` at `offset`, `generated` so far.
-        let mut choose = |ids: &[u32], offset: usize, generated: &[u32]| -> Result<u32> {
-            if greedy && request.repeat_penalty.is_none() {
+        // The next token after `ids` at `offset`, `generated` so far, and its log-probabilities
+        // when the request asks for them.
+        let mut choose = |ids: &[u32], offset: usize, generated: &[u32]| -> Result<Chosen> {
+            if greedy && request.repeat_penalty.is_none() && request.logprobs.is_none() {
                 if let Some(id) = model.forward_greedy(ids, offset)? {
-                    return Ok(id);
+                    return Ok((id, None));
                 }
             }
             let mut logits = forward(model.as_mut(), device, ids, offset)?;
@@ -225,16 +230,28 @@ impl Worker {
                 logits =
                     candle_transformers::utils::apply_repeat_penalty(&logits, penalty, &context)?;
             }
-            Ok(if greedy {
+            let id = if greedy {
                 argmax(&logits)?
             } else {
                 sampler.sample(&logits)?
-            })
+            };
+            let logprobs = match request.logprobs {
+                Some(top) => {
+                    let temperature = if greedy { 1.0 } else { request.temperature };
+                    let values = logits.to_vec1::<f32>()?;
+                    Some(token_logprobs(&values, temperature, id, top, codec)?)
+                }
+                None => None,
+            };
+            Ok((id, logprobs))
         };
         let mut text = IncrementalText::new(codec);
+        let mut stops = StopStrings::new(&request.stop);
+        let mut emitted = String::new();
         let mut token_ids: Vec<u32> = Vec::with_capacity(request.max_tokens);
+        let mut all_logprobs = request.logprobs.map(|_| Vec::new());
         let started = Instant::now();
-        let mut id = choose(prompt_ids, 0, &[])?;
+        let (mut id, mut logprobs) = choose(prompt_ids, 0, &[])?;
         let mut prefill_ms = 0.0;
         let stop_reason = loop {
             let index = token_ids.len();
@@ -244,15 +261,23 @@ impl Worker {
             }
             let eos = !request.ignore_eos && codec.eos_ids().contains(&id);
             let full = token_ids.len() == request.max_tokens;
-            let piece = text.push(id, eos || full)?;
+            let released = stops.push(&text.push(id, eos || full)?, eos || full);
+            emitted.push_str(&released.text);
+            if let (Some(all), Some(logprobs)) = (&mut all_logprobs, &logprobs) {
+                all.push(logprobs.clone());
+            }
             if on_token(&TokenEvent {
                 index,
                 id,
-                text: piece,
+                text: released.text,
+                logprobs: logprobs.take(),
             })
             .is_break()
             {
                 break StopReason::Cancelled;
+            }
+            if released.stopped {
+                break StopReason::StopString;
             }
             if eos {
                 break StopReason::Eos;
@@ -260,10 +285,16 @@ impl Worker {
             if full {
                 break StopReason::MaxTokens;
             }
-            id = choose(&[id], prompt_ids.len() + index, &token_ids)?;
+            (id, logprobs) = choose(&[id], prompt_ids.len() + index, &token_ids)?;
         };
         let timings = timings(prefill_ms, elapsed_ms(started), token_ids.len());
-        Ok((token_ids, text.text().to_string(), stop_reason, timings))
+        Ok(Outcome {
+            token_ids,
+            text: emitted,
+            stop_reason,
+            timings,
+            logprobs: all_logprobs,
+        })
     }
 
     fn forward(&mut self, ids: &[u32], offset: usize) -> Result<Tensor> {
@@ -332,6 +363,18 @@ impl Worker {
         }
         Ok(())
     }
+}
+
+/// A token and, when asked for, its log-probabilities.
+type Chosen = (u32, Option<TokenLogprobs>);
+
+/// What `Worker::run` produced, before the cache is reset.
+struct Outcome {
+    token_ids: Vec<u32>,
+    text: String,
+    stop_reason: StopReason,
+    timings: GenerationTimings,
+    logprobs: Option<Vec<TokenLogprobs>>,
 }
 
 /// Runs `ids` at positions from `offset` and returns the last position's logits as an f32

@@ -353,3 +353,38 @@ fn errors_show_no_backtrace_whatever_rust_backtrace_says() {
         );
     }
 }
+
+#[test]
+fn generate_reports_logprobs_and_stops_at_a_stop_string_in_json() {
+    let fixture = Fixture::new("qwen2");
+    let base = ["--prompt-ids", "1,2,3", "--max-tokens", "8", "--ignore-eos"];
+    let run = |extra: &[&str]| {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        let output = generate(fixture.path(), &args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stderr}");
+        serde_json::from_slice::<Value>(&output.stdout).unwrap()
+    };
+    let json = run(&["--format", "json", "--logprobs", "2"]);
+    let logprobs = json["logprobs"].as_array().unwrap();
+    assert_eq!(logprobs.len(), 8);
+    for (step, entry) in logprobs.iter().enumerate() {
+        assert_eq!(entry["top"].as_array().unwrap().len(), 2, "step {step}");
+        assert_eq!(
+            entry["top"][0]["id"], json["token_ids"][step],
+            "greedy: the first"
+        );
+        assert!(entry["logprob"].as_f64().unwrap() <= 0.0);
+    }
+    let text = json["text"].as_str().unwrap();
+    let stop: String = text.chars().skip(3).take(2).collect();
+    let stopped = run(&["--format", "json", "--stop", &stop]);
+    assert_eq!(stopped["text"], &text[..text.find(&stop).unwrap()]);
+    assert_eq!(stopped["stop_reason"], "stop_string");
+    assert!(run(&["--format", "json"]).get("logprobs").is_none());
+    fails_with(
+        generate(fixture.path(), &[&base[..], &["--logprobs", "2"]].concat()),
+        "--logprobs",
+    );
+}

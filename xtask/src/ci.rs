@@ -33,8 +33,12 @@ const STEPS: &[(&str, Step)] = &[
     ("real model", real_model),
     ("conformance", |_| test::run(&test::Args::cpu())),
     ("conformance over http", |_| {
-        test::run(&test::Args::cpu_http())
+        test::run(&test::Args::cpu_via(Transport::Http))
     }),
+    ("conformance over openai", |_| {
+        test::run(&test::Args::cpu_via(Transport::OpenAi))
+    }),
+    ("openai client", openai_client),
     ("conformance in bf16 and f16", |_| {
         for dtype in [Dtype::Bf16, Dtype::F16] {
             test::run(&test::Args {
@@ -59,7 +63,7 @@ const STEPS: &[(&str, Step)] = &[
 pub struct Args {
     /// Run only this step (repeatable), e.g. `--step "remote hosts"`; the steps, in order:
     /// formatting, clippy, fixtures, tests, "real model", conformance, "conformance over http",
-    /// "conformance in bf16 and f16", "conformance under nextest", "fault injection", "remote
+    /// "conformance over openai", "openai client", "conformance in bf16 and f16", "conformance under nextest", "fault injection", "remote
     /// hosts", workflow, "support matrix".
     #[arg(long = "step", value_name = "NAME")]
     steps: Vec<String>,
@@ -114,6 +118,23 @@ fn real_model(sh: &Shell) -> Result<()> {
         models: ids,
         ..test::Args::cpu()
     })
+}
+
+/// The official `openai` Python package (pinned, in target/ci-venvs/openai) against a served
+/// fixture: ci/openai/client_check.py.
+fn openai_client(sh: &Shell) -> Result<()> {
+    const OPENAI: &str = "openai==3.63.0";
+    let venv = crate::tools::venv(sh, "openai", &[OPENAI])?;
+    let build = crate::build::Args {
+        backend: Backend::Cpu,
+        release: false,
+        cuda_compute_cap: None,
+    };
+    let worker = crate::build::build(&build, &[])?.worker;
+    let python = venv.join("bin/python");
+    let model = crate::paths::fixtures_dir().join("qwen2");
+    cmd!(sh, "{python} ci/openai/client_check.py {worker} {model}").run()?;
+    Ok(())
 }
 
 /// With the `fault-injection` feature the worker skips its per-request cache reset, the old

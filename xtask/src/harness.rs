@@ -80,7 +80,7 @@ pub fn command<'a>(
     }
     let worker = match selection.via {
         Transport::Library => None,
-        Transport::Http => {
+        Transport::Http | Transport::OpenAi => {
             let build = build::Args {
                 backend: selection.backend,
                 release: false,

@@ -33,9 +33,10 @@ pub struct Args {
     /// fixtures (repeatable). Their snapshots are new: review them with `cargo xtask snapshots`.
     #[arg(long = "model", value_name = "ID")]
     pub models: Vec<String>,
-    /// How trials reach the worker: `library` (in the harness's process) or `http` (a
-    /// `llm-worker-rbee serve` process per model, its SSE streams checked against the same
-    /// goldens; the logit checks are the library's alone).
+    /// How trials reach the worker: `library` (in the harness's process), `http` (a
+    /// `llm-worker-rbee serve` process per model, its `/execute` streams checked against the
+    /// same goldens; the logit checks are the library's alone) or `openai` (the same server
+    /// through `/v1/completions` with token-id prompts and `/v1/chat/completions`, streamed).
     #[arg(long, default_value = "library", value_name = "TRANSPORT", value_parser = transport)]
     pub via: Transport,
     /// What runs the models: `candle` (candle's modules, every backend) or `fast` (the fused
@@ -73,12 +74,9 @@ impl Args {
         }
     }
 
-    /// The CPU f32 suite over HTTP.
-    pub fn cpu_http() -> Self {
-        Self {
-            via: Transport::Http,
-            ..Self::cpu()
-        }
+    /// The CPU f32 suite over HTTP: `/execute` or OpenAI's API.
+    pub fn cpu_via(via: Transport) -> Self {
+        Self { via, ..Self::cpu() }
     }
 }
 

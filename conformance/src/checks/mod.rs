@@ -1,11 +1,13 @@
 //! The checks a trial is held to, one module each, each a function over the trial's outputs:
 //! the golden snapshot, the same request repeated, sampling settings that must act greedily,
-//! decoding with the cache against a full recompute, the transformers reference, for GGUF
+//! decoding with the cache against a full recompute, the transformers reference (logits and
+//! reported log-probabilities), for GGUF
 //! models the agreement with their source, and for a real GGUF the agreement with llama.cpp.
 //! `suite` runs the requests and calls them.
 
 pub mod llama_cpp;
 pub mod logits;
+pub mod logprobs;
 pub mod recompute;
 pub mod reference;
 pub mod repeat;
@@ -30,6 +32,7 @@ mod testing {
                 decode_ms: 0.0,
                 decode_tokens_per_s: 0.0,
             },
+            logprobs: None,
         }
     }
 }

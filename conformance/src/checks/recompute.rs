@@ -69,6 +69,7 @@ mod tests {
             reference_nmse: None,
             recompute_logits,
             near_tie_margin,
+            ..Tolerance::default()
         })
     }
 

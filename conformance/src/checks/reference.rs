@@ -203,6 +203,7 @@ mod tests {
             reference_nmse: None,
             recompute_logits: 1.0,
             near_tie_margin,
+            ..Tolerance::default()
         }
     }
 

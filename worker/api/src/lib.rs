@@ -12,7 +12,8 @@ pub mod request;
 pub use backend::{Backend, Dtype, Engine};
 pub use error::RequestError;
 pub use request::{
-    Generation, GenerationTimings, Message, Prompt, Request, StopReason, TokenEvent,
+    Generation, GenerationTimings, Message, Prompt, Request, StopReason, TokenEvent, TokenLogprobs,
+    TopLogprob,
 };
 
 /// The worker's version, as reports record it (the workspace's crates share it).

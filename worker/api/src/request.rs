@@ -40,7 +40,21 @@ pub struct Request {
     pub repeat_penalty: Option<f32>,
     /// Keep generating past EOS tokens (for benchmarks and tests).
     pub ignore_eos: bool,
+    /// Generation ends once the text contains one of these (at most [`MAX_STOP_STRINGS`]); the
+    /// text from the stop string on is not returned.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
+    /// Report each token's log-probability and those of the N most likely tokens (0 to
+    /// [`MAX_TOP_LOGPROBS`]; 0: the chosen token's alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<usize>,
 }
+
+/// The most stop strings a request may give (OpenAI's limit).
+pub const MAX_STOP_STRINGS: usize = 4;
+
+/// The most alternatives a token's log-probabilities may list (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
 
 impl Request {
     /// A greedy request for `max_tokens` tokens.
@@ -54,6 +68,8 @@ impl Request {
             seed: 0,
             repeat_penalty: None,
             ignore_eos: false,
+            stop: Vec::new(),
+            logprobs: None,
         }
     }
 
@@ -103,6 +119,26 @@ impl Request {
                 ));
             }
         }
+        if self.stop.len() > MAX_STOP_STRINGS {
+            return Err(RequestError::new(
+                "stop",
+                format!(
+                    "has {} strings; at most {MAX_STOP_STRINGS} are allowed",
+                    self.stop.len()
+                ),
+            ));
+        }
+        if self.stop.iter().any(String::is_empty) {
+            return Err(RequestError::new("stop", "holds an empty string"));
+        }
+        if let Some(n) = self.logprobs {
+            if n > MAX_TOP_LOGPROBS {
+                return Err(RequestError::new(
+                    "logprobs",
+                    format!("is {n}; it must be 0 to {MAX_TOP_LOGPROBS}"),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -114,6 +150,8 @@ pub enum StopReason {
     /// An EOS token was generated (it is the last of `token_ids`).
     Eos,
     MaxTokens,
+    /// The text reached one of the request's stop strings.
+    StopString,
     /// The token callback asked to stop.
     Cancelled,
 }
@@ -123,6 +161,7 @@ impl StopReason {
         match self {
             StopReason::Eos => "eos",
             StopReason::MaxTokens => "max_tokens",
+            StopReason::StopString => "stop_string",
             StopReason::Cancelled => "cancelled",
         }
     }
@@ -134,9 +173,31 @@ pub struct TokenEvent {
     /// Position among the generated tokens, from 0.
     pub index: usize,
     pub id: u32,
-    /// The text this token completes; may be empty (special tokens, or the first bytes of a
-    /// multi-byte character).
+    /// The text this token completes; may be empty (special tokens, the first bytes of a
+    /// multi-byte character, or text that may be the start of a stop string).
     pub text: String,
+    /// When the request asks for them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<TokenLogprobs>,
+}
+
+/// A generated token's log-probability and the most likely tokens' at its step, of the
+/// distribution it was chosen from: after the repetition penalty and the temperature, before
+/// top-k and top-p; computed in f32. Greedy requests use temperature 1.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprobs {
+    /// The token decoded alone, special tokens included.
+    pub token: String,
+    pub logprob: f32,
+    /// The most likely tokens, most likely first (the lower id first among equal ones).
+    pub top: Vec<TopLogprob>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TopLogprob {
+    pub id: u32,
+    pub token: String,
+    pub logprob: f32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -148,6 +209,9 @@ pub struct Generation {
     pub text: String,
     pub stop_reason: StopReason,
     pub timings: GenerationTimings,
+    /// One per token of `token_ids`, when the request asks for them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Vec<TokenLogprobs>>,
 }
 
 /// Wall-clock times of one request, in milliseconds.

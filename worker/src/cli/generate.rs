@@ -6,7 +6,7 @@ use std::ops::ControlFlow;
 use anyhow::{Context, Result};
 use clap::Args;
 use llm_worker_rbee::{
-    Architecture, Backend, Dtype, ModelFiles, Prompt, Request, StopReason, Worker,
+    Architecture, Backend, Dtype, ModelFiles, Prompt, Request, StopReason, TokenLogprobs, Worker,
 };
 use serde::Serialize;
 
@@ -44,6 +44,13 @@ pub struct GenerateArgs {
     /// Do not stop at EOS tokens.
     #[arg(long)]
     pub ignore_eos: bool,
+    /// End once the text contains STRING, which is left out (repeat for up to 4).
+    #[arg(long, value_name = "STRING")]
+    pub stop: Vec<String>,
+    /// With `--format json`: each token's log-probability and the K most likely tokens' (0 to
+    /// 20), of the distribution it was chosen from (after --temperature; greedy: temperature 1).
+    #[arg(long, value_name = "K")]
+    pub logprobs: Option<usize>,
     #[command(flatten)]
     pub device: DeviceArgs,
     /// `text` streams the text to stdout and a summary to stderr; `json` prints one object.
@@ -57,6 +64,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         (None, Some(ids)) => Prompt::Ids(ids),
         (None, None) => unreachable!("clap requires --prompt or --prompt-ids"),
     };
+    if args.logprobs.is_some() && args.format != Format::Json {
+        anyhow::bail!("--logprobs: log-probabilities are printed with --format json only");
+    }
     let request = Request {
         prompt,
         max_tokens: args.max_tokens,
@@ -66,6 +76,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         seed: args.seed,
         repeat_penalty: args.repeat_penalty,
         ignore_eos: args.ignore_eos,
+        stop: args.stop,
+        logprobs: args.logprobs,
     };
     let options = args.device.load_options();
     let model_dir = &args.model.folder()?;
@@ -115,6 +127,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         token_ids: &generation.token_ids,
         text: &generation.text,
         stop_reason: generation.stop_reason,
+        logprobs: generation.logprobs.as_deref(),
         timings: Timings {
             load_ms: load.load_ms,
             warmup_ms: load.warmup_ms,
@@ -137,6 +150,9 @@ struct GenerateOutput<'a> {
     token_ids: &'a [u32],
     text: &'a str,
     stop_reason: StopReason,
+    /// One per token, with `--logprobs`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    logprobs: Option<&'a [TokenLogprobs]>,
     timings: Timings,
 }
 

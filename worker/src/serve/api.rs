@@ -1,7 +1,7 @@
 //! The wire format of `serve`: the `/execute` body, its validation, the streamed events and the
 //! JSON errors.
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use std::collections::HashSet;
@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::error::Error;
-use crate::request::{Message, Prompt, Request, StopReason};
+use crate::request::{Message, Prompt, Request, StopReason, TokenLogprobs};
 
 /// The fields `/execute` accepts; any other is refused, so that a misspelt parameter is never
 /// silently ignored.
@@ -28,6 +28,8 @@ const FIELDS: &[&str] = &[
     "seed",
     "repeat_penalty",
     "ignore_eos",
+    "stop",
+    "logprobs",
 ];
 
 /// A refused request: its HTTP status, the field at fault (`body` for the body as a whole) and
@@ -48,6 +50,15 @@ impl ApiError {
         }
     }
 
+    /// The server cannot take the request now; the client may retry.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            field: "body".into(),
+            message: message.into(),
+        }
+    }
+
     /// The server's fault, not the request's.
     pub fn internal(message: impl Into<String>) -> Self {
         Self {
@@ -56,12 +67,22 @@ impl ApiError {
             message: message.into(),
         }
     }
+
+    /// The answer with `body`; a 503 asks the client to come back.
+    pub fn respond(&self, body: Value) -> Response {
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"field": self.field, "message": self.message}});
-        (self.status, Json(body)).into_response()
+        self.respond(json!({"error": {"field": self.field, "message": self.message}}))
     }
 }
 
@@ -75,24 +96,7 @@ pub struct Execute {
 /// Parses an `/execute` body into a request: the fields, their types, one prompt. What needs
 /// the model (tokens, context, the chat template) is checked when the request is prepared.
 pub fn parse_execute(body: &[u8]) -> Result<Execute, ApiError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request("body", format!("is not valid JSON: {e}")))?;
-    let Value::Object(mut object) = value else {
-        return Err(ApiError::bad_request("body", "must be a JSON object"));
-    };
-    // serde_json keeps the last of two equal keys; which one the client meant is unknowable.
-    if let Ok(FirstDuplicate(Some(key))) = serde_json::from_slice(body) {
-        return Err(ApiError::bad_request(
-            key,
-            "appears twice in one JSON object; each key must appear once",
-        ));
-    }
-    if let Some(unknown) = object.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(ApiError::bad_request(
-            unknown.clone(),
-            format!("is not a known field (known: {})", FIELDS.join(", ")),
-        ));
-    }
+    let mut object = parse_object(body, FIELDS)?;
     let job_id: Option<String> = take(&mut object, "job_id")?;
     let prompt: Option<String> = take(&mut object, "prompt")?;
     let prompt_ids: Option<Vec<u32>> = take(&mut object, "prompt_ids")?;
@@ -125,8 +129,50 @@ pub fn parse_execute(body: &[u8]) -> Result<Execute, ApiError> {
         seed: take(&mut object, "seed")?.unwrap_or(0),
         repeat_penalty: take(&mut object, "repeat_penalty")?,
         ignore_eos: take(&mut object, "ignore_eos")?.unwrap_or(false),
+        stop: take::<Stop>(&mut object, "stop")?.map_or_else(Vec::new, Stop::into_vec),
+        logprobs: take(&mut object, "logprobs")?,
     };
     Ok(Execute { job_id, request })
+}
+
+/// Reads `body` as one JSON object whose keys are all among `fields` and appear once.
+pub fn parse_object(body: &[u8], fields: &[&str]) -> Result<Map<String, Value>, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("body", format!("is not valid JSON: {e}")))?;
+    let Value::Object(object) = value else {
+        return Err(ApiError::bad_request("body", "must be a JSON object"));
+    };
+    // serde_json keeps the last of two equal keys; which one the client meant is unknowable.
+    if let Ok(FirstDuplicate(Some(key))) = serde_json::from_slice(body) {
+        return Err(ApiError::bad_request(
+            key,
+            "appears twice in one JSON object; each key must appear once",
+        ));
+    }
+    if let Some(unknown) = object.keys().find(|k| !fields.contains(&k.as_str())) {
+        return Err(ApiError::bad_request(
+            unknown.clone(),
+            format!("is not a known field (known: {})", fields.join(", ")),
+        ));
+    }
+    Ok(object)
+}
+
+/// `stop`: one string or a list of them, as OpenAI's API takes it.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Stop {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            Stop::One(stop) => vec![stop],
+            Stop::Many(stops) => stops,
+        }
+    }
 }
 
 /// The first key that some object of a JSON document holds twice, at any depth.
@@ -194,7 +240,7 @@ impl<'de> Visitor<'de> for FirstDuplicateVisitor {
 }
 
 /// Removes `field` from `object` and reads it as a `T`; `null` counts as absent.
-fn take<T: DeserializeOwned>(
+pub fn take<T: DeserializeOwned>(
     object: &mut Map<String, Value>,
     field: &'static str,
 ) -> Result<Option<T>, ApiError> {
@@ -230,6 +276,9 @@ pub enum Event {
         t: String,
         i: usize,
         id: u32,
+        /// With `logprobs` in the request: the token's and the most likely ones'.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        logprobs: Option<TokenLogprobs>,
     },
     End {
         job_id: String,
@@ -256,14 +305,14 @@ impl Event {
 }
 
 #[cfg(test)]
-mod tests {
+pub mod tests {
     use proptest::prelude::*;
 
     use super::*;
 
     /// `cases` cases from a fixed seed, so that CI runs the same inputs every time; the
     /// environment's PROPTEST_CASES and PROPTEST_RNG_SEED override both, for a deeper run by hand.
-    fn fuzz_config(cases: u32) -> ProptestConfig {
+    pub fn fuzz_config(cases: u32) -> ProptestConfig {
         let mut config = ProptestConfig::default();
         if std::env::var_os("PROPTEST_CASES").is_none() {
             config.cases = cases;
@@ -275,7 +324,7 @@ mod tests {
     }
 
     /// Any JSON value (numbers at the edges of their types among them), for a field's value.
-    fn json_value() -> impl Strategy<Value = Value> {
+    pub fn json_value() -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
             Just(Value::Null),
             any::<bool>().prop_map(Value::from),

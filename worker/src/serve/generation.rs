@@ -214,6 +214,7 @@ impl GenerationThread {
                 t: token.text.clone(),
                 i: token.index,
                 id: token.id,
+                logprobs: token.logprobs.clone(),
             };
             // A closed channel means the client disconnected: stop between tokens.
             if self.shutdown.load(Ordering::SeqCst) || replies.send(Reply::Event(event)).is_err() {

@@ -1,24 +1,25 @@
 //! `llm-worker-rbee serve`: an HTTP worker. `POST /execute` streams a generation as server-sent
-//! events, `GET /health` and `GET /metrics` tell its state. One generation runs at a time; the
+//! events; OpenAI's `/v1/chat/completions`, `/v1/completions` and `/v1/models` answer beside it;
+//! `GET /health` and `GET /metrics` tell its state. One generation runs at a time; the
 //! others wait in a bounded queue.
 
 mod api;
 mod connections;
 mod generation;
+mod jobs;
 mod metrics;
+mod openai;
 
 use std::convert::Infallible;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::sse::{self, Sse};
 use axum::response::{IntoResponse, Response};
@@ -29,16 +30,14 @@ use serde_json::json;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::oneshot;
 
-use self::api::{ApiError, Event};
+use self::api::Event;
 pub use self::connections::ConnectionLimits;
 use self::generation::{Generator, Reply};
-use self::metrics::{Metrics, Outcome};
-use crate::files::{ModelFiles, ModelInfo};
-use crate::prompter::Prompter;
+pub use self::jobs::BODY_LIMIT;
+use self::jobs::{read_body, refused, start_job, AppState};
+use self::metrics::Metrics;
+use crate::files::ModelFiles;
 use crate::worker::LoadOptions;
-
-/// The largest `/execute` body accepted; larger ones get 413.
-pub const BODY_LIMIT: usize = 1 << 20;
 
 pub struct ServeOptions {
     pub model_dir: PathBuf,
@@ -53,17 +52,6 @@ pub struct ServeOptions {
     pub connections: ConnectionLimits,
     /// How long a client may take to send a request's body.
     pub body_timeout: Duration,
-}
-
-struct AppState {
-    generator: Generator,
-    prompter: Arc<Prompter>,
-    info: ModelInfo,
-    load: LoadOptions,
-    model: String,
-    metrics: Arc<Metrics>,
-    next_job: AtomicU64,
-    body_timeout: Duration,
 }
 
 /// How long open streams may take to end after SIGTERM before the server exits anyway.
@@ -93,12 +81,17 @@ pub fn run(options: ServeOptions) -> anyhow::Result<()> {
         options.queue,
         metrics.clone(),
     )?;
+    let model_id = options.model_dir.file_name().map_or_else(
+        || options.model.clone(),
+        |n| n.to_string_lossy().into_owned(),
+    );
     let state = Arc::new(AppState {
         generator,
         prompter,
         info,
         load: options.load,
         model: options.model,
+        model_id,
         metrics,
         next_job: AtomicU64::new(1),
         body_timeout: options.body_timeout,
@@ -127,6 +120,9 @@ async fn serve(
     let local = listener.local_addr()?;
     let app = Router::new()
         .route("/execute", post(execute))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/models", get(openai::models))
         .route("/health", get(health))
         .route("/metrics", get(serve_metrics))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -194,78 +190,29 @@ async fn shutdown_signal() {
 
 async fn execute(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let arrived = Instant::now();
-    let refuse = |error: ApiError| {
-        tracing::info!(field = error.field, reason = error.message, "refused");
-        state.metrics.request(Outcome::Invalid);
-        error.into_response()
+    let parsed = match read_body(&state, request).await {
+        Ok(body) => api::parse_execute(&body),
+        Err(error) => Err(error),
     };
-    // A body announced larger than the limit is refused before waiting for it.
-    let announced = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if announced.is_some_and(|length| length > BODY_LIMIT as u64) {
-        return refuse(ApiError {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            field: "body".into(),
-            message: format!("is larger than {BODY_LIMIT} bytes"),
-        });
-    }
-    // A client that stops sending its body would otherwise hold the connection for ever.
-    let body = tokio::time::timeout(state.body_timeout, Bytes::from_request(request, &state));
-    let body = match body.await {
-        Ok(Ok(body)) => body,
-        Ok(Err(rejection)) => return refuse(body_rejected(rejection)),
-        Err(_) => {
-            return refuse(ApiError {
-                status: StatusCode::REQUEST_TIMEOUT,
-                field: "body".into(),
-                message: format!("not received within {} s", state.body_timeout.as_secs_f64()),
-            })
-        }
-    };
-    let parsed = match api::parse_execute(&body) {
+    let parsed = match parsed {
         Ok(parsed) => parsed,
-        Err(error) => return refuse(error),
+        Err(error) => return refused(&state, error).into_response(),
     };
-    let job_id = parsed
-        .job_id
-        .unwrap_or_else(|| format!("job-{}", state.next_job.fetch_add(1, Ordering::Relaxed)));
+    let job_id = parsed.job_id.unwrap_or_else(|| state.new_job_id("job"));
     // Checked and tokenized here, so that a refusal needs no turn of the generation thread.
     let span = tracing::info_span!("job", job_id = job_id.as_str());
     let prepared = match span.in_scope(|| state.prompter.prepare(&parsed.request)) {
         Ok(prepared) => prepared,
-        Err(error) => return span.in_scope(|| refuse(api::from_worker_error(error))),
+        Err(error) => {
+            return span
+                .in_scope(|| refused(&state, api::from_worker_error(error)))
+                .into_response()
+        }
     };
-    let Some(mut replies) = state.generator.submit(job_id, prepared, arrived) else {
-        state.metrics.request(Outcome::Overloaded);
-        return unavailable("the queue is full; retry later");
-    };
-    // The generation thread counts what it answers itself.
-    match replies.recv().await {
-        Some(Reply::Event(started)) => Sse::new(events(started, replies)).into_response(),
-        Some(Reply::Refused(error)) => error.into_response(),
-        None => unavailable("the server is shutting down"),
+    match start_job(&state, job_id, prepared, arrived).await {
+        Ok((started, replies)) => Sse::new(events(started, replies)).into_response(),
+        Err(error) => error.into_response(),
     }
-}
-
-fn body_rejected(rejection: BytesRejection) -> ApiError {
-    ApiError {
-        status: rejection.status(),
-        field: "body".into(),
-        message: rejection.body_text(),
-    }
-}
-
-/// A 503 that asks the client to come back.
-fn unavailable(message: &str) -> Response {
-    let body = json!({"error": {"field": "body", "message": message}});
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        [(header::RETRY_AFTER, "1")],
-        Json(body),
-    )
-        .into_response()
 }
 
 /// The SSE stream of a job: `started`, then what the generation thread sends until it drops

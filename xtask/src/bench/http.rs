@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use conformance::cases::{default_path, Cases};
-use conformance::http::HttpWorker;
+use conformance::http::{Api, HttpWorker};
 use llm_worker_rbee_api::{process, Backend, Dtype, Prompt, Request};
 use serde::Serialize;
 
@@ -84,8 +84,15 @@ pub fn run(args: &HttpArgs) -> Result<()> {
         worker.display(),
         model_dir.display()
     );
-    let server = HttpWorker::start(&worker, &model_dir, args.backend, args.dtype, None)
-        .map_err(anyhow::Error::msg)?;
+    let server = HttpWorker::start(
+        &worker,
+        &model_dir,
+        args.backend,
+        args.dtype,
+        None,
+        Api::Execute,
+    )
+    .map_err(anyhow::Error::msg)?;
     let prompts = ["hello", "The quick brown fox", "one two three four", "x"];
     let request = |i: usize| {
         let prompt = Prompt::Text(prompts[i % prompts.len()].into());

@@ -1,5 +1,5 @@
-//! The HTTP transport: a `llm-worker-rbee serve` process per model, its `/execute` streams read
-//! with reqwest, so trials check what a client of the server gets.
+//! The HTTP transports: a `llm-worker-rbee serve` process per model, its `/execute` streams (or
+//! OpenAI's, `openai`) read with reqwest, so trials check what a client of the server gets.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -9,13 +9,25 @@ use std::time::{Duration, Instant};
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use llm_worker_rbee_api::GenerationTimings;
-use llm_worker_rbee_api::{Backend, Dtype, Engine, Generation, Prompt, Request, StopReason};
+use llm_worker_rbee_api::{
+    Backend, Dtype, Engine, Generation, Prompt, Request, StopReason, TokenLogprobs,
+};
+
+mod openai;
 use serde::Deserialize;
 use serde_json::json;
 
 /// How long a server may take to load its model, and a request to finish.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(300);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The API a `HttpWorker`'s requests go through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Api {
+    Execute,
+    /// `/v1/completions` (`/v1/chat/completions` for chat prompts), streamed.
+    OpenAi,
+}
 
 /// A running `serve` process, stopped when dropped. `generate` may be called from several
 /// threads at once (the server queues them).
@@ -24,6 +36,9 @@ pub struct HttpWorker {
     base: String,
     client: reqwest::Client,
     runtime: tokio::runtime::Runtime,
+    api: Api,
+    /// The model's name in OpenAI's API: its folder's name.
+    model_id: String,
 }
 
 /// The events of `/execute`, as README.md documents them; written apart from the server's own
@@ -38,6 +53,7 @@ enum Event {
         t: String,
         i: usize,
         id: u32,
+        logprobs: Option<TokenLogprobs>,
     },
     End {
         stop_reason: StopReason,
@@ -58,6 +74,7 @@ impl HttpWorker {
         backend: Backend,
         dtype: Dtype,
         engine: Option<Engine>,
+        api: Api,
     ) -> Result<Self, String> {
         let engine: Vec<String> = engine
             .map(|e| vec!["--engine".into(), e.to_string()])
@@ -98,11 +115,17 @@ impl HttpWorker {
             .timeout(REQUEST_TIMEOUT)
             .build()
             .map_err(|e| format!("cannot make an HTTP client: {e}"))?;
+        let model_id = model_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let mut worker = Self {
             child,
             base,
             client,
             runtime,
+            api,
+            model_id,
         };
         worker.wait_until_loaded()?;
         Ok(worker)
@@ -142,9 +165,18 @@ impl HttpWorker {
     }
 
     /// Runs `request` through `/execute`: the token ids and text pieces of the stream, the
-    /// prompt ids of its `started` event and the stop reason of its `end` event.
+    /// prompt ids of its `started` event and the stop reason of its `end` event. Through OpenAI's
+    /// API, the same from its chunks.
     pub fn generate(&self, request: &Request) -> Result<Generation, String> {
-        self.runtime.block_on(self.execute(request))
+        match self.api {
+            Api::Execute => self.runtime.block_on(self.execute(request)),
+            Api::OpenAi => self.runtime.block_on(openai::generate(
+                &self.client,
+                &self.base,
+                &self.model_id,
+                request,
+            )),
+        }
     }
 
     async fn execute(&self, request: &Request) -> Result<Generation, String> {
@@ -156,6 +188,8 @@ impl HttpWorker {
             "seed": request.seed,
             "repeat_penalty": request.repeat_penalty,
             "ignore_eos": request.ignore_eos,
+            "stop": request.stop,
+            "logprobs": request.logprobs,
         });
         match &request.prompt {
             Prompt::Text(text) => body["prompt"] = json!(text),
@@ -178,13 +212,19 @@ impl HttpWorker {
         let mut prompt_ids = None;
         let mut token_ids = Vec::new();
         let mut text = String::new();
+        let mut logprobs = None;
         while let Some(event) = events.next().await {
             let event = event.map_err(|e| format!("the event stream broke: {e}"))?;
             let parsed: Event = serde_json::from_str(&event.data)
                 .map_err(|e| format!("event `{}` {:?}: {e}", event.event, event.data))?;
             match parsed {
                 Event::Started { prompt_ids: ids } => prompt_ids = Some(ids),
-                Event::Token { t, i, id } => {
+                Event::Token {
+                    t,
+                    i,
+                    id,
+                    logprobs: token_logprobs,
+                } => {
                     if i != token_ids.len() {
                         return Err(format!(
                             "token event {i} came as number {}",
@@ -193,6 +233,9 @@ impl HttpWorker {
                     }
                     token_ids.push(id);
                     text.push_str(&t);
+                    if let Some(token_logprobs) = token_logprobs {
+                        logprobs.get_or_insert_with(Vec::new).push(token_logprobs);
+                    }
                 }
                 Event::End {
                     stop_reason,
@@ -210,6 +253,7 @@ impl HttpWorker {
                             decode_ms,
                             decode_tokens_per_s: tokens_per_s,
                         },
+                        logprobs,
                     })
                 }
                 Event::Error { message } => {
