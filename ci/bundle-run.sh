@@ -5,13 +5,13 @@
 # harness log, the logs of the CUDA fast path's checks (cuda_*.txt, cuda bundles), and every
 # pending snapshot (.snap.new); never accepts a snapshot.
 #
-#   ./run.sh [--dtype f32|bf16|f16]... [--via library|http]... [--engine fast|candle]...
+#   ./run.sh [--dtype f32|bf16|f16]... [--via library|http|openai]... [--engine fast|candle]...
 #            [--fault-injection] [--cuda-lib-dir DIR] [--host-label LABEL] [--out FILE]
 #            [-- FILTER...]
 #
 # --dtype may repeat (default f32), and so may --via (default library): `http` runs the trials
 # through a `llm-worker-rbee serve` process per model (bin/llm-worker-rbee) and checks the same
-# goldens. --engine may repeat too (default: the worker's, fast on cuda for the models it
+# goldens, `openai` through the same server's OpenAI API. --engine may repeat too (default: the worker's, fast on cuda for the models it
 # covers); a run on an engine other than the default has its results in a folder whose name ends
 # in it (cuda-bf16-candle). --fault-injection also runs the harness built with the
 # worker's fault-injection feature, which must fail. CUDA libraries are searched in
@@ -58,8 +58,8 @@ for engine in "${engines[@]}"; do
 done
 for via in "${transports[@]}"; do
   case "$via" in
-    library | http) ;;
-    *) echo "run.sh: --via takes library or http, not '$via'" >&2; exit 2 ;;
+    library | http | openai) ;;
+    *) echo "run.sh: --via takes library, http or openai, not '$via'" >&2; exit 2 ;;
   esac
 done
 
