@@ -44,6 +44,11 @@ impl Prompter {
         }
     }
 
+    /// The most tokens a request's prompt and generation may hold together.
+    pub fn context_length(&self) -> usize {
+        self.context_length
+    }
+
     pub fn codec(&self) -> &TextCodec {
         &self.codec
     }

@@ -114,7 +114,7 @@ fn prepare(state: &AppState, parsed: &OpenAiRequest) -> Result<PreparedRequest, 
         .map_err(api::from_worker_error)?;
     if parsed.endpoint == Endpoint::Chat && !parsed.max_tokens_given {
         let mut request = prepared.request().clone();
-        request.max_tokens = state.info.context_length - prepared.prompt_ids().len();
+        request.max_tokens = state.prompter.context_length() - prepared.prompt_ids().len();
         return Ok(PreparedRequest::new(
             request,
             prepared.prompt_ids().to_vec(),
@@ -178,7 +178,7 @@ impl Answer {
         }
     }
 
-    /// The fields every answer and chunk starts with, and `choice` as its one choice.
+    /// An answer or chunk holding `choices` (one, or none in the usage chunk).
     fn envelope(&self, chunk: bool, choices: Vec<Value>) -> Value {
         let mut value = json!({
             "id": self.id,
