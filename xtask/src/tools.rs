@@ -1,5 +1,6 @@
-//! The linters and formatters CI runs that cargo does not ship: pinned PyPI wheels, each set in
-//! its own virtualenv under target/ci-venvs/<name>, made again when its pins change.
+//! The tools CI runs that cargo does not ship (linters, formatters, the `openai` client): pinned
+//! PyPI wheels, each set in its own virtualenv under target/ci-venvs/<name>, made again when its
+//! pins change.
 
 use std::path::PathBuf;
 
