@@ -57,7 +57,8 @@ pub struct Selection {
     pub dtypes: Vec<Dtype>,
     pub transport: Transport,
     /// `candle` runs every model on candle's modules; unset or `fast`, the worker picks its
-    /// default: the fast engine for the models it covers on CUDA, candle's modules otherwise.
+    /// default: the fast engine for the models it covers on CUDA and the CPU, candle's modules
+    /// otherwise.
     pub engine: Option<Engine>,
 }
 
@@ -77,10 +78,10 @@ impl Selection {
             ),
         };
         let backends = list("CONFORMANCE_BACKENDS", Backend::Cpu)?;
-        if engine == Some(Engine::Fast) && backends.iter().any(|b| *b != Backend::Cuda) {
+        if engine == Some(Engine::Fast) && backends.contains(&Backend::Metal) {
             return Err(
-                "CONFORMANCE_ENGINE: the fast engine runs on the cuda backend only; \
-                 leave it unset or say `candle` for the others"
+                "CONFORMANCE_ENGINE: the fast engine runs on the cuda and cpu backends only; \
+                 leave it unset or say `candle` for metal"
                     .into(),
             );
         }
@@ -121,14 +122,18 @@ pub fn snapshot_file(dir: &Path, name: &str) -> PathBuf {
 
 /// The name of the golden an engine keeps of its own for trial `name`
 /// (`<model>/<backend>-<dtype>-<engine>/<seed>/<prompt>`), for the trials where its arithmetic
-/// picks other tokens than the shared golden holds: the fast engine's, whose fused kernels round
-/// bf16 and f16 less often than candle's modules. candle's modules keep the shared goldens.
+/// picks other tokens than the shared golden holds: the CUDA fast engine's, whose fused kernels
+/// round bf16 and f16 less often than candle's modules. candle's modules keep the shared goldens,
+/// and so does the CPU fast engine, whose products are candle's bit for bit.
 pub fn engine_golden_name(name: &str, engine: Engine) -> Option<String> {
     if engine == Engine::Candle {
         return None;
     }
     let (model, rest) = name.split_once('/')?;
     let (column, rest) = rest.split_once('/')?;
+    if !column.starts_with("cuda-") {
+        return None;
+    }
     Some(format!("{model}/{column}-{engine}/{rest}"))
 }
 

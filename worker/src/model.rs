@@ -225,7 +225,7 @@ impl Dims {
     /// For modules that derive the head size from `hidden_size / num_attention_heads`.
     pub fn expect_derived_head_dim(&self, cfg: &HfConfig) -> Result<()> {
         let derived = self.hidden_size / self.num_heads;
-        if self.head_dim != derived || self.hidden_size % self.num_heads != 0 {
+        if self.head_dim != derived || !self.hidden_size.is_multiple_of(self.num_heads) {
             return Err(cfg.error(
                 "head_dim",
                 format!(

@@ -90,14 +90,18 @@ impl Worker {
                 return Err(files.memory_error(needed, free, problem));
             }
         }
-        let module = match &files.module {
-            Module::SafeTensors(module) => Some(module.as_ref()),
-            Module::Gguf(_) => None,
+        let candidate = match &files.module {
+            Module::SafeTensors(module) => fast::Candidate::SafeTensors(module.as_ref()),
+            Module::Gguf(gguf) => fast::Candidate::Gguf {
+                cpu_kernels: gguf.runs_cpu_kernels(),
+            },
         };
-        let (engine, fast_shape) = fast::choose(options.engine, &device, module)?;
+        let (engine, fast_shape) = fast::choose(options.engine, &device, candidate)?;
         let root = files.folder.root.clone();
         let model = match (&files.module, &files.folder.weights) {
-            (Module::Gguf(gguf), Weights::Gguf(path)) => gguf::load(path, *gguf, &device, dtype)?,
+            (Module::Gguf(gguf), Weights::Gguf(path)) => {
+                gguf::load(path, *gguf, &device, dtype, engine)?
+            }
             (Module::SafeTensors(module), _) => weights::load_model(
                 &files.folder,
                 &files.arch,

@@ -1,6 +1,7 @@
 //! GGUF model folders: every GGUF fixture loads and generates deterministically, keeps the KV
 //! cache invariants of the SafeTensors path, and stays close to the SafeTensors model it was
-//! quantized from; files the quantized modules would misread are refused.
+//! quantized from; the CPU fast engine gives the candle engine's logits; files the quantized
+//! modules would misread are refused.
 
 mod common;
 
@@ -11,11 +12,13 @@ use candle_core::quantized::gguf_file::{self, Content, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use common::{all_gguf_fixture_ids, greedy, prompts, run, Fixture, GgufFixture};
+use llm_worker_rbee::fast::Engine;
 use llm_worker_rbee::folder::WeightsFormat;
 use llm_worker_rbee::gguf::format::type_name;
 use llm_worker_rbee::synth::write_gguf;
 use llm_worker_rbee::tokens::IncrementalText;
 use llm_worker_rbee::{synth, Dtype, LoadOptions, ModelFiles, ModelInfo, Prompt, Request, Worker};
+use llm_worker_rbee_cpu_kernels::{nmse, Kernel};
 
 const TOKENS: usize = 16;
 
@@ -102,6 +105,44 @@ fn write_gguf_file(path: &Path, metadata: &[(String, Value)], tensors: &[(String
 fn set(metadata: &mut Vec<(String, Value)>, key: &str, value: Value) {
     metadata.retain(|(k, _)| k != key);
     metadata.push((key.to_string(), value));
+}
+
+/// The CPU fast engine is the default for the llama GGUF fixtures and gives the candle engine's
+/// logits at every step of a prompt and its continuation: bit for bit with the AVX2 kernels
+/// (candle's arithmetic in candle's order), within an NMSE of 1e-10 with the portable ones.
+#[test]
+fn the_cpu_fast_engine_gives_the_candle_engines_logits() {
+    let exact = Kernel::detect() != Kernel::Portable;
+    for id in all_gguf_fixture_ids() {
+        let fixture = GgufFixture::new(id);
+        let mut fast = fixture.load();
+        let covered = id.starts_with("llama-");
+        let expected = if covered {
+            Engine::Fast
+        } else {
+            Engine::Candle
+        };
+        assert_eq!(fast.engine(), expected, "{id}");
+        if !covered {
+            continue;
+        }
+        let options = LoadOptions {
+            engine: Some(Engine::Candle),
+            ..LoadOptions::default()
+        };
+        let mut candle = Worker::load(&fixture.path(), options).unwrap();
+        let (prompt, continuation) = ([1, 17, 5, 99, 3, 42, 7], [8, 64, 2, 31]);
+        let ours = fast.step_logits(&prompt, &continuation).unwrap();
+        let reference = candle.step_logits(&prompt, &continuation).unwrap();
+        for (step, (ours, reference)) in ours.iter().zip(&reference).enumerate() {
+            if exact {
+                assert_eq!(ours, reference, "{id}: step {step}");
+            } else {
+                let error = nmse(ours, reference);
+                assert!(error < 1e-10, "{id}: step {step}: {error}");
+            }
+        }
+    }
 }
 
 #[test]

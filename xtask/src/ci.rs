@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use conformance::cases::Cases;
 use conformance::report::{Report, RunInfo};
 use conformance::trial::Transport;
-use llm_worker_rbee_api::{Backend, Dtype};
+use llm_worker_rbee_api::{Backend, Dtype, Engine};
 use xshell::{cmd, Shell};
 
 use crate::paths::{conformance_dir, project_root};
@@ -38,6 +38,14 @@ const STEPS: &[(&str, Step)] = &[
     ("conformance over openai", |_| {
         test::run(&test::Args::cpu_via(Transport::OpenAi))
     }),
+    // The fast engine runs the llama GGUF fixtures above; candle's products stay the reference.
+    ("conformance, candle engine on GGUF llama", |_| {
+        test::run(&test::Args {
+            engine: Some(Engine::Candle),
+            filters: vec!["llama-q".into()],
+            ..test::Args::cpu()
+        })
+    }),
     ("openai client", openai_client),
     ("conformance in bf16 and f16", |_| {
         for dtype in [Dtype::Bf16, Dtype::F16] {
@@ -63,7 +71,7 @@ const STEPS: &[(&str, Step)] = &[
 pub struct Args {
     /// Run only this step (repeatable), e.g. `--step "remote hosts"`; the steps, in order:
     /// formatting, clippy, fixtures, tests, "real model", conformance, "conformance over http",
-    /// "conformance over openai", "openai client", "conformance in bf16 and f16", "conformance
+    /// "conformance over openai", "conformance, candle engine on GGUF llama", "openai client", "conformance in bf16 and f16", "conformance
     /// under nextest", "fault injection", "remote hosts", workflow, "support matrix".
     #[arg(long = "step", value_name = "NAME")]
     steps: Vec<String>,

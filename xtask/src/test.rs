@@ -39,9 +39,10 @@ pub struct Args {
     /// through `/v1/completions` with token-id prompts and `/v1/chat/completions`, streamed).
     #[arg(long, default_value = "library", value_name = "TRANSPORT", value_parser = transport)]
     pub via: Transport,
-    /// What runs the models: `candle` (candle's modules, every backend) or `fast` (the fused
-    /// CUDA kernels and graph for the llama family, candle's modules for the rest) [default:
-    /// fast on cuda, else candle]. A report of the engine that is not the default is recorded
+    /// What runs the models: `candle` (candle's modules, every backend) or `fast` (on cuda the
+    /// fused kernels and graph for the llama family, on the cpu the quantized kernels for
+    /// llama-family GGUF files, candle's modules for the rest) [default: fast on cuda and cpu,
+    /// else candle]. A report of the engine that is not the default is recorded
     /// under a name that ends in it.
     #[arg(long, value_name = "ENGINE")]
     pub engine: Option<Engine>,

@@ -324,6 +324,7 @@ fn root() -> PathBuf {
 
 const CRATES: &[&str] = &[
     "worker/api/src/lib.rs",
+    "worker/cpu-kernels/src/lib.rs",
     "worker/src/lib.rs",
     "worker/src/main.rs",
     "conformance/src/lib.rs",

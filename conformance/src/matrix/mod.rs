@@ -238,7 +238,7 @@ mod tests {
                     backend: Backend::Cpu,
                     dtype: Dtype::F32,
                     transport: "library".into(),
-                    engine: "candle".into(),
+                    engine: Engine::default_for(Backend::Cpu).name().into(),
                     git_commit: "0123456789abcdef".into(),
                     git_dirty: false,
                     started_at: "2026-11-22T06:00:00Z".into(),

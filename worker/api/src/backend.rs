@@ -97,12 +97,13 @@ impl fmt::Display for Dtype {
 #[serde(rename_all = "lowercase")]
 pub enum Engine {
     /// candle's modules (the worker's copies of them): every backend and architecture; the
-    /// default off CUDA and for the architectures the fast engine does not cover. The engine of
-    /// records made before the fast engine existed.
+    /// reference, the default on Metal and for the models the fast engine does not cover. The
+    /// engine of records made before the fast engine existed.
     #[default]
     Candle,
-    /// The fused kernels and CUDA graph: CUDA, the llama family from SafeTensors; the default
-    /// there.
+    /// On CUDA the fused kernels and CUDA graph for the llama family from SafeTensors; on the
+    /// CPU the quantized kernels for llama-family GGUF files (Q4_0, Q4_1, Q8_0 products). The
+    /// default there.
     Fast,
 }
 
@@ -117,8 +118,8 @@ impl Engine {
     /// The engine a load without one runs the models the fast engine covers with on `backend`.
     pub fn default_for(backend: Backend) -> Engine {
         match backend {
-            Backend::Cuda => Engine::Fast,
-            Backend::Cpu | Backend::Metal => Engine::Candle,
+            Backend::Cuda | Backend::Cpu => Engine::Fast,
+            Backend::Metal => Engine::Candle,
         }
     }
 }

@@ -36,9 +36,10 @@ pub struct DeviceArgs {
     /// Floating-point type for weights and activations. On CPU, bf16 is far slower than f32.
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
     pub dtype: Dtype,
-    /// The implementation to run: `candle` (candle's modules; everything) or `fast` (fused
-    /// CUDA kernels and a CUDA graph; CUDA, the llama family from SafeTensors) [default: fast
-    /// where it runs, else candle].
+    /// The implementation to run: `candle` (candle's modules; everything) or `fast` (on CUDA
+    /// fused kernels and a CUDA graph for the llama family from SafeTensors; on the CPU
+    /// quantized kernels for llama-family GGUF files) [default: fast where it runs, else
+    /// candle].
     #[arg(long, value_enum)]
     pub engine: Option<Engine>,
 }

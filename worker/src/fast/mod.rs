@@ -1,9 +1,11 @@
-//! The CUDA fast path of the llama family (llama, mistral, qwen2, qwen3 from SafeTensors):
-//! fused kernels (kernels/decode.cu) launched on candle's device and stream, a decode step
-//! captured as a CUDA graph (`llama`). candle's modules stay the reference and the fallback
-//! (`Engine::Candle`); worker/tests/cuda_ops.rs checks each kernel against the candle ops it
-//! replaces.
+//! The fast engine. On CUDA, for the llama family (llama, mistral, qwen2, qwen3 from
+//! SafeTensors): fused kernels (kernels/decode.cu) launched on candle's device and stream, a
+//! decode step captured as a CUDA graph (`llama`); worker/tests/cuda_ops.rs checks each kernel
+//! against the candle ops it replaces. On the CPU, for llama-family GGUF files: the quantized
+//! products of `cpu`, checked there against candle's. candle's modules stay the reference and
+//! the fallback (`Engine::Candle`).
 
+pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod kernels;
 #[cfg(feature = "cuda")]
@@ -20,31 +22,59 @@ pub use kernels::{Element, Kernels, QkvExtra};
 pub use llm_worker_rbee_api::Engine;
 pub use shape::{Heads, LlamaShape, QkvKind};
 
-/// The engine that runs `module` on `device`: `wanted`, else the fast engine where it runs (CUDA,
-/// the llama family from SafeTensors) and candle's elsewhere. Asking for `fast` where it does
-/// not run is an error that says why.
+/// The model an engine is chosen for.
+#[derive(Clone, Copy)]
+pub enum Candidate<'a> {
+    SafeTensors(&'a dyn ModuleConfig),
+    /// A GGUF file; `cpu_kernels`: its module runs its products on `cpu`'s kernels.
+    Gguf {
+        cpu_kernels: bool,
+    },
+}
+
+/// The engine that runs `candidate` on `device`: `wanted`, else the fast engine where it runs
+/// (CUDA, the llama family from SafeTensors; the CPU, llama-family GGUF files) and candle's
+/// elsewhere. Asking for `fast` where it does not run is an error that says why.
 pub fn choose(
     wanted: Option<Engine>,
     device: &Device,
-    module: Option<&dyn ModuleConfig>,
+    candidate: Candidate,
 ) -> Result<(Engine, Option<LlamaShape>)> {
-    let shape = module.and_then(|m| m.llama_shape());
-    let available = cfg!(feature = "cuda") && device.is_cuda();
-    match (wanted, shape) {
-        (Some(Engine::Candle), _) | (None, None) => Ok((Engine::Candle, None)),
-        (Some(Engine::Fast) | None, Some(shape)) if available => Ok((Engine::Fast, Some(shape))),
-        (None, Some(_)) => Ok((Engine::Candle, None)),
-        (Some(Engine::Fast), shape) => Err(Error::Engine(if !available {
-            "the fast engine runs on CUDA only (a build with the `cuda` feature and \
-             `--backend cuda`); use `--engine candle`"
-                .into()
-        } else if shape.is_none() && module.is_some() {
-            "the fast engine covers the llama family (llama, mistral, qwen2, qwen3) from \
-             SafeTensors; this model runs on `--engine candle`"
-                .into()
-        } else {
-            "the fast engine does not run GGUF files; use `--engine candle`".into()
-        })),
+    let on_cuda = cfg!(feature = "cuda") && device.is_cuda();
+    match (wanted, candidate) {
+        (Some(Engine::Candle), _) => Ok((Engine::Candle, None)),
+        (wanted, Candidate::SafeTensors(module)) => match (module.llama_shape(), wanted) {
+            (Some(shape), _) if on_cuda => Ok((Engine::Fast, Some(shape))),
+            (_, None) => Ok((Engine::Candle, None)),
+            (shape, Some(_)) => Err(Error::Engine(if !on_cuda {
+                "from SafeTensors the fast engine runs on CUDA only (a build with the `cuda` \
+                 feature and `--backend cuda`); use `--engine candle`"
+                    .into()
+            } else {
+                debug_assert!(shape.is_none());
+                "the fast engine covers the llama family (llama, mistral, qwen2, qwen3) from \
+                 SafeTensors; this model runs on `--engine candle`"
+                    .into()
+            })),
+        },
+        (wanted, Candidate::Gguf { cpu_kernels }) => {
+            if cpu_kernels && device.is_cpu() {
+                Ok((Engine::Fast, None))
+            } else if wanted.is_none() {
+                Ok((Engine::Candle, None))
+            } else if cpu_kernels {
+                Err(Error::Engine(
+                    "from GGUF files the fast engine runs on the CPU only; use `--engine candle`"
+                        .into(),
+                ))
+            } else {
+                Err(Error::Engine(
+                    "from GGUF files the fast engine covers the llama family (llama, mistral, \
+                     SmolLM2); this model runs on `--engine candle`"
+                        .into(),
+                ))
+            }
+        }
     }
 }
 
@@ -52,16 +82,27 @@ pub fn choose(
 mod tests {
     use super::*;
 
+    /// On the CPU the fast engine is the default for the GGUF modules with CPU kernels, and is
+    /// refused for the others with the reason; candle's runs everything when asked for.
     #[test]
-    fn candle_is_the_default_and_fast_is_refused_off_cuda() {
+    fn on_the_cpu_fast_runs_where_the_cpu_kernels_cover_the_model() {
         let cpu = Device::Cpu;
-        assert_eq!(choose(None, &cpu, None).unwrap().0, Engine::Candle);
-        assert_eq!(
-            choose(Some(Engine::Candle), &cpu, None).unwrap().0,
-            Engine::Candle
+        let (covered, other) = (
+            Candidate::Gguf { cpu_kernels: true },
+            Candidate::Gguf { cpu_kernels: false },
         );
-        let refused = choose(Some(Engine::Fast), &cpu, None).unwrap_err();
-        assert!(refused.to_string().contains("CUDA only"), "{refused}");
+        for candidate in [covered, other] {
+            let candle = choose(Some(Engine::Candle), &cpu, candidate).unwrap();
+            assert_eq!(candle.0, Engine::Candle);
+        }
+        assert_eq!(choose(None, &cpu, covered).unwrap().0, Engine::Fast);
+        assert_eq!(choose(None, &cpu, other).unwrap().0, Engine::Candle);
+        assert_eq!(
+            choose(Some(Engine::Fast), &cpu, covered).unwrap().0,
+            Engine::Fast
+        );
+        let refused = choose(Some(Engine::Fast), &cpu, other).unwrap_err();
+        assert!(refused.to_string().contains("llama family"), "{refused}");
     }
 
     /// The fast path covers exactly the llama family, with the fixtures' own sizes.
@@ -108,6 +149,12 @@ mod tests {
                 "{}",
                 spec.id
             );
+            // Off CUDA the llama family from SafeTensors runs on candle's engine.
+            let candidate = Candidate::SafeTensors(parsed.module.as_ref());
+            let chosen = choose(None, &Device::Cpu, candidate).unwrap();
+            assert_eq!(chosen.0, Engine::Candle, "{}", spec.id);
+            let refused = choose(Some(Engine::Fast), &Device::Cpu, candidate).unwrap_err();
+            assert!(refused.to_string().contains("CUDA only"), "{}", spec.id);
         }
     }
 }

@@ -13,6 +13,7 @@ use candle_core::{Device, Result as CandleResult};
 
 use crate::checkpoint::CheckpointSummary;
 use crate::error::{Error, Result};
+use crate::fast::Engine;
 use crate::model::{Architecture, CausalLm, Dims};
 use crate::tokens::{ExplicitSpecials, ModelSpecials};
 
@@ -34,12 +35,19 @@ pub trait GgufArchitecture: Send + Sync {
     /// The tensors of one block, in the order llama.cpp writes them.
     fn block_tensors(&self, dims: &Dims) -> Vec<BlockTensor>;
 
-    /// Builds the module from the file's tensors.
+    /// Whether the fast engine runs this module's products on the CPU (`fast::cpu`).
+    fn runs_cpu_kernels(&self) -> bool {
+        false
+    }
+
+    /// Builds the module from the file's tensors, for `engine` (where the module has a fast
+    /// path).
     fn load(
         &self,
         content: Content,
         file: &mut File,
         device: &Device,
+        engine: Engine,
     ) -> CandleResult<Box<dyn CausalLm>>;
 }
 

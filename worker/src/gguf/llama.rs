@@ -13,6 +13,7 @@ use candle_core::{Device, Result as CandleResult, Tensor};
 
 use super::format::{BlockTensor, GgufArchitecture, Quirks};
 use crate::arch::llama::Llama;
+use crate::fast::Engine;
 use crate::model::{Architecture, CausalLm, Dims};
 use crate::modules::quantized_llama::QuantizedLlama;
 
@@ -58,14 +59,19 @@ impl GgufArchitecture for GgufLlama {
         ]
     }
 
+    fn runs_cpu_kernels(&self) -> bool {
+        true
+    }
+
     fn load(
         &self,
         content: Content,
         file: &mut File,
         device: &Device,
+        engine: Engine,
     ) -> CandleResult<Box<dyn CausalLm>> {
         Ok(Box::new(Model(QuantizedLlama::from_gguf(
-            content, file, device,
+            content, file, device, engine,
         )?)))
     }
 }

@@ -27,6 +27,7 @@ use self::format::{
 use crate::checkpoint::{holds_non_finite, layers_held, summarize_list};
 use crate::config::{Rope, RopeScaling};
 use crate::error::{without_backtrace, Error, Result};
+use crate::fast::Engine;
 use crate::model::{ArchConfig, Architecture, CausalLm, Dims, Window};
 
 /// Every architecture with a quantized module.
@@ -323,6 +324,7 @@ pub fn load(
     gguf: &dyn GgufArchitecture,
     device: &Device,
     dtype: DType,
+    engine: Engine,
 ) -> Result<Box<dyn CausalLm>> {
     if dtype != DType::F32 {
         return Err(Error::weights(
@@ -337,7 +339,7 @@ pub fn load(
     let content = format::read_content(path)?;
     let mut file = File::open(path).map_err(|e| Error::file(path, format!("cannot open: {e}")))?;
     check_float_tensors(path, &content, &mut file)?;
-    gguf.load(content, &mut file, device).map_err(|e| {
+    gguf.load(content, &mut file, device, engine).map_err(|e| {
         Error::weights(
             path,
             format!(

@@ -5,6 +5,10 @@
 //! - the embeddings are looked up in the quantized table, a row dequantized per token (candle
 //!   holds an f32 copy of the whole table, 113 MB for SmolLM2-135M, beside the quantized one a
 //!   tied model's output product reads). The rows are the same values either way.
+//!
+//! With the fast engine on the CPU, the Q4_0, Q4_1 and Q8_0 products run on `fast::cpu`'s
+//! kernels, the input quantized once for Q/K/V and once for gate/up; candle's `QMatMul` runs the
+//! rest, and all of them with the candle engine (the reference).
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -13,6 +17,9 @@ use candle_core::quantized::{ggml_file, gguf_file, QMatMul, QTensor};
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 use candle_transformers::quantized_nn::RmsNorm;
 use candle_transformers::utils::{build_causal_mask, repeat_kv};
+
+use crate::fast::cpu::{forward_shared, BlockLinear};
+use crate::fast::Engine;
 
 /// The settings the module reads, from the metadata (checked by `gguf::parse` first).
 pub struct Settings {
@@ -107,25 +114,70 @@ impl QuantizedEmbeddings {
     }
 }
 
+/// A product of the model: candle's, or the CPU kernels' over the same quantized tensor.
+enum Product {
+    Candle(QMatMul),
+    Blocks(BlockLinear),
+}
+
+impl Product {
+    fn new(weights: Arc<QTensor>, engine: Engine) -> Result<Self> {
+        if engine == Engine::Fast {
+            if let Some(linear) = BlockLinear::new(weights.clone()) {
+                return Ok(Self::Blocks(linear));
+            }
+        }
+        QMatMul::from_arc(weights).map(Self::Candle)
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let [y] = forward_all([self], x)?;
+        Ok(y)
+    }
+}
+
+/// The products of one input: quantized once when the CPU kernels run them all.
+fn forward_all<const N: usize>(products: [&Product; N], x: &Tensor) -> Result<[Tensor; N]> {
+    let blocks: Vec<&BlockLinear> = products
+        .iter()
+        .filter_map(|p| match p {
+            Product::Blocks(linear) => Some(linear),
+            Product::Candle(_) => None,
+        })
+        .collect();
+    if let Ok(blocks) = <[&BlockLinear; N]>::try_from(blocks) {
+        return forward_shared(blocks, x);
+    }
+    let results = products
+        .iter()
+        .map(|p| match p {
+            Product::Candle(matmul) => matmul.forward(x),
+            Product::Blocks(linear) => forward_shared([linear], x).map(|[y]| y),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(results
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("one result per product")))
+}
+
 struct Mlp {
-    gate: QMatMul,
-    down: QMatMul,
-    up: QMatMul,
+    gate: Product,
+    down: Product,
+    up: Product,
 }
 
 impl Mlp {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let gate = self.gate.forward(xs)?;
-        let up = self.up.forward(xs)?;
+        let [gate, up] = forward_all([&self.gate, &self.up], xs)?;
         self.down.forward(&(candle_nn::ops::silu(&gate)? * up)?)
     }
 }
 
 struct Layer {
-    q: QMatMul,
-    k: QMatMul,
-    v: QMatMul,
-    o: QMatMul,
+    q: Product,
+    k: Product,
+    v: Product,
+    o: Product,
     attention_norm: RmsNorm,
     mlp: Mlp,
     ffn_norm: RmsNorm,
@@ -152,9 +204,10 @@ impl Layer {
             t.reshape((batch, tokens, n, self.head_dim))?
                 .transpose(1, 2)
         };
-        let q = heads(self.q.forward(x)?, self.num_heads)?;
-        let k = heads(self.k.forward(x)?, self.num_kv_heads)?;
-        let v = heads(self.v.forward(x)?, self.num_kv_heads)?.contiguous()?;
+        let [q, k, v] = forward_all([&self.q, &self.k, &self.v], x)?;
+        let q = heads(q, self.num_heads)?;
+        let k = heads(k, self.num_kv_heads)?;
+        let v = heads(v, self.num_kv_heads)?.contiguous()?;
         let q = self.rotate(&q, offset)?;
         let k = self.rotate(&k, offset)?;
         // A request from position 0 starts a new cache, whatever an earlier one left.
@@ -188,7 +241,7 @@ pub struct QuantizedLlama {
     embeddings: QuantizedEmbeddings,
     layers: Vec<Layer>,
     norm: RmsNorm,
-    output: QMatMul,
+    output: Product,
 }
 
 /// cos and sin of every position up to `positions` for each rotated pair. Computed in f32 as
@@ -217,6 +270,7 @@ impl QuantizedLlama {
         content: gguf_file::Content,
         reader: &mut R,
         device: &Device,
+        engine: Engine,
     ) -> Result<Self> {
         let settings = Settings::read(&content)?;
         let head_dim = settings.hidden_size / settings.num_heads;
@@ -232,13 +286,15 @@ impl QuantizedLlama {
         let norm = RmsNorm::from_qtensor(tensor("output_norm.weight")?, settings.rms_norm_eps)?;
         // Without `output.weight` the output product is the embedding table (tied).
         let output = match content.tensor_infos.contains_key("output.weight") {
-            true => QMatMul::from_qtensor(tensor("output.weight")?)?,
-            false => QMatMul::from_arc(table.clone())?,
+            true => Arc::new(tensor("output.weight")?),
+            false => table.clone(),
         };
+        let output = Product::new(output, engine)?;
         let mut layers = Vec::with_capacity(settings.num_layers);
         for layer in 0..settings.num_layers {
             let mut weight = |name: &str| tensor(&format!("blk.{layer}.{name}.weight"));
-            let mut product = |name: &str| weight(name).and_then(QMatMul::from_qtensor);
+            let mut product =
+                |name: &str| weight(name).and_then(|w| Product::new(Arc::new(w), engine));
             let (q, k, v, o) = (
                 product("attn_q")?,
                 product("attn_k")?,

@@ -1,0 +1,127 @@
+//! Activation rows quantized to 8 bits per block of 32, once per product (or once for the
+//! products that read the same input: Q/K/V, gate/up). The values are those of GGUF's Q8_0 and
+//! Q8_1 blocks as candle (and llama.cpp's reference) writes them, scales rounded to f16, so the
+//! integer sums the kernels form are the ones candle's `QMatMul` forms.
+
+use half::f16;
+
+/// Values per block.
+pub const BLOCK: usize = 32;
+
+/// `rows` activation rows of `blocks` blocks each.
+#[derive(Default)]
+pub struct Q8Rows {
+    rows: usize,
+    blocks: usize,
+    /// The scale of each block (an f16 value).
+    d: Vec<f32>,
+    /// `d * Σ qs` of each block, as Q8_1 stores it (an f16 value).
+    s: Vec<f32>,
+    qs: Vec<i8>,
+}
+
+/// One activation row.
+#[derive(Clone, Copy)]
+pub struct Q8Row<'a> {
+    pub d: &'a [f32],
+    pub s: &'a [f32],
+    pub qs: &'a [i8],
+}
+
+impl Q8Rows {
+    /// Quantizes `x`, rows of `cols` values (a multiple of 32), reusing this value's buffers.
+    pub fn quantize(&mut self, x: &[f32], cols: usize) {
+        assert!(
+            cols.is_multiple_of(BLOCK) && x.len().is_multiple_of(cols.max(1)),
+            "{} values in rows of {cols}: rows must be whole blocks of {BLOCK}",
+            x.len()
+        );
+        self.rows = x.len().checked_div(cols).unwrap_or(0);
+        self.blocks = cols / BLOCK;
+        self.d.clear();
+        self.s.clear();
+        self.qs.clear();
+        for block in x.chunks_exact(BLOCK) {
+            let amax = block.iter().fold(0f32, |a, x| a.max(x.abs()));
+            let d = amax / 127.0;
+            let inverse = if d == 0.0 { 0.0 } else { 1.0 / d };
+            let mut sum = 0i32;
+            for x in block {
+                let q = (x * inverse).round() as i8;
+                sum += i32::from(q);
+                self.qs.push(q);
+            }
+            let d = f16::from_f32(d);
+            self.d.push(d.to_f32());
+            self.s.push((f16::from_f32(sum as f32) * d).to_f32());
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn blocks(&self) -> usize {
+        self.blocks
+    }
+
+    pub fn row(&self, t: usize) -> Q8Row<'_> {
+        let (b0, b1) = (t * self.blocks, (t + 1) * self.blocks);
+        Q8Row {
+            d: &self.d[b0..b1],
+            s: &self.s[b0..b1],
+            qs: &self.qs[b0 * BLOCK..b1 * BLOCK],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+
+    use super::*;
+
+    fn candle_blocks(x: &[f32], cols: usize, dtype: GgmlDType) -> Vec<u8> {
+        let tensor = Tensor::from_slice(x, (x.len() / cols, cols), &Device::Cpu).unwrap();
+        QTensor::quantize(&tensor, dtype)
+            .unwrap()
+            .data()
+            .unwrap()
+            .into_owned()
+    }
+
+    fn half(bytes: &[u8]) -> f32 {
+        f16::from_le_bytes([bytes[0], bytes[1]]).to_f32()
+    }
+
+    /// The same values as candle's Q8_0 blocks (d, qs) and Q8_1 blocks (d, s, qs), zero blocks
+    /// included.
+    #[test]
+    fn rows_equal_candles_q8_0_and_q8_1_blocks() {
+        let mut x: Vec<f32> = (0..3 * 96)
+            .map(|i| ((i * 7919) % 211) as f32 / 37.0 - 2.9)
+            .collect();
+        x[32..64].fill(0.0);
+        let mut rows = Q8Rows::default();
+        rows.quantize(&x, 96);
+        assert_eq!((rows.rows(), rows.blocks()), (3, 3));
+        let q8_0 = candle_blocks(&x, 96, GgmlDType::Q8_0);
+        let q8_1 = candle_blocks(&x, 96, GgmlDType::Q8_1);
+        for t in 0..3 {
+            let row = rows.row(t);
+            for b in 0..3 {
+                let (zero, one) = (&q8_0[(t * 3 + b) * 34..], &q8_1[(t * 3 + b) * 36..]);
+                let qs: Vec<u8> = row.qs[b * BLOCK..(b + 1) * BLOCK]
+                    .iter()
+                    .map(|q| *q as u8)
+                    .collect();
+                assert_eq!(row.d[b], half(zero), "row {t} block {b}");
+                assert_eq!(row.d[b], half(one), "row {t} block {b}");
+                assert_eq!(row.s[b], half(&one[2..]), "row {t} block {b}");
+                assert_eq!(qs, zero[2..34], "row {t} block {b}");
+                assert_eq!(qs, one[4..36], "row {t} block {b}");
+            }
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! GGUF's block formats of 32 values that the kernels read.
+
+use candle_core::quantized::GgmlDType;
+use half::f16;
+
+/// The block formats these products read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockFormat {
+    /// `d` (f16), then 16 bytes of 4-bit values: element j in the low nibble of byte j, element
+    /// j + 16 in its high one. Value `d (q - 8)`.
+    Q4_0,
+    /// `d`, `m` (f16), then the nibbles as Q4_0. Value `d q + m`.
+    Q4_1,
+    /// `d` (f16), then 32 signed bytes. Value `d q`.
+    Q8_0,
+}
+
+impl BlockFormat {
+    pub fn of(dtype: GgmlDType) -> Option<Self> {
+        match dtype {
+            GgmlDType::Q4_0 => Some(Self::Q4_0),
+            GgmlDType::Q4_1 => Some(Self::Q4_1),
+            GgmlDType::Q8_0 => Some(Self::Q8_0),
+            _ => None,
+        }
+    }
+
+    /// Bytes per block of 32 values.
+    pub const fn block_bytes(self) -> usize {
+        match self {
+            Self::Q4_0 => 18,
+            Self::Q4_1 => 20,
+            Self::Q8_0 => 34,
+        }
+    }
+}
+
+/// The f16 at byte `at` of `block` as f32.
+pub(crate) fn half(block: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([block[at], block[at + 1]]).to_f32()
+}

@@ -1,0 +1,205 @@
+//! The kernels of llm-worker-rbee's CPU fast engine: products of GGUF block-quantized weights
+//! with the input quantized once for every product that reads it, by kernels chosen at run time
+//! from the CPU's features (the portable kernel is the reference), split over candle's
+//! persistent barrier pool. A crate of its own so that test builds optimize it as they do
+//! candle. candle's `QMatMul` stays the reference engine; the tests below check every kernel
+//! against it and against the dequantized f32 product.
+
+pub mod activation;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+pub mod blocks;
+pub mod format;
+pub mod kernel;
+mod portable;
+
+pub use activation::{Q8Rows, BLOCK};
+pub use blocks::{matmul, BlockMatrix};
+pub use format::BlockFormat;
+pub use kernel::Kernel;
+
+/// `Σ (a - b)² / Σ b²`, the measure of llama.cpp's test-backend-ops that the kernels' checks
+/// bound.
+pub fn nmse(ours: &[f32], reference: &[f32]) -> f64 {
+    let error: f64 = ours
+        .iter()
+        .zip(reference)
+        .map(|(a, b)| (f64::from(*a) - f64::from(*b)).powi(2))
+        .sum();
+    let norm: f64 = reference.iter().map(|b| f64::from(*b).powi(2)).sum();
+    error / norm
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+    use candle_core::{Device, Module, Tensor};
+
+    use super::*;
+
+    const FORMATS: [(GgmlDType, BlockFormat); 3] = [
+        (GgmlDType::Q4_0, BlockFormat::Q4_0),
+        (GgmlDType::Q4_1, BlockFormat::Q4_1),
+        (GgmlDType::Q8_0, BlockFormat::Q8_0),
+    ];
+
+    /// Values from a fixed sequence in [-0.5, 0.5), with a block of zeros and a block of
+    /// negative values to reach the edge cases of the scales.
+    fn values(count: usize, seed: u32) -> Vec<f32> {
+        let mut values: Vec<f32> = (0..count)
+            .map(|i| {
+                let h = (i as u32)
+                    .wrapping_mul(2654435761)
+                    .wrapping_add(seed.wrapping_mul(40503));
+                (h >> 8) as f32 / (1 << 24) as f32 - 0.5
+            })
+            .collect();
+        if count >= 64 {
+            values[..32].fill(0.0);
+            values[32..64].iter_mut().for_each(|v| *v = -v.abs());
+        }
+        values
+    }
+
+    /// Every kernel, at activation row counts 1, 4, 8, 23 and 512 and odd block counts, against
+    /// the dequantized weights times the f32 activation (f64 sums): only the activation's 8-bit
+    /// rounding separates them, within llama.cpp's bound for these formats (5e-4).
+    #[test]
+    fn every_kernel_matches_the_dequantized_product() {
+        for (dtype, format) in FORMATS {
+            for (n, k) in [(13, 288), (40, 96), (67, 800), (192, 576)] {
+                let tensor =
+                    Tensor::from_vec(values(n * k, n as u32), (n, k), &Device::Cpu).unwrap();
+                let bytes = QTensor::quantize(&tensor, dtype)
+                    .unwrap()
+                    .data()
+                    .unwrap()
+                    .into_owned();
+                let matrix = BlockMatrix::new(format, n, k, &bytes).unwrap();
+                let dense: Vec<f32> = (0..n)
+                    .flat_map(|r| {
+                        let mut row = vec![0.0; k];
+                        matrix.dequantize_row(r, &mut row);
+                        row
+                    })
+                    .collect();
+                for m in [1, 4, 8, 23, 512] {
+                    let x = values(m * k, 7 + m as u32);
+                    let reference: Vec<f32> = (0..m * n)
+                        .map(|i| {
+                            let (t, r) = (i / n, i % n);
+                            let row = &dense[r * k..(r + 1) * k];
+                            let sum: f64 = row
+                                .iter()
+                                .zip(&x[t * k..(t + 1) * k])
+                                .map(|(w, x)| f64::from(*w) * f64::from(*x))
+                                .sum();
+                            sum as f32
+                        })
+                        .collect();
+                    let mut rows = Q8Rows::default();
+                    rows.quantize(&x, k);
+                    for kernel in Kernel::available() {
+                        let mut out = vec![f32::NAN; m * n];
+                        matmul(kernel, &[matrix], &rows, &mut [&mut out]);
+                        let error = nmse(&out, &reference);
+                        assert!(
+                            error < 5e-4,
+                            "{format:?} {kernel:?} m={m} n={n} k={k}: NMSE {error}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The same integer sums as candle's `QMatMul`, scaled as candle's x86 kernels scale them: the
+    /// AVX2 kernel's results equal candle's bit for bit (so the fast engine picks candle's
+    /// tokens); the portable kernel's, up to the order of the f32 additions. (candle's Q4_1
+    /// product takes an even number of blocks only.)
+    #[test]
+    fn every_kernel_matches_candles_qmatmul() {
+        for (dtype, format) in FORMATS {
+            for (n, k, m) in [(23, 576, 1), (40, 64, 5), (9, 1536, 3), (7, 96, 2)] {
+                if format == BlockFormat::Q4_1 && (k / 32) % 2 == 1 {
+                    continue;
+                }
+                let tensor = Tensor::from_vec(values(n * k, 3), (n, k), &Device::Cpu).unwrap();
+                let quantized = QTensor::quantize(&tensor, dtype).unwrap();
+                let bytes = quantized.data().unwrap().into_owned();
+                let matrix = BlockMatrix::new(format, n, k, &bytes).unwrap();
+                let x = values(m * k, 11);
+                let input = Tensor::from_slice(&x, (m, k), &Device::Cpu).unwrap();
+                let candle: Vec<f32> = QMatMul::from_qtensor(quantized)
+                    .unwrap()
+                    .forward(&input)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                let mut rows = Q8Rows::default();
+                rows.quantize(&x, k);
+                for kernel in Kernel::available() {
+                    let mut out = vec![f32::NAN; m * n];
+                    matmul(kernel, &[matrix], &rows, &mut [&mut out]);
+                    let error = nmse(&out, &candle);
+                    assert!(
+                        error < 1e-10,
+                        "{format:?} {kernel:?} m={m} n={n} k={k}: NMSE {error}"
+                    );
+                    #[cfg(target_arch = "x86_64")]
+                    if kernel == Kernel::Avx2 {
+                        assert_eq!(out, candle, "{format:?} m={m} n={n} k={k}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Products that share an activation, run in one pass, equal each run alone.
+    #[test]
+    fn a_shared_pass_equals_separate_products() {
+        let (k, m) = (96, 3);
+        let stores: Vec<(BlockFormat, usize, Vec<u8>)> = FORMATS
+            .iter()
+            .zip([5, 17, 8])
+            .map(|((dtype, format), n)| {
+                let tensor =
+                    Tensor::from_vec(values(n * k, n as u32), (n, k), &Device::Cpu).unwrap();
+                let quantized = QTensor::quantize(&tensor, *dtype).unwrap();
+                (*format, n, quantized.data().unwrap().into_owned())
+            })
+            .collect();
+        let matrices: Vec<BlockMatrix> = stores
+            .iter()
+            .map(|(format, n, bytes)| BlockMatrix::new(*format, *n, k, bytes).unwrap())
+            .collect();
+        let mut rows = Q8Rows::default();
+        rows.quantize(&values(m * k, 5), k);
+        let kernel = Kernel::detect();
+        let mut shared: Vec<Vec<f32>> = matrices.iter().map(|w| vec![0.0; m * w.rows()]).collect();
+        let mut outs: Vec<&mut [f32]> = shared.iter_mut().map(Vec::as_mut_slice).collect();
+        matmul(kernel, &matrices, &rows, &mut outs);
+        for (matrix, shared) in matrices.iter().zip(&shared) {
+            let mut alone = vec![0.0; m * matrix.rows()];
+            matmul(kernel, &[*matrix], &rows, &mut [&mut alone]);
+            assert_eq!(&alone, shared, "{:?}", matrix.format());
+        }
+    }
+
+    #[test]
+    fn a_matrix_of_the_wrong_size_is_refused() {
+        let refused = BlockMatrix::new(BlockFormat::Q4_1, 2, 64, &[0; 79])
+            .err()
+            .unwrap();
+        assert!(
+            refused.contains("79 bytes") && refused.contains("takes 80"),
+            "{refused}"
+        );
+        let refused = BlockMatrix::new(BlockFormat::Q8_0, 2, 48, &[])
+            .err()
+            .unwrap();
+        assert!(refused.contains("not whole blocks"), "{refused}");
+    }
+}
