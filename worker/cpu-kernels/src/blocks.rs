@@ -8,7 +8,7 @@
 use candle_core::utils::barrier_pool;
 
 use crate::activation::{Q8Rows, BLOCK};
-use crate::format::{half, BlockFormat};
+use crate::format::BlockFormat;
 use crate::kernel::Kernel;
 
 /// A row-major `rows` x `blocks * 32` matrix of blocks, borrowed.
@@ -62,44 +62,10 @@ impl<'a> BlockMatrix<'a> {
         let row_bytes = self.blocks * self.format.block_bytes();
         &self.bytes[r * row_bytes..(r + 1) * row_bytes]
     }
-
-    /// Row `r` as f32 values: the reference the products are checked against, and the embedding
-    /// lookup of a table these products also read.
-    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
-        assert_eq!(out.len(), self.cols(), "the row's length");
-        let size = self.format.block_bytes();
-        for (block, out) in self
-            .row(r)
-            .chunks_exact(size)
-            .zip(out.chunks_exact_mut(BLOCK))
-        {
-            let d = half(block, 0);
-            match self.format {
-                BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
-                    let (m, qs) = match self.format {
-                        BlockFormat::Q4_0 => (-8.0 * d, &block[2..]),
-                        _ => (half(block, 2), &block[4..]),
-                    };
-                    for j in 0..16 {
-                        out[j] = d * f32::from(qs[j] & 0xF) + m;
-                        out[j + 16] = d * f32::from(qs[j] >> 4) + m;
-                    }
-                }
-                BlockFormat::Q8_0 => {
-                    for (out, q) in out.iter_mut().zip(&block[2..]) {
-                        *out = d * f32::from(*q as i8);
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// A product's destination: `[activation rows, weight rows]`, row-major.
-struct Destination {
-    ptr: *mut f32,
-    rows: usize,
-}
+struct Destination(*mut f32);
 // SAFETY: each (activation row, weight row) element is written by exactly one thread: the pool
 // hands every weight row to one thread.
 unsafe impl Sync for Destination {}
@@ -122,11 +88,7 @@ pub fn matmul(kernel: Kernel, matrices: &[BlockMatrix], x: &Q8Rows, outs: &mut [
     }
     let destinations: Vec<Destination> = outs
         .iter_mut()
-        .zip(matrices)
-        .map(|(out, matrix)| Destination {
-            ptr: out.as_mut_ptr(),
-            rows: matrix.rows,
-        })
+        .map(|out| Destination(out.as_mut_ptr()))
         .collect();
     let (destinations, starts) = (&destinations, &starts);
     barrier_pool().execute_chunked(total, |rows| {
@@ -138,7 +100,7 @@ pub fn matmul(kernel: Kernel, matrices: &[BlockMatrix], x: &Q8Rows, outs: &mut [
             for t in 0..x.rows() {
                 let value = kernel.dot(matrix.format, weights, x.row(t));
                 // SAFETY: in bounds (asserted above), and row r is this thread's alone.
-                unsafe { *destination.ptr.add(t * destination.rows + r) = value };
+                unsafe { *destination.0.add(t * matrix.rows + r) = value };
             }
         }
     });

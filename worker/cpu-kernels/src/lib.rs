@@ -61,28 +61,29 @@ mod tests {
         values
     }
 
+    /// An `n` x `k` matrix of `values`, quantized by candle.
+    fn quantized(dtype: GgmlDType, n: usize, k: usize, seed: u32) -> QTensor {
+        let tensor = Tensor::from_vec(values(n * k, seed), (n, k), &Device::Cpu).unwrap();
+        QTensor::quantize(&tensor, dtype).unwrap()
+    }
+
     /// Every kernel, at activation row counts 1, 4, 8, 23 and 512 and odd block counts, against
-    /// the dequantized weights times the f32 activation (f64 sums): only the activation's 8-bit
+    /// candle's dequantized weights times the f32 activation (f64 sums): only the activation's 8-bit
     /// rounding separates them, within llama.cpp's bound for these formats (5e-4).
     #[test]
     fn every_kernel_matches_the_dequantized_product() {
         for (dtype, format) in FORMATS {
             for (n, k) in [(13, 288), (40, 96), (67, 800), (192, 576)] {
-                let tensor =
-                    Tensor::from_vec(values(n * k, n as u32), (n, k), &Device::Cpu).unwrap();
-                let bytes = QTensor::quantize(&tensor, dtype)
-                    .unwrap()
-                    .data()
-                    .unwrap()
-                    .into_owned();
+                let weights = quantized(dtype, n, k, n as u32);
+                let bytes = weights.data().unwrap().into_owned();
                 let matrix = BlockMatrix::new(format, n, k, &bytes).unwrap();
-                let dense: Vec<f32> = (0..n)
-                    .flat_map(|r| {
-                        let mut row = vec![0.0; k];
-                        matrix.dequantize_row(r, &mut row);
-                        row
-                    })
-                    .collect();
+                let dense: Vec<f32> = weights
+                    .dequantize(&Device::Cpu)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
                 for m in [1, 4, 8, 23, 512] {
                     let x = values(m * k, 7 + m as u32);
                     let reference: Vec<f32> = (0..m * n)
@@ -124,13 +125,12 @@ mod tests {
                 if format == BlockFormat::Q4_1 && (k / 32) % 2 == 1 {
                     continue;
                 }
-                let tensor = Tensor::from_vec(values(n * k, 3), (n, k), &Device::Cpu).unwrap();
-                let quantized = QTensor::quantize(&tensor, dtype).unwrap();
-                let bytes = quantized.data().unwrap().into_owned();
+                let weights = quantized(dtype, n, k, 3);
+                let bytes = weights.data().unwrap().into_owned();
                 let matrix = BlockMatrix::new(format, n, k, &bytes).unwrap();
                 let x = values(m * k, 11);
                 let input = Tensor::from_slice(&x, (m, k), &Device::Cpu).unwrap();
-                let candle: Vec<f32> = QMatMul::from_qtensor(quantized)
+                let candle: Vec<f32> = QMatMul::from_qtensor(weights)
                     .unwrap()
                     .forward(&input)
                     .unwrap()
@@ -165,10 +165,8 @@ mod tests {
             .iter()
             .zip([5, 17, 8])
             .map(|((dtype, format), n)| {
-                let tensor =
-                    Tensor::from_vec(values(n * k, n as u32), (n, k), &Device::Cpu).unwrap();
-                let quantized = QTensor::quantize(&tensor, *dtype).unwrap();
-                (*format, n, quantized.data().unwrap().into_owned())
+                let weights = quantized(*dtype, n, k, n as u32);
+                (*format, n, weights.data().unwrap().into_owned())
             })
             .collect();
         let matrices: Vec<BlockMatrix> = stores
