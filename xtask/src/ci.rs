@@ -71,8 +71,9 @@ const STEPS: &[(&str, Step)] = &[
 pub struct Args {
     /// Run only this step (repeatable), e.g. `--step "remote hosts"`; the steps, in order:
     /// formatting, clippy, fixtures, tests, "real model", conformance, "conformance over http",
-    /// "conformance over openai", "conformance, candle engine on GGUF llama", "openai client", "conformance in bf16 and f16", "conformance
-    /// under nextest", "fault injection", "remote hosts", workflow, "support matrix".
+    /// "conformance over openai", "conformance, candle engine on GGUF llama", "openai client",
+    /// "conformance in bf16 and f16", "conformance under nextest", "fault injection", "remote
+    /// hosts", workflow, "support matrix".
     #[arg(long = "step", value_name = "NAME")]
     steps: Vec<String>,
 }
