@@ -33,14 +33,41 @@ pub unsafe fn dot(format: BlockFormat, weights: &[u8], x: Q8Row) -> f32 {
                 }
             }
             BlockFormat::Q4_1 => {
-                // The block's integer sum, then candle's scalar float steps in candle's order
+                // Each block's integer sum, then candle's scalar float steps in candle's order
                 // (`k_quants::BlockQ4_1::vec_dot`), so that the products equal its bit for bit.
+                // Eight blocks at a time: their sums meet in one vector, their float steps run
+                // one block per lane (multiply and add, never fused, as the scalar code), and
+                // only the running sum stays scalar and in order.
                 let ones = _mm256_set1_epi16(1);
-                for b in 0..blocks {
+                let whole = blocks - blocks % 8;
+                let mut terms = [0.0f32; 8];
+                for first in (0..whole).step_by(8) {
+                    let mut sums = [_mm256_setzero_si256(); 8];
+                    let mut scales = [0u32; 8];
+                    for (i, (sum, scale)) in sums.iter_mut().zip(&mut scales).enumerate() {
+                        let block = w.add((first + i) * size);
+                        let qx = _mm256_loadu_si256(q8.add((first + i) * BLOCK) as *const __m256i);
+                        // Unsigned 4-bit times signed 8-bit: at most 2 * 15 * 128 per pair, no
+                        // saturation.
+                        let pairs = _mm256_maddubs_epi16(nibbles(block.add(4)), qx);
+                        *sum = _mm256_madd_epi16(pairs, ones);
+                        // d and m, the block's first 4 bytes.
+                        *scale = std::ptr::read_unaligned(block as *const u32);
+                    }
+                    let sums = _mm256_cvtepi32_ps(lane_sums(sums));
+                    let (dw, mw) = halves(scales);
+                    let dx = _mm256_loadu_ps(x.d.as_ptr().add(first));
+                    let sx = _mm256_loadu_ps(x.s.as_ptr().add(first));
+                    let products = _mm256_mul_ps(_mm256_mul_ps(sums, dw), dx);
+                    let t = _mm256_add_ps(products, _mm256_mul_ps(mw, sx));
+                    _mm256_storeu_ps(terms.as_mut_ptr(), t);
+                    for term in terms {
+                        scalar += term;
+                    }
+                }
+                for b in whole..blocks {
                     let block = w.add(b * size);
                     let qx = _mm256_loadu_si256(q8.add(b * BLOCK) as *const __m256i);
-                    // Unsigned 4-bit times signed 8-bit: at most 2 * 15 * 128 per pair, no
-                    // saturation.
                     let pairs = _mm256_maddubs_epi16(nibbles(block.add(4)), qx);
                     let sum = integer_sum(_mm256_madd_epi16(pairs, ones));
                     scalar += sum as f32 * half(block) * x.d[b] + half(block.add(2)) * x.s[b];
@@ -97,6 +124,42 @@ fn signed_products(w: __m256i, x: __m256i) -> __m256 {
         _mm256_sign_epi8(w, w),
         _mm256_sign_epi8(x, w),
     ))
+}
+
+/// Lane `i` of the result: the sum of the 8 lanes of `v[i]` (integers, so in any order).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn lane_sums(v: [__m256i; 8]) -> __m256i {
+    // Per 128-bit half: [v0, v1, v2, v3] from the halves' pairs, then the same for v4..v7.
+    let low = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    let high = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+    _mm256_add_epi32(
+        _mm256_permute2x128_si256(low, high, 0x20),
+        _mm256_permute2x128_si256(low, high, 0x31),
+    )
+}
+
+/// Eight blocks' leading f16 pairs (`d` in the low 16 bits, `m` in the high) as f32 vectors
+/// of their `d`s and their `m`s.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn halves(pairs: [u32; 8]) -> (__m256, __m256) {
+    // SAFETY: `pairs` is 32 bytes.
+    let v = unsafe { _mm256_loadu_si256(pairs.as_ptr() as *const __m256i) };
+    // In each 128-bit half: the low u16s to bytes 0..8, the high ones to bytes 8..16.
+    let split = _mm256_shuffle_epi8(
+        v,
+        _mm256_setr_epi8(
+            0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15, 0, 1, 4, 5, 8, 9, 12, 13, 2, 3,
+            6, 7, 10, 11, 14, 15,
+        ),
+    );
+    // 64-bit quarters in the order [d0..4, d4..8, m0..4, m4..8].
+    let ordered = _mm256_permute4x64_epi64(split, 0b11_01_10_00);
+    (
+        _mm256_cvtph_ps(_mm256_castsi256_si128(ordered)),
+        _mm256_cvtph_ps(_mm256_extracti128_si256(ordered, 1)),
+    )
 }
 
 /// The sum of 8 i32 lanes.
