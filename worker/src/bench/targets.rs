@@ -16,6 +16,9 @@ use crate::synth::shape::Shape;
 #[serde(deny_unknown_fields)]
 struct TargetsFile {
     targets: Vec<Target>,
+    /// Ratios to a peer measured in the same run, which `cargo xtask bench --peer` checks.
+    #[serde(default, rename = "peer_targets")]
+    _peer_targets: Vec<toml::Table>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

@@ -1,11 +1,14 @@
 //! `cargo xtask bench`: measured figures, never test assertions.
 //!
 //! `bench --model M | --shape S` measures one model with the worker's own `bench` command
-//! (which is also what a GPU host runs from the bundle); `bench http` loads the HTTP worker
+//! (which is also what a GPU host runs from the bundle), with `--peer llama.cpp` in turns with
+//! llama.cpp on the CPU; `bench http` loads the HTTP worker
 //! with concurrent clients.
 
 mod http;
+mod llama_cpp;
 mod model;
+mod peer;
 
 use anyhow::Result;
 

@@ -8,6 +8,8 @@ use anyhow::{bail, Result};
 use llm_worker_rbee_api::{Backend, Dtype, Engine};
 use xshell::{cmd, Shell};
 
+use super::llama_cpp::default_peer_dir;
+use super::peer::{self, Peer, PeerRun, Source};
 use crate::build::release_worker;
 use crate::paths::{project_root, shape_dir, target_dir};
 
@@ -34,6 +36,26 @@ pub struct ModelArgs {
     /// one that applies is missed.
     #[arg(long, value_name = "FILE")]
     check: Option<PathBuf>,
+    /// Measure llama.cpp beside the worker, in turns, on the same GGUF file and threads, and
+    /// report each ratio (target/bench/<model>-<weights>-cpu-peer-llama.cpp.json). Built on
+    /// first use from the trimmed source in --peer-dir into target/peers/ (cmake from PyPI).
+    /// With --shape, the GGUF is the peer's mkgguf.py's random-weight F16 file of that shape.
+    #[arg(long, value_enum)]
+    peer: Option<Peer>,
+    /// The peer's folder: its source archive, mkgguf.py and gguf-py [default:
+    /// ../shared/peers/llama.cpp beside the project].
+    #[arg(long, value_name = "DIR", requires = "peer")]
+    peer_dir: Option<PathBuf>,
+    /// With --peer: first convert the GGUF to this llama-quantize type, every tensor in it
+    /// (F32, F16, Q8_0, Q4_0, Q4_1, Q4_K, ...; written once under target/bench/gguf/).
+    #[arg(long, value_name = "TYPE", requires = "peer")]
+    quantize: Option<String>,
+    /// With --peer: the threads of both programs [default: this machine's cores].
+    #[arg(long, value_name = "N", requires = "peer")]
+    threads: Option<usize>,
+    /// With --peer: how many times each program runs, taking turns.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    turns: usize,
     /// What to measure, passed on to `llm-worker-rbee bench` (its `--help` lists them):
     /// `-- --prompt-len 128,512 --gen 128 --reps 3 --no-baseline`.
     #[arg(last = true, value_name = "BENCH FLAGS")]
@@ -48,6 +70,36 @@ pub fn run(args: &ModelArgs) -> Result<()> {
     let worker = release_worker(args.backend, None)?;
     let sh = Shell::new()?;
     sh.change_dir(project_root());
+    let engines: Vec<Option<&str>> = match args.engines.as_slice() {
+        [] => vec![None],
+        named => named.iter().map(|e| Some(e.name())).collect(),
+    };
+    if args.peer.is_some() {
+        if args.backend != Backend::Cpu || args.dtype.is_some_and(|d| d != Dtype::F32) {
+            bail!("--peer measures the CPU with f32 activations (a GGUF's weights keep their type); on a GPU host use the bundle's `bench.sh --peer`");
+        }
+        let source = match (&args.model, &args.shape) {
+            (Some(model), None) => Source::Model(model),
+            (None, Some(shape)) => Source::Shape(shape),
+            _ => bail!("give --model GGUF|DIR|ID or --shape NAME"),
+        };
+        return peer::run(
+            &sh,
+            &PeerRun {
+                worker: &worker,
+                peer_dir: args.peer_dir.clone().unwrap_or_else(default_peer_dir),
+                source,
+                quantize: args.quantize.as_deref(),
+                threads: args
+                    .threads
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                turns: args.turns,
+                engines,
+                options: &args.options,
+                check: args.check.as_deref(),
+            },
+        );
+    }
     let (model, label) = match (&args.model, &args.shape) {
         (Some(model), None) => {
             let name = PathBuf::from(model)
@@ -74,10 +126,6 @@ pub fn run(args: &ModelArgs) -> Result<()> {
     if let Some(check) = &args.check {
         extra.extend(["--check".into(), check.display().to_string()]);
     }
-    let engines: Vec<Option<&str>> = match args.engines.as_slice() {
-        [] => vec![None],
-        named => named.iter().map(|e| Some(e.name())).collect(),
-    };
     // Each engine's run completes before the next starts, so a failed target does not hide
     // the figures of the engines after it.
     let mut failed = Vec::new();
