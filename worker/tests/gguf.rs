@@ -1,6 +1,7 @@
 //! GGUF model folders: every GGUF fixture loads and generates deterministically, keeps the KV
 //! cache invariants of the SafeTensors path, and stays close to the SafeTensors model it was
-//! quantized from; the CPU fast engine gives the candle engine's logits; files the quantized
+//! quantized from; the CPU fast engine gives the candle engine's logits (quantized weights) or
+//! stays close to them (f16, f32); files the quantized
 //! modules would misread are refused.
 
 mod common;
@@ -141,6 +142,48 @@ fn the_cpu_fast_engine_gives_the_candle_engines_logits() {
                 let error = nmse(ours, reference);
                 assert!(error < 1e-10, "{id}: step {step}: {error}");
             }
+        }
+    }
+}
+
+/// On f16 and f32 weights the fast engine's products are the dense kernels' (8-lane sums over
+/// the weights as the file holds them), not candle's (gemm over an f32 copy): its logits stay
+/// within an NMSE of 1e-10 of the candle engine's at every step, and its greedy tokens are the
+/// candle engine's.
+#[test]
+fn the_cpu_fast_engine_on_f16_and_f32_weights_stays_close_to_the_candle_engine() {
+    let fixture = Fixture::new("llama");
+    for dtype in [GgmlDType::F16, GgmlDType::F32] {
+        let dir = tempfile::tempdir().unwrap();
+        write_gguf(fixture.path(), dtype, &dir.path().join("model.gguf")).unwrap();
+        std::fs::copy(
+            fixture.file("tokenizer.json"),
+            dir.path().join("tokenizer.json"),
+        )
+        .unwrap();
+        let load = |engine| {
+            let options = LoadOptions {
+                engine: Some(engine),
+                ..LoadOptions::default()
+            };
+            Worker::load(dir.path(), options).unwrap()
+        };
+        let (mut fast, mut candle) = (load(Engine::Fast), load(Engine::Candle));
+        let (prompt, continuation) = ([1, 17, 5, 99, 3, 42, 7], [8, 64, 2, 31]);
+        let ours = fast.step_logits(&prompt, &continuation).unwrap();
+        let reference = candle.step_logits(&prompt, &continuation).unwrap();
+        assert_eq!(ours.len(), reference.len());
+        for (step, (ours, reference)) in ours.iter().zip(&reference).enumerate() {
+            let error = nmse(ours, reference);
+            assert!(error < 1e-10, "{dtype:?} step {step}: NMSE {error}");
+        }
+        for prompt in conformance_prompts() {
+            let request = greedy(prompt, TOKENS);
+            assert_eq!(
+                run(&mut fast, &request).token_ids,
+                run(&mut candle, &request).token_ids,
+                "{dtype:?}"
+            );
         }
     }
 }

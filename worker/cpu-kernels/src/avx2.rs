@@ -6,6 +6,7 @@
 use std::arch::x86_64::*;
 
 use crate::activation::{Q8Row, BLOCK};
+use crate::dense::DenseFormat;
 use crate::format::BlockFormat;
 
 /// # Safety
@@ -85,6 +86,157 @@ pub unsafe fn dot(format: BlockFormat, weights: &[u8], x: Q8Row) -> f32 {
         }
     }
     horizontal_sum(acc) + scalar
+}
+
+/// One or two rows of f32 or f16 weights times each row of `x`: see `Kernel::dense_rows`.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; every weight row holds the values of a row of `x`,
+/// and `out` has a value per weight row and row of `x`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dense_rows(format: DenseFormat, weights: &[&[u8]], x: &[f32], out: &mut [f32]) {
+    let cols = weights[0].len() / format.value_bytes();
+    let x_rows = x.len() / cols;
+    assert!(weights.iter().all(|w| w.len() == weights[0].len()));
+    assert_eq!(out.len(), weights.len() * x_rows);
+    // SAFETY (each kernel below): the asserts above.
+    if x_rows == 1 {
+        for (w, out) in weights.iter().zip(out) {
+            *out = unsafe { dense_dot(format, w, x) };
+        }
+        return;
+    }
+    let row = |t: usize| &x[t * cols..(t + 1) * cols];
+    let mut t = 0;
+    while t < x_rows {
+        let tile = (x_rows - t).min(4);
+        match (weights, tile) {
+            ([a, b], 4) => {
+                let sums = unsafe {
+                    dense_tile::<2, 4>(format, [a, b], std::array::from_fn(|k| row(t + k)))
+                };
+                for (c, sums) in sums.iter().enumerate() {
+                    out[c * x_rows + t..c * x_rows + t + 4].copy_from_slice(sums);
+                }
+            }
+            (_, 4) => {
+                for (c, w) in weights.iter().enumerate() {
+                    let [sums] = unsafe {
+                        dense_tile::<1, 4>(format, [w], std::array::from_fn(|k| row(t + k)))
+                    };
+                    out[c * x_rows + t..c * x_rows + t + 4].copy_from_slice(&sums);
+                }
+            }
+            _ => {
+                for (c, w) in weights.iter().enumerate() {
+                    for k in t..t + tile {
+                        let [[sum]] = unsafe { dense_tile(format, [w], [row(k)]) };
+                        out[c * x_rows + k] = sum;
+                    }
+                }
+            }
+        }
+        t += tile;
+    }
+}
+
+/// `R` weight rows times `T` rows of `x`, each weight value loaded once for the `T` rows and
+/// each `x` value once for the `R` rows: one 8-lane FMA sum per pair, the tail in scalar.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dense_tile<const R: usize, const T: usize>(
+    format: DenseFormat,
+    weights: [&[u8]; R],
+    x: [&[f32]; T],
+) -> [[f32; T]; R] {
+    let n = weights[0].len() / format.value_bytes();
+    assert!(weights.iter().all(|w| w.len() == weights[0].len()) && x.iter().all(|x| x.len() == n));
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
+    let whole = n - n % 8;
+    for j in (0..whole).step_by(8) {
+        // SAFETY: values j..j + 8 lie within every weight row and every x row.
+        let xv: [__m256; T] =
+            std::array::from_fn(|t| unsafe { _mm256_loadu_ps(x[t].as_ptr().add(j)) });
+        for (acc, w) in acc.iter_mut().zip(&weights) {
+            let wv = unsafe { dense_load(format, w.as_ptr(), j) };
+            for (acc, xv) in acc.iter_mut().zip(&xv) {
+                *acc = _mm256_fmadd_ps(wv, *xv, *acc);
+            }
+        }
+    }
+    let mut out = [[0.0; T]; R];
+    for ((out, acc), w) in out.iter_mut().zip(&acc).zip(&weights) {
+        for ((out, acc), x) in out.iter_mut().zip(acc).zip(&x) {
+            *out = horizontal_sum(*acc);
+            for (j, x) in x.iter().enumerate().skip(whole) {
+                // SAFETY: j < n.
+                *out += unsafe { dense_value(format, w.as_ptr(), j) } * x;
+            }
+        }
+    }
+    out
+}
+
+/// Values j..j + 8 of a row of `format` at `w`, as f32.
+///
+/// # Safety
+/// The row holds them.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dense_load(format: DenseFormat, w: *const u8, j: usize) -> __m256 {
+    unsafe {
+        match format {
+            DenseFormat::F32 => _mm256_loadu_ps(w.add(4 * j) as *const f32),
+            DenseFormat::F16 => _mm256_cvtph_ps(_mm_loadu_si128(w.add(2 * j) as *const __m128i)),
+        }
+    }
+}
+
+/// Value j of a row of `format` at `w`, as f32.
+///
+/// # Safety
+/// The row holds it.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dense_value(format: DenseFormat, w: *const u8, j: usize) -> f32 {
+    unsafe {
+        match format {
+            DenseFormat::F32 => std::ptr::read_unaligned(w.add(4 * j) as *const f32),
+            DenseFormat::F16 => half(w.add(2 * j)),
+        }
+    }
+}
+
+/// One row of f32 or f16 weights times an f32 row: four 8-lane FMA sums, the tail in scalar.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; `weights` holds `x.len()` values of `format`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dense_dot(format: DenseFormat, weights: &[u8], x: &[f32]) -> f32 {
+    let n = x.len();
+    assert!(weights.len() >= n * format.value_bytes());
+    let (w, xs) = (weights.as_ptr(), x.as_ptr());
+    // SAFETY (the loads): value j of the row lies at `w + j * value_bytes`, and j < n.
+    let load = |j: usize| unsafe { dense_load(format, w, j) };
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let whole = n - n % 32;
+    for j in (0..whole).step_by(32) {
+        for (lane, acc) in acc.iter_mut().enumerate() {
+            let at = j + 8 * lane;
+            // SAFETY: at + 8 <= n.
+            let xv = unsafe { _mm256_loadu_ps(xs.add(at)) };
+            *acc = _mm256_fmadd_ps(load(at), xv, *acc);
+        }
+    }
+    let mut sum = horizontal_sum(_mm256_add_ps(
+        _mm256_add_ps(acc[0], acc[1]),
+        _mm256_add_ps(acc[2], acc[3]),
+    ));
+    for (j, x) in x.iter().enumerate().skip(whole) {
+        // SAFETY: j < n.
+        sum += unsafe { dense_value(format, w, j) } * x;
+    }
+    sum
 }
 
 /// The f16 at `p` (little-endian) as f32.

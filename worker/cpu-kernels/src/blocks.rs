@@ -73,35 +73,59 @@ unsafe impl Sync for Destination {}
 /// `outs[i][t * rows_i + r] = row r of matrices[i] · activation row t`, for every matrix that
 /// reads the activation `x`, in one pass over the pool.
 pub fn matmul(kernel: Kernel, matrices: &[BlockMatrix], x: &Q8Rows, outs: &mut [&mut [f32]]) {
-    assert_eq!(matrices.len(), outs.len(), "a destination per matrix");
-    let mut starts = Vec::with_capacity(matrices.len());
-    let mut total = 0;
-    for (matrix, out) in matrices.iter().zip(outs.iter()) {
+    for matrix in matrices {
         assert_eq!(matrix.blocks, x.blocks(), "the activation's length");
-        assert_eq!(
-            out.len(),
-            x.rows() * matrix.rows,
-            "the destination's length"
-        );
+    }
+    let rows: Vec<usize> = matrices.iter().map(|m| m.rows).collect();
+    for_each_row(&rows, x.rows(), 1, outs, |i, r, column| {
+        let matrix = &matrices[i];
+        for (t, value) in column.iter_mut().enumerate() {
+            *value = kernel.dot(matrix.format, matrix.row(r), x.row(t));
+        }
+    });
+}
+
+/// `outs[i][t * rows[i] + r + c] = values[c * x_rows + t]` where `rows_of(i, r, values)` fills
+/// `values` for `values.len() / x_rows` (at most `at_once`) rows of matrix `i` from row `r`,
+/// each times every input row: split by weight rows (every matrix's in turn) over the pool,
+/// each weight row met once.
+pub(crate) fn for_each_row(
+    rows: &[usize],
+    x_rows: usize,
+    at_once: usize,
+    outs: &mut [&mut [f32]],
+    rows_of: impl Fn(usize, usize, &mut [f32]) + Sync,
+) {
+    assert_eq!(rows.len(), outs.len(), "a destination per matrix");
+    let mut starts = Vec::with_capacity(rows.len());
+    let mut total = 0;
+    for (&n, out) in rows.iter().zip(outs.iter()) {
+        assert_eq!(out.len(), x_rows * n, "the destination's length");
         starts.push(total);
-        total += matrix.rows;
+        total += n;
     }
     let destinations: Vec<Destination> = outs
         .iter_mut()
         .map(|out| Destination(out.as_mut_ptr()))
         .collect();
     let (destinations, starts) = (&destinations, &starts);
-    barrier_pool().execute_chunked(total, |rows| {
-        for global in rows {
+    barrier_pool().execute_chunked(total, |chunk| {
+        let mut values = vec![0.0; at_once * x_rows];
+        let mut global = chunk.start;
+        while global < chunk.end {
             let i = starts.partition_point(|start| *start <= global) - 1;
-            let (matrix, r) = (&matrices[i], global - starts[i]);
-            let weights = matrix.row(r);
-            let destination = &destinations[i];
-            for t in 0..x.rows() {
-                let value = kernel.dot(matrix.format, weights, x.row(t));
-                // SAFETY: in bounds (asserted above), and row r is this thread's alone.
-                unsafe { *destination.0.add(t * matrix.rows + r) = value };
+            let r = global - starts[i];
+            let count = at_once.min(chunk.end - global).min(rows[i] - r);
+            let values = &mut values[..count * x_rows];
+            rows_of(i, r, values);
+            for (c, column) in values.chunks_exact(x_rows).enumerate() {
+                for (t, v) in column.iter().enumerate() {
+                    // SAFETY: in bounds (asserted above), and rows r..r + count are this
+                    // thread's alone.
+                    unsafe { *destinations[i].0.add(t * rows[i] + r + c) = *v };
+                }
             }
+            global += count;
         }
     });
 }

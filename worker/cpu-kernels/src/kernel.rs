@@ -1,6 +1,7 @@
 //! The dot product kernels, chosen at run time from the CPU's features.
 
 use crate::activation::Q8Row;
+use crate::dense::DenseFormat;
 use crate::format::BlockFormat;
 
 /// The dot product kernels a CPU runs.
@@ -43,6 +44,29 @@ impl Kernel {
             // SAFETY: `Kernel::detect` chose this kernel only where the CPU has its features.
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => unsafe { crate::avx2::dot(format, weights, x) },
+        }
+    }
+
+    /// Rows of f32 or f16 weights (their bytes; one or two) times each row of `x` (rows of the
+    /// weight rows' length): `out[c * x_rows + t]` for weight row `c` and row `t` of `x`. A lone
+    /// row of `x` takes the one-row kernel (four 8-lane sums); more go through in tiles that
+    /// read each weight value once for up to 4 rows of `x` (one 8-lane sum each), so that a
+    /// row's sum does not depend on the rows beside it in a tile.
+    pub fn dense_rows(self, format: DenseFormat, weights: &[&[u8]], x: &[f32], out: &mut [f32]) {
+        let cols = weights[0].len() / format.value_bytes();
+        debug_assert_eq!(x.len() * weights.len(), out.len() * cols);
+        match self {
+            Kernel::Portable => {
+                let rows = x.chunks_exact(cols);
+                for (weights, out) in weights.iter().zip(out.chunks_exact_mut(rows.len())) {
+                    for (x, out) in x.chunks_exact(cols).zip(out) {
+                        *out = crate::portable::dense_dot(format, weights, x);
+                    }
+                }
+            }
+            // SAFETY: `Kernel::detect` chose this kernel only where the CPU has its features.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { crate::avx2::dense_rows(format, weights, x, out) },
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The kernels of llm-worker-rbee's CPU fast engine: products of GGUF block-quantized weights
-//! with the input quantized once for every product that reads it, by kernels chosen at run time
+//! with the input quantized once for every product that reads it, and of f32 and f16 weights
+//! with the f32 input, by kernels chosen at run time
 //! from the CPU's features (the portable kernel is the reference), split over candle's
 //! persistent barrier pool. A crate of its own so that test builds optimize it as they do
 //! candle. candle's `QMatMul` stays the reference engine; the tests below check every kernel
@@ -9,12 +10,14 @@ pub mod activation;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 pub mod blocks;
+pub mod dense;
 pub mod format;
 pub mod kernel;
 mod portable;
 
 pub use activation::{Q8Rows, BLOCK};
 pub use blocks::{matmul, BlockMatrix};
+pub use dense::{DenseFormat, DenseMatrix};
 pub use format::BlockFormat;
 pub use kernel::Kernel;
 
@@ -186,8 +189,73 @@ mod tests {
         }
     }
 
+    /// The f32 and f16 kernels, at activation row counts 1, 4, 8, 23 and 512 and odd column
+    /// counts (the AVX2 kernel's scalar tail), against the same values' product summed in f64,
+    /// and against candle's `QMatMul` of the same tensor: only the order of f32 sums differs.
+    #[test]
+    fn every_dense_kernel_matches_the_f64_product_and_candle() {
+        for (dtype, format) in [
+            (GgmlDType::F32, DenseFormat::F32),
+            (GgmlDType::F16, DenseFormat::F16),
+        ] {
+            for (n, k) in [(13, 37), (40, 96), (67, 803), (192, 576)] {
+                let weights = quantized(dtype, n, k, n as u32);
+                let bytes = weights.data().unwrap().into_owned();
+                let matrix = DenseMatrix::new(format, n, k, &bytes).unwrap();
+                let stored: Vec<f32> = weights
+                    .dequantize(&Device::Cpu)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                for m in [1, 4, 8, 23, 512] {
+                    let x = values(m * k, 7 + m as u32);
+                    let reference: Vec<f32> = (0..m * n)
+                        .map(|i| {
+                            let (t, r) = (i / n, i % n);
+                            let sum: f64 = stored[r * k..(r + 1) * k]
+                                .iter()
+                                .zip(&x[t * k..(t + 1) * k])
+                                .map(|(w, x)| f64::from(*w) * f64::from(*x))
+                                .sum();
+                            sum as f32
+                        })
+                        .collect();
+                    let input = Tensor::from_slice(&x, (m, k), &Device::Cpu).unwrap();
+                    let candle: Vec<f32> = QMatMul::from_qtensor(quantized(dtype, n, k, n as u32))
+                        .unwrap()
+                        .forward(&input)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1()
+                        .unwrap();
+                    for kernel in Kernel::available() {
+                        let mut out = vec![f32::NAN; m * n];
+                        dense::matmul(kernel, &[matrix], &x, &mut [&mut out]);
+                        for (against, expected) in [("f64", &reference), ("candle", &candle)] {
+                            let error = nmse(&out, expected);
+                            assert!(
+                                error < 1e-10,
+                                "{format:?} {kernel:?} m={m} n={n} k={k} against {against}: NMSE {error}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_matrix_of_the_wrong_size_is_refused() {
+        let refused = DenseMatrix::new(DenseFormat::F16, 3, 5, &[0; 29])
+            .err()
+            .unwrap();
+        assert!(
+            refused.contains("29 bytes") && refused.contains("takes 30"),
+            "{refused}"
+        );
         let refused = BlockMatrix::new(BlockFormat::Q4_1, 2, 64, &[0; 79])
             .err()
             .unwrap();

@@ -6,9 +6,11 @@
 //!   holds an f32 copy of the whole table, 113 MB for SmolLM2-135M, beside the quantized one a
 //!   tied model's output product reads). The rows are the same values either way.
 //!
-//! With the fast engine on the CPU, the Q4_0, Q4_1 and Q8_0 products run on `fast::cpu`'s
-//! kernels, the input quantized once for Q/K/V and once for gate/up; candle's `QMatMul` runs the
-//! rest, and all of them with the candle engine (the reference).
+//! With the fast engine on the CPU, the Q4_0, Q4_1, Q8_0, f32 and f16 products run on
+//! `fast::cpu`'s kernels, Q/K/V in one pass and gate/up in another (a quantized input quantized
+//! once for each); candle's `QMatMul` runs the rest, and all of them with the candle engine
+//! (the reference). The fast engine also keeps its KV cache in buffers written in place and
+//! reads each key/value head once for its group of query heads.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -18,7 +20,7 @@ use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 use candle_transformers::quantized_nn::RmsNorm;
 use candle_transformers::utils::{build_causal_mask, repeat_kv};
 
-use crate::fast::cpu::{forward_shared, BlockLinear};
+use crate::fast::cpu::{forward_shared, KernelLinear};
 use crate::fast::Engine;
 
 use super::kv_buffer::KvBuffer;
@@ -119,14 +121,14 @@ impl QuantizedEmbeddings {
 /// A product of the model: candle's, or the CPU kernels' over the same quantized tensor.
 enum Product {
     Candle(QMatMul),
-    Blocks(BlockLinear),
+    Kernels(KernelLinear),
 }
 
 impl Product {
     fn new(weights: Arc<QTensor>, engine: Engine) -> Result<Self> {
         if engine == Engine::Fast {
-            if let Some(linear) = BlockLinear::new(weights.clone()) {
-                return Ok(Self::Blocks(linear));
+            if let Some(linear) = KernelLinear::new(weights.clone()) {
+                return Ok(Self::Kernels(linear));
             }
         }
         QMatMul::from_arc(weights).map(Self::Candle)
@@ -138,23 +140,26 @@ impl Product {
     }
 }
 
-/// The products of one input: quantized once when the CPU kernels run them all.
+/// The products of one input: in one pass when the CPU kernels run them all (a quantized
+/// product's input quantized once).
 fn forward_all<const N: usize>(products: [&Product; N], x: &Tensor) -> Result<[Tensor; N]> {
-    let blocks: Vec<&BlockLinear> = products
+    let linears: Vec<&KernelLinear> = products
         .iter()
         .filter_map(|p| match p {
-            Product::Blocks(linear) => Some(linear),
+            Product::Kernels(linear) => Some(linear),
             Product::Candle(_) => None,
         })
         .collect();
-    if let Ok(blocks) = <[&BlockLinear; N]>::try_from(blocks) {
-        return forward_shared(blocks, x);
+    if let Ok(linears) = <[&KernelLinear; N]>::try_from(linears) {
+        if linears.iter().all(|l| l.shares_a_pass_with(linears[0])) {
+            return forward_shared(linears, x);
+        }
     }
     let results = products
         .iter()
         .map(|p| match p {
             Product::Candle(matmul) => matmul.forward(x),
-            Product::Blocks(linear) => forward_shared([linear], x).map(|[y]| y),
+            Product::Kernels(linear) => forward_shared([linear], x).map(|[y]| y),
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(results

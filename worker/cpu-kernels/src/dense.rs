@@ -1,0 +1,92 @@
+//! Products of f32 and f16 weights with f32 activation rows, the weights read where the file
+//! put them (f16 widened in registers, never as a whole matrix), split by weight rows over
+//! candle's barrier pool as the block products are.
+
+use candle_core::quantized::GgmlDType;
+
+use crate::blocks::for_each_row;
+use crate::kernel::Kernel;
+
+/// The dense formats these products read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DenseFormat {
+    F32,
+    F16,
+}
+
+impl DenseFormat {
+    pub fn of(dtype: GgmlDType) -> Option<Self> {
+        match dtype {
+            GgmlDType::F32 => Some(Self::F32),
+            GgmlDType::F16 => Some(Self::F16),
+            _ => None,
+        }
+    }
+
+    pub const fn value_bytes(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::F16 => 2,
+        }
+    }
+}
+
+/// A row-major `rows` x `cols` matrix of f32 or f16 values (little-endian), borrowed.
+#[derive(Clone, Copy)]
+pub struct DenseMatrix<'a> {
+    format: DenseFormat,
+    rows: usize,
+    cols: usize,
+    bytes: &'a [u8],
+}
+
+impl<'a> DenseMatrix<'a> {
+    pub fn new(
+        format: DenseFormat,
+        rows: usize,
+        cols: usize,
+        bytes: &'a [u8],
+    ) -> Result<Self, String> {
+        let want = rows * cols * format.value_bytes();
+        if bytes.len() != want {
+            return Err(format!(
+                "{} bytes for a {rows} x {cols} {format:?} matrix, which takes {want}",
+                bytes.len()
+            ));
+        }
+        Ok(Self {
+            format,
+            rows,
+            cols,
+            bytes,
+        })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn row(&self, r: usize) -> &'a [u8] {
+        let row_bytes = self.cols * self.format.value_bytes();
+        &self.bytes[r * row_bytes..(r + 1) * row_bytes]
+    }
+}
+
+/// `outs[i][t * rows_i + r] = row r of matrices[i] · row t of x` (rows of `cols` values), for
+/// every matrix that reads `x`, in one pass over the pool.
+pub fn matmul(kernel: Kernel, matrices: &[DenseMatrix], x: &[f32], outs: &mut [&mut [f32]]) {
+    let cols = matrices.first().map_or(0, |m| m.cols);
+    assert!(
+        matrices.iter().all(|m| m.cols == cols),
+        "the matrices' column counts differ"
+    );
+    let x_rows = x.len().checked_div(cols).unwrap_or(0);
+    assert_eq!(x.len(), x_rows * cols, "x is not rows of {cols} values");
+    let rows: Vec<usize> = matrices.iter().map(|m| m.rows).collect();
+    for_each_row(&rows, x_rows, 2, outs, |i, r, values| {
+        let matrix = &matrices[i];
+        let weights = [matrix.row(r), matrix.row((r + 1).min(matrix.rows - 1))];
+        let count = values.len() / x_rows.max(1);
+        kernel.dense_rows(matrix.format, &weights[..count], x, values)
+    });
+}
