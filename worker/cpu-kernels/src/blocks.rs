@@ -111,18 +111,23 @@ pub(crate) fn for_each_row(
     let (destinations, starts) = (&destinations, &starts);
     barrier_pool().execute_chunked(total, |chunk| {
         let mut values = vec![0.0; at_once * x_rows];
+        let mut i = starts.partition_point(|start| *start <= chunk.start) - 1;
         let mut global = chunk.start;
         while global < chunk.end {
-            let i = starts.partition_point(|start| *start <= global) - 1;
+            if global == starts[i] + rows[i] {
+                i += 1;
+                continue;
+            }
             let r = global - starts[i];
             let count = at_once.min(chunk.end - global).min(rows[i] - r);
             let values = &mut values[..count * x_rows];
             rows_of(i, r, values);
+            let destination = destinations[i].0;
             for (c, column) in values.chunks_exact(x_rows).enumerate() {
                 for (t, v) in column.iter().enumerate() {
                     // SAFETY: in bounds (asserted above), and rows r..r + count are this
                     // thread's alone.
-                    unsafe { *destinations[i].0.add(t * rows[i] + r + c) = *v };
+                    unsafe { *destination.add(t * rows[i] + r + c) = *v };
                 }
             }
             global += count;
