@@ -1,10 +1,10 @@
 //! The kernels of llm-worker-rbee's CPU fast engine: products of GGUF block-quantized weights
 //! with the input quantized once for every product that reads it, and of f32 and f16 weights
-//! with the f32 input, by kernels chosen at run time
-//! from the CPU's features (the portable kernel is the reference), split over candle's
-//! persistent barrier pool. A crate of its own so that test builds optimize it as they do
-//! candle. candle's `QMatMul` stays the reference engine; the tests below check every kernel
-//! against it and against the dequantized f32 product.
+//! with the f32 input, by kernels chosen at run time from the CPU's features (the portable
+//! kernel is the reference), split over candle's persistent barrier pool. A crate of its own so
+//! that test builds optimize it as they do candle. candle's `QMatMul` stays the reference
+//! engine; the tests below check every kernel against it and against the f64 product of the
+//! stored values.
 
 pub mod activation;
 #[cfg(target_arch = "x86_64")]
