@@ -190,6 +190,16 @@ mod tests {
         load(&path)
     }
 
+    /// The project's own file loads here, its `[[peer_targets]]` (xtask's) passed over.
+    #[test]
+    fn the_committed_targets_load() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ci/bench/targets.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("[[peer_targets]]"));
+        let targets = load(&path).unwrap();
+        assert!(targets.iter().any(|t| t.backend == Backend::Cpu));
+    }
+
     const TARGETS: &str = r#"
         [[targets]]
         what = "roofline"
