@@ -6,8 +6,7 @@
 use std::arch::x86_64::*;
 
 use crate::activation::{Q8Row, BLOCK};
-use crate::dense::DenseFormat;
-use crate::format::BlockFormat;
+use crate::format::{BlockFormat, DenseFormat};
 
 /// # Safety
 /// The CPU must have AVX2, FMA and F16C; `weights` holds `x.d.len()` blocks of `format`.

@@ -5,11 +5,10 @@
 //! Per block of 32 (llama.cpp's `ggml_vec_dot_*`): Q4_0 `d_w d_x Σ (q_w - 8) q_x`; Q4_1
 //! `d_w d_x Σ q_w q_x + m_w s_x`; Q8_0 `d_w d_x Σ q_w q_x`.
 
-use candle_core::utils::barrier_pool;
-
 use crate::activation::{Q8Rows, BLOCK};
 use crate::format::BlockFormat;
 use crate::kernel::Kernel;
+use crate::pool::for_each_row;
 
 /// A row-major `rows` x `blocks * 32` matrix of blocks, borrowed.
 #[derive(Clone, Copy)]
@@ -64,12 +63,6 @@ impl<'a> BlockMatrix<'a> {
     }
 }
 
-/// A product's destination: `[activation rows, weight rows]`, row-major.
-struct Destination(*mut f32);
-// SAFETY: each (activation row, weight row) element is written by exactly one thread: the pool
-// hands every weight row to one thread.
-unsafe impl Sync for Destination {}
-
 /// `outs[i][t * rows_i + r] = row r of matrices[i] · activation row t`, for every matrix that
 /// reads the activation `x`, in one pass over the pool.
 pub fn matmul(kernel: Kernel, matrices: &[BlockMatrix], x: &Q8Rows, outs: &mut [&mut [f32]]) {
@@ -81,56 +74,6 @@ pub fn matmul(kernel: Kernel, matrices: &[BlockMatrix], x: &Q8Rows, outs: &mut [
         let matrix = &matrices[i];
         for (t, value) in column.iter_mut().enumerate() {
             *value = kernel.dot(matrix.format, matrix.row(r), x.row(t));
-        }
-    });
-}
-
-/// `outs[i][t * rows[i] + r + c] = values[c * x_rows + t]` where `rows_of(i, r, values)` fills
-/// `values` for `values.len() / x_rows` (at most `at_once`) rows of matrix `i` from row `r`,
-/// each times every input row: split by weight rows (every matrix's in turn) over the pool,
-/// each weight row met once.
-pub(crate) fn for_each_row(
-    rows: &[usize],
-    x_rows: usize,
-    at_once: usize,
-    outs: &mut [&mut [f32]],
-    rows_of: impl Fn(usize, usize, &mut [f32]) + Sync,
-) {
-    assert_eq!(rows.len(), outs.len(), "a destination per matrix");
-    let mut starts = Vec::with_capacity(rows.len());
-    let mut total = 0;
-    for (&n, out) in rows.iter().zip(outs.iter()) {
-        assert_eq!(out.len(), x_rows * n, "the destination's length");
-        starts.push(total);
-        total += n;
-    }
-    let destinations: Vec<Destination> = outs
-        .iter_mut()
-        .map(|out| Destination(out.as_mut_ptr()))
-        .collect();
-    let (destinations, starts) = (&destinations, &starts);
-    barrier_pool().execute_chunked(total, |chunk| {
-        let mut values = vec![0.0; at_once * x_rows];
-        let mut i = starts.partition_point(|start| *start <= chunk.start) - 1;
-        let mut global = chunk.start;
-        while global < chunk.end {
-            if global == starts[i] + rows[i] {
-                i += 1;
-                continue;
-            }
-            let r = global - starts[i];
-            let count = at_once.min(chunk.end - global).min(rows[i] - r);
-            let values = &mut values[..count * x_rows];
-            rows_of(i, r, values);
-            let destination = destinations[i].0;
-            for (c, column) in values.chunks_exact(x_rows).enumerate() {
-                for (t, v) in column.iter().enumerate() {
-                    // SAFETY: in bounds (asserted above), and rows r..r + count are this
-                    // thread's alone.
-                    unsafe { *destination.add(t * rows[i] + r + c) = *v };
-                }
-            }
-            global += count;
         }
     });
 }

@@ -2,34 +2,9 @@
 //! put them (f16 widened in registers, never as a whole matrix), split by weight rows over
 //! candle's barrier pool as the block products are.
 
-use candle_core::quantized::GgmlDType;
-
-use crate::blocks::for_each_row;
+use crate::format::DenseFormat;
 use crate::kernel::Kernel;
-
-/// The dense formats these products read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DenseFormat {
-    F32,
-    F16,
-}
-
-impl DenseFormat {
-    pub fn of(dtype: GgmlDType) -> Option<Self> {
-        match dtype {
-            GgmlDType::F32 => Some(Self::F32),
-            GgmlDType::F16 => Some(Self::F16),
-            _ => None,
-        }
-    }
-
-    pub const fn value_bytes(self) -> usize {
-        match self {
-            Self::F32 => 4,
-            Self::F16 => 2,
-        }
-    }
-}
+use crate::pool::for_each_row;
 
 /// A row-major `rows` x `cols` matrix of f32 or f16 values (little-endian), borrowed.
 #[derive(Clone, Copy)]

@@ -1,4 +1,4 @@
-//! GGUF's block formats of 32 values that the kernels read.
+//! The weight formats the kernels read: GGUF's blocks of 32 values, and f32 and f16.
 
 use candle_core::quantized::GgmlDType;
 use half::f16;
@@ -31,6 +31,30 @@ impl BlockFormat {
             Self::Q4_0 => 18,
             Self::Q4_1 => 20,
             Self::Q8_0 => 34,
+        }
+    }
+}
+
+/// The dense formats these products read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DenseFormat {
+    F32,
+    F16,
+}
+
+impl DenseFormat {
+    pub fn of(dtype: GgmlDType) -> Option<Self> {
+        match dtype {
+            GgmlDType::F32 => Some(Self::F32),
+            GgmlDType::F16 => Some(Self::F16),
+            _ => None,
+        }
+    }
+
+    pub const fn value_bytes(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::F16 => 2,
         }
     }
 }

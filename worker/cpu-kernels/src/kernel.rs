@@ -1,8 +1,7 @@
 //! The dot product kernels, chosen at run time from the CPU's features.
 
 use crate::activation::Q8Row;
-use crate::dense::DenseFormat;
-use crate::format::BlockFormat;
+use crate::format::{BlockFormat, DenseFormat};
 
 /// The dot product kernels a CPU runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

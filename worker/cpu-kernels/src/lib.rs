@@ -13,12 +13,13 @@ pub mod blocks;
 pub mod dense;
 pub mod format;
 pub mod kernel;
+mod pool;
 mod portable;
 
 pub use activation::{Q8Rows, BLOCK};
 pub use blocks::{matmul, BlockMatrix};
-pub use dense::{DenseFormat, DenseMatrix};
-pub use format::BlockFormat;
+pub use dense::DenseMatrix;
+pub use format::{BlockFormat, DenseFormat};
 pub use kernel::Kernel;
 
 /// `Σ (a - b)² / Σ b²`, the measure of llama.cpp's test-backend-ops that the kernels' checks

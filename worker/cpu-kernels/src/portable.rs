@@ -1,8 +1,7 @@
 //! The reference kernel: plain Rust on every CPU.
 
 use crate::activation::{Q8Row, BLOCK};
-use crate::dense::DenseFormat;
-use crate::format::{half, BlockFormat};
+use crate::format::{half, BlockFormat, DenseFormat};
 
 /// The reference kernel: integer sums per block, scaled in f32.
 pub fn dot(format: BlockFormat, weights: &[u8], x: Q8Row) -> f32 {
