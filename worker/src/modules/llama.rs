@@ -14,14 +14,46 @@ use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 use candle_nn::{embedding, linear_no_bias as linear, Embedding, Linear, RmsNorm, VarBuilder};
 use candle_transformers::models::llama::{Config, Llama3RopeConfig, Llama3RopeType};
 
-use super::kv_buffer::KvBuffer;
+/// Positions the cache grows by at least, so that decoding reallocates it rarely.
+const CACHE_GROWTH: usize = 256;
+
+/// One layer's keys or values, `(batch, kv_heads, capacity, head_dim)`, of which the first
+/// `len` positions are written.
+#[derive(Clone, Debug)]
+struct Buffer {
+    data: Tensor,
+    len: usize,
+}
+
+impl Buffer {
+    /// Appends `x` `(batch, kv_heads, seq, head_dim)` and returns the positions written so far.
+    fn append(buffer: &mut Option<Buffer>, x: &Tensor, max_len: usize) -> Result<Tensor> {
+        let (b, heads, seq, dim) = x.dims4()?;
+        let x = x.contiguous()?;
+        let len = buffer.as_ref().map_or(0, |b| b.len);
+        let capacity = buffer.as_ref().map_or(0, |b| b.data.dim(2).unwrap_or(0));
+        if len + seq > capacity {
+            let wanted = (len + seq).max(2 * capacity).max(CACHE_GROWTH);
+            let capacity = wanted.min(max_len.max(len + seq));
+            let data = Tensor::zeros((b, heads, capacity, dim), x.dtype(), x.device())?;
+            if let Some(old) = buffer.as_ref() {
+                data.slice_set(&old.data.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
+            }
+            *buffer = Some(Buffer { data, len });
+        }
+        let buffer = buffer.as_mut().expect("allocated above");
+        buffer.data.slice_set(&x, 2, len)?;
+        buffer.len = len + seq;
+        buffer.data.narrow(2, 0, buffer.len)
+    }
+}
 
 /// The KV cache, rotary tables and masks of one sequence. Clone only an empty one (as the
 /// worker does for each request): a clone shares the buffers, which are written in place.
 #[derive(Clone, Debug)]
 pub struct Cache {
     masks: HashMap<(usize, usize), Tensor>,
-    kvs: Vec<(Option<KvBuffer>, Option<KvBuffer>)>,
+    kvs: Vec<(Option<Buffer>, Option<Buffer>)>,
     cos: Tensor,
     sin: Tensor,
     max_len: usize,
@@ -165,8 +197,8 @@ impl Attention {
 
         let max_len = cache.max_len;
         let (k_buffer, v_buffer) = &mut cache.kvs[layer];
-        let k = KvBuffer::append(k_buffer, &k, max_len)?;
-        let v = KvBuffer::append(v_buffer, &v, max_len)?;
+        let k = Buffer::append(k_buffer, &k, max_len)?;
+        let v = Buffer::append(v_buffer, &v, max_len)?;
 
         // Attention in f32, as candle's module computes it; the cast is exact, so casting
         // before the repeat gives the same values from fewer bytes.
@@ -339,5 +371,38 @@ mod tests {
                 ours.forward(&input, 5 + step, &mut our_cache).unwrap(),
             );
         }
+    }
+
+    #[test]
+    fn the_cache_buffer_grows_and_keeps_what_was_written() {
+        let device = Device::Cpu;
+        let mut buffer = None;
+        let mut written = Vec::new();
+        for i in 0..(CACHE_GROWTH + 40) {
+            let x = Tensor::full(i as f32, (1, 2, 1, 3), &device).unwrap();
+            let all = Buffer::append(&mut buffer, &x, 10_000).unwrap();
+            written.push(x);
+            assert_eq!(all.dims4().unwrap(), (1, 2, i + 1, 3));
+        }
+        let expected = Tensor::cat(&written, 2).unwrap();
+        let all = buffer
+            .as_ref()
+            .unwrap()
+            .data
+            .narrow(2, 0, CACHE_GROWTH + 40)
+            .unwrap();
+        assert_eq!(
+            all.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            expected.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
+        assert_eq!(buffer.unwrap().data.dim(2).unwrap(), 2 * CACHE_GROWTH);
+        // A prefill longer than the growth step fits at once; the context caps the growth.
+        let mut buffer = None;
+        let x = Tensor::zeros((1, 2, 300, 3), DType::F32, &device).unwrap();
+        Buffer::append(&mut buffer, &x, 310).unwrap();
+        assert_eq!(buffer.as_ref().unwrap().data.dim(2).unwrap(), 300);
+        let x = Tensor::zeros((1, 2, 1, 3), DType::F32, &device).unwrap();
+        Buffer::append(&mut buffer, &x, 310).unwrap();
+        assert_eq!(buffer.unwrap().data.dim(2).unwrap(), 310);
     }
 }

@@ -23,8 +23,6 @@ use candle_transformers::utils::{build_causal_mask, repeat_kv};
 use crate::fast::cpu::{forward_shared, KernelLinear};
 use crate::fast::Engine;
 
-use super::kv_buffer::KvBuffer;
-
 /// The settings the module reads, from the metadata (checked by `gguf::parse` first).
 pub struct Settings {
     pub num_layers: usize,
@@ -194,12 +192,7 @@ struct Layer {
     cos: Tensor,
     sin: Tensor,
     neg_inf: Tensor,
-    /// candle's path: the cache, concatenated with each token's keys and values.
     kv_cache: Option<(Tensor, Tensor)>,
-    /// The fast engine's path: the cache in buffers written in place, each key/value head read
-    /// once for its group of query heads (candle's path repeats them, `repeat_kv`).
-    grouped: bool,
-    kv_buffers: (Option<KvBuffer>, Option<KvBuffer>),
 }
 
 impl Layer {
@@ -222,37 +215,19 @@ impl Layer {
         let v = heads(v, self.num_kv_heads)?.contiguous()?;
         let q = self.rotate(&q, offset)?;
         let k = self.rotate(&k, offset)?;
-        let groups = self.num_heads / self.num_kv_heads;
-        let scale = (self.head_dim as f64).sqrt();
-        let (q, k, v) = if self.grouped {
-            // The cache is written in place, and query heads h = kv * groups + g, which share
-            // key/value head kv, are rows of one product: no copy of the cache per token.
-            let (k_buffer, v_buffer) = &mut self.kv_buffers;
-            if offset == 0 {
-                KvBuffer::restart(k_buffer);
-                KvBuffer::restart(v_buffer);
-            }
-            let positions = self.cos.dim(0)?;
-            let k = KvBuffer::append(k_buffer, &k, positions)?;
-            let v = KvBuffer::append(v_buffer, &v, positions)?;
-            let q = q.reshape((batch, self.num_kv_heads, groups * tokens, self.head_dim))?;
-            (q, k, v)
-        } else {
-            // A request from position 0 starts a new cache, whatever an earlier one left.
-            let (k, v) = match &self.kv_cache {
-                Some((k_cache, v_cache)) if offset > 0 => (
-                    Tensor::cat(&[k_cache, &k], 2)?,
-                    Tensor::cat(&[v_cache, &v], 2)?,
-                ),
-                _ => (k, v),
-            };
-            self.kv_cache = Some((k.clone(), v.clone()));
-            let v = repeat_kv(v, groups)?.contiguous()?;
-            (q, repeat_kv(k, groups)?, v)
+        // A request from position 0 starts a new cache, whatever an earlier one left.
+        let (k, v) = match &self.kv_cache {
+            Some((k_cache, v_cache)) if offset > 0 => (
+                Tensor::cat(&[k_cache, &k], 2)?,
+                Tensor::cat(&[v_cache, &v], 2)?,
+            ),
+            _ => (k, v),
         };
-        let scores = (q.matmul(&k.t()?)? / scale)?;
-        let seq = scores.dim(3)?;
-        let scores = scores.reshape((batch, self.num_heads, tokens, seq))?;
+        self.kv_cache = Some((k.clone(), v.clone()));
+        let groups = self.num_heads / self.num_kv_heads;
+        let k = repeat_kv(k, groups)?;
+        let v = repeat_kv(v, groups)?;
+        let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?;
         let scores = match mask {
             None => scores,
             Some(mask) => {
@@ -261,10 +236,7 @@ impl Layer {
             }
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let (_, query_heads, rows, _) = q.dims4()?;
-        let probs = probs.reshape((batch, query_heads, rows, seq))?;
-        let y = probs.matmul(&v)?;
-        let y = y.reshape((batch, self.num_heads, tokens, self.head_dim))?;
+        let y = probs.matmul(&v.contiguous()?)?;
         let y = y.transpose(1, 2)?.reshape((batch, tokens, hidden))?;
         self.o.forward(&y)
     }
@@ -355,8 +327,6 @@ impl QuantizedLlama {
                 sin: sin.clone(),
                 neg_inf: neg_inf.clone(),
                 kv_cache: None,
-                grouped: engine == Engine::Fast,
-                kv_buffers: (None, None),
             });
         }
         Ok(Self {
@@ -370,8 +340,6 @@ impl QuantizedLlama {
     pub fn clear_kv_cache(&mut self) {
         for layer in &mut self.layers {
             layer.kv_cache = None;
-            KvBuffer::restart(&mut layer.kv_buffers.0);
-            KvBuffer::restart(&mut layer.kv_buffers.1);
         }
     }
 
