@@ -9,8 +9,7 @@
 //! With the fast engine on the CPU, the Q4_0, Q4_1, Q8_0, f32 and f16 products run on
 //! `fast::cpu`'s kernels, Q/K/V in one pass and gate/up in another (a quantized input quantized
 //! once for each); candle's `QMatMul` runs the rest, and all of them with the candle engine
-//! (the reference). The fast engine also keeps its KV cache in buffers written in place and
-//! reads each key/value head once for its group of query heads.
+//! (the reference).
 
 use std::borrow::Cow;
 use std::sync::Arc;
