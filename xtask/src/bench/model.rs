@@ -33,11 +33,11 @@ pub struct ModelArgs {
     #[arg(long = "engine", value_name = "ENGINE")]
     engines: Vec<Engine>,
     /// Compare the figures with these targets (e.g. ci/bench/targets.toml); exit non-zero if
-    /// one that applies is missed.
+    /// one that applies is missed. With --peer: its `[[peer_targets]]`, the ratios.
     #[arg(long, value_name = "FILE")]
     check: Option<PathBuf>,
     /// Measure llama.cpp beside the worker, in turns, on the same GGUF file and threads, and
-    /// report each ratio (target/bench/<model>-<weights>-cpu-peer-llama.cpp.json). Built on
+    /// report each ratio (target/bench/<gguf>-cpu-peer-llama.cpp.json). Built on
     /// first use from the trimmed source in --peer-dir into target/peers/ (cmake from PyPI).
     /// With --shape, the GGUF is the peer's mkgguf.py's random-weight F16 file of that shape.
     #[arg(long, value_enum)]
