@@ -5,8 +5,130 @@
 
 use std::arch::x86_64::*;
 
-use crate::activation::{Q8Row, BLOCK};
+use crate::activation::{Q8Row, Q8Rows, BLOCK};
 use crate::format::{BlockFormat, DenseFormat};
+
+/// One weight row times every row of `x`, into `out`: four input rows at a time, each block's
+/// weights unpacked once for the four, with each row's own steps as `dot` takes them (so the
+/// sums are `dot`'s bit for bit); the last rows take `dot`.
+///
+/// # Safety
+/// As `dot`, for every row of `x`.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_rows(format: BlockFormat, weights: &[u8], x: &Q8Rows, out: &mut [f32]) {
+    let mut t = 0;
+    while t + 4 <= out.len() {
+        let rows: [Q8Row; 4] = std::array::from_fn(|k| x.row(t + k));
+        // SAFETY: the caller's promise.
+        let sums = unsafe {
+            match format {
+                BlockFormat::Q4_1 => q4_1_tile(weights, rows),
+                _ => dot_tile(format, weights, rows),
+            }
+        };
+        out[t..t + 4].copy_from_slice(&sums);
+        t += 4;
+    }
+    for (t, out) in out.iter_mut().enumerate().skip(t) {
+        // SAFETY: the caller's promise.
+        *out = unsafe { dot(format, weights, x.row(t)) };
+    }
+}
+
+/// `dot` of one Q4_0 or Q8_0 weight row with `T` input rows.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_tile<const T: usize>(format: BlockFormat, weights: &[u8], x: [Q8Row; T]) -> [f32; T] {
+    let size = format.block_bytes();
+    let blocks = x[0].d.len();
+    assert!(weights.len() >= blocks * size);
+    assert!(x
+        .iter()
+        .all(|x| x.d.len() == blocks && x.qs.len() >= blocks * BLOCK));
+    let w = weights.as_ptr();
+    let mut acc = [_mm256_setzero_ps(); T];
+    let eight = _mm256_set1_epi8(8);
+    for b in 0..blocks {
+        // SAFETY: block b's bytes lie at `w + b * size`, its activations at `b * 32` of each
+        // row (asserted above).
+        unsafe {
+            let block = w.add(b * size);
+            let qw = match format {
+                BlockFormat::Q4_0 => _mm256_sub_epi8(nibbles(block.add(2)), eight),
+                _ => _mm256_loadu_si256(block.add(2) as *const __m256i),
+            };
+            let dw = half(block);
+            let magnitudes = _mm256_sign_epi8(qw, qw);
+            for (acc, x) in acc.iter_mut().zip(&x) {
+                let scale = _mm256_set1_ps(dw * x.d[b]);
+                let qx = _mm256_loadu_si256(x.qs.as_ptr().add(b * BLOCK) as *const __m256i);
+                let products =
+                    pair_sums(_mm256_maddubs_epi16(magnitudes, _mm256_sign_epi8(qx, qw)));
+                *acc = _mm256_fmadd_ps(scale, products, *acc);
+            }
+        }
+    }
+    // `+ 0.0` as `dot` ends, so that a sum of -0.0 comes out as it does there.
+    acc.map(|acc| horizontal_sum(acc) + 0.0)
+}
+
+/// `dot` of one Q4_1 weight row with `T` input rows.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_1_tile<const T: usize>(weights: &[u8], x: [Q8Row; T]) -> [f32; T] {
+    let size = BlockFormat::Q4_1.block_bytes();
+    let blocks = x[0].d.len();
+    assert!(weights.len() >= blocks * size);
+    assert!(x
+        .iter()
+        .all(|x| { x.d.len() == blocks && x.s.len() == blocks && x.qs.len() >= blocks * BLOCK }));
+    let w = weights.as_ptr();
+    let ones = _mm256_set1_epi16(1);
+    let whole = blocks - blocks % 8;
+    let mut scalar = [0.0f32; T];
+    let mut terms = [0.0f32; 8];
+    // SAFETY (the loads): block b's bytes lie at `w + b * size`, its activations at `b * 32`
+    // of each row, `d` and `s` at `b` (asserted above).
+    unsafe {
+        for first in (0..whole).step_by(8) {
+            let mut sums = [[_mm256_setzero_si256(); 8]; T];
+            let mut scales = [0u32; 8];
+            for (i, scale) in scales.iter_mut().enumerate() {
+                let block = w.add((first + i) * size);
+                let q4 = nibbles(block.add(4));
+                *scale = std::ptr::read_unaligned(block as *const u32);
+                for (sums, x) in sums.iter_mut().zip(&x) {
+                    let at = (first + i) * BLOCK;
+                    let qx = _mm256_loadu_si256(x.qs.as_ptr().add(at) as *const __m256i);
+                    sums[i] = _mm256_madd_epi16(_mm256_maddubs_epi16(q4, qx), ones);
+                }
+            }
+            let (dw, mw) = halves(scales);
+            for ((sums, x), scalar) in sums.into_iter().zip(&x).zip(&mut scalar) {
+                let sums = _mm256_cvtepi32_ps(lane_sums(sums));
+                let dx = _mm256_loadu_ps(x.d.as_ptr().add(first));
+                let sx = _mm256_loadu_ps(x.s.as_ptr().add(first));
+                let products = _mm256_mul_ps(_mm256_mul_ps(sums, dw), dx);
+                let t = _mm256_add_ps(products, _mm256_mul_ps(mw, sx));
+                _mm256_storeu_ps(terms.as_mut_ptr(), t);
+                for term in terms {
+                    *scalar += term;
+                }
+            }
+        }
+        for b in whole..blocks {
+            let block = w.add(b * size);
+            let q4 = nibbles(block.add(4));
+            for (x, scalar) in x.iter().zip(&mut scalar) {
+                let qx = _mm256_loadu_si256(x.qs.as_ptr().add(b * BLOCK) as *const __m256i);
+                let sum = integer_sum(_mm256_madd_epi16(_mm256_maddubs_epi16(q4, qx), ones));
+                *scalar += sum as f32 * half(block) * x.d[b] + half(block.add(2)) * x.s[b];
+            }
+        }
+    }
+    // `dot` ends with its (zero) vector sum plus this one.
+    scalar.map(|s| 0.0 + s)
+}
 
 /// # Safety
 /// The CPU must have AVX2, FMA and F16C; `weights` holds `x.d.len()` blocks of `format`.

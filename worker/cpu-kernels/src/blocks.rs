@@ -72,8 +72,6 @@ pub fn matmul(kernel: Kernel, matrices: &[BlockMatrix], x: &Q8Rows, outs: &mut [
     let rows: Vec<usize> = matrices.iter().map(|m| m.rows).collect();
     for_each_row(&rows, x.rows(), 1, outs, |i, r, column| {
         let matrix = &matrices[i];
-        for (t, value) in column.iter_mut().enumerate() {
-            *value = kernel.dot(matrix.format, matrix.row(r), x.row(t));
-        }
+        kernel.dot_rows(matrix.format, matrix.row(r), x, column);
     });
 }

@@ -1,6 +1,6 @@
 //! The dot product kernels, chosen at run time from the CPU's features.
 
-use crate::activation::Q8Row;
+use crate::activation::{Q8Row, Q8Rows};
 use crate::format::{BlockFormat, DenseFormat};
 
 /// The dot product kernels a CPU runs.
@@ -43,6 +43,22 @@ impl Kernel {
             // SAFETY: `Kernel::detect` chose this kernel only where the CPU has its features.
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => unsafe { crate::avx2::dot(format, weights, x) },
+        }
+    }
+
+    /// One weight row (its blocks' bytes) times every row of `x`: `out[t]` for row `t`, each
+    /// equal to `dot` of that row.
+    pub fn dot_rows(self, format: BlockFormat, weights: &[u8], x: &Q8Rows, out: &mut [f32]) {
+        debug_assert_eq!(out.len(), x.rows());
+        match self {
+            Kernel::Portable => {
+                for (t, out) in out.iter_mut().enumerate() {
+                    *out = crate::portable::dot(format, weights, x.row(t));
+                }
+            }
+            // SAFETY: as for `dot`.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { crate::avx2::dot_rows(format, weights, x, out) },
         }
     }
 

@@ -125,7 +125,15 @@ mod tests {
     #[test]
     fn every_kernel_matches_candles_qmatmul() {
         for (dtype, format) in FORMATS {
-            for (n, k, m) in [(23, 576, 1), (40, 64, 5), (9, 1536, 3), (7, 96, 2)] {
+            for (n, k, m) in [
+                (23, 576, 1),
+                (40, 64, 5),
+                (9, 1536, 3),
+                (7, 96, 2),
+                (13, 288, 8),
+                (6, 256, 9),
+                (5, 320, 4),
+            ] {
                 if format == BlockFormat::Q4_1 && (k / 32) % 2 == 1 {
                     continue;
                 }
