@@ -1,0 +1,150 @@
+//! AVX-512F products of f32 and f16 weights: the AVX2 kernels' loops in 16 lanes (f16 widened
+//! with `vcvtph2ps`). The quantized products stay AVX2's, whose sums follow candle's order.
+
+use std::arch::x86_64::*;
+
+use crate::dense::DenseFormat;
+
+/// One or two rows of f32 or f16 weights times each row of `x`: see `Kernel::dense_rows`.
+///
+/// # Safety
+/// The CPU must have AVX-512F and F16C; every weight row holds the values of a row of `x`, and
+/// `out` has a value per weight row and row of `x`.
+#[target_feature(enable = "avx512f,f16c")]
+pub unsafe fn dense_rows(format: DenseFormat, weights: &[&[u8]], x: &[f32], out: &mut [f32]) {
+    let cols = weights[0].len() / format.value_bytes();
+    let x_rows = x.len() / cols;
+    assert!(weights.iter().all(|w| w.len() == weights[0].len()));
+    assert_eq!(out.len(), weights.len() * x_rows);
+    // SAFETY (each kernel below): the asserts above.
+    if x_rows == 1 {
+        for (w, out) in weights.iter().zip(out) {
+            *out = unsafe { dense_dot(format, w, x) };
+        }
+        return;
+    }
+    let row = |t: usize| &x[t * cols..(t + 1) * cols];
+    let mut t = 0;
+    while t < x_rows {
+        let tile = (x_rows - t).min(4);
+        match (weights, tile) {
+            ([a, b], 4) => {
+                let rows = std::array::from_fn(|k| row(t + k));
+                let sums = unsafe { dense_tile::<2, 4>(format, [a, b], rows) };
+                for (c, sums) in sums.iter().enumerate() {
+                    out[c * x_rows + t..c * x_rows + t + 4].copy_from_slice(sums);
+                }
+            }
+            (_, 4) => {
+                for (c, w) in weights.iter().enumerate() {
+                    let rows = std::array::from_fn(|k| row(t + k));
+                    let [sums] = unsafe { dense_tile::<1, 4>(format, [w], rows) };
+                    out[c * x_rows + t..c * x_rows + t + 4].copy_from_slice(&sums);
+                }
+            }
+            _ => {
+                for (c, w) in weights.iter().enumerate() {
+                    for k in t..t + tile {
+                        let [[sum]] = unsafe { dense_tile(format, [w], [row(k)]) };
+                        out[c * x_rows + k] = sum;
+                    }
+                }
+            }
+        }
+        t += tile;
+    }
+}
+
+/// `R` weight rows times `T` rows of `x`: one 16-lane FMA sum per pair, the tail in scalar.
+#[inline]
+#[target_feature(enable = "avx512f,f16c")]
+unsafe fn dense_tile<const R: usize, const T: usize>(
+    format: DenseFormat,
+    weights: [&[u8]; R],
+    x: [&[f32]; T],
+) -> [[f32; T]; R] {
+    let n = weights[0].len() / format.value_bytes();
+    assert!(weights.iter().all(|w| w.len() == weights[0].len()) && x.iter().all(|x| x.len() == n));
+    let mut acc = [[_mm512_setzero_ps(); T]; R];
+    let whole = n - n % 16;
+    for j in (0..whole).step_by(16) {
+        // SAFETY: values j..j + 16 lie within every weight row and every x row.
+        let xv: [__m512; T] =
+            std::array::from_fn(|t| unsafe { _mm512_loadu_ps(x[t].as_ptr().add(j)) });
+        for (acc, w) in acc.iter_mut().zip(&weights) {
+            let wv = unsafe { load(format, w.as_ptr(), j) };
+            for (acc, xv) in acc.iter_mut().zip(&xv) {
+                *acc = _mm512_fmadd_ps(wv, *xv, *acc);
+            }
+        }
+    }
+    let mut out = [[0.0; T]; R];
+    for ((out, acc), w) in out.iter_mut().zip(&acc).zip(&weights) {
+        for ((out, acc), x) in out.iter_mut().zip(acc).zip(&x) {
+            *out = _mm512_reduce_add_ps(*acc);
+            for (j, x) in x.iter().enumerate().skip(whole) {
+                // SAFETY: j < n.
+                *out += unsafe { value(format, w.as_ptr(), j) } * x;
+            }
+        }
+    }
+    out
+}
+
+/// One row of f32 or f16 weights times an f32 row: four 16-lane FMA sums, the tail in scalar.
+#[target_feature(enable = "avx512f,f16c")]
+unsafe fn dense_dot(format: DenseFormat, weights: &[u8], x: &[f32]) -> f32 {
+    let n = x.len();
+    assert!(weights.len() >= n * format.value_bytes());
+    let w = weights.as_ptr();
+    let mut acc = [_mm512_setzero_ps(); 4];
+    let whole = n - n % 64;
+    for j in (0..whole).step_by(64) {
+        for (lane, acc) in acc.iter_mut().enumerate() {
+            let at = j + 16 * lane;
+            // SAFETY: at + 16 <= n.
+            let xv = unsafe { _mm512_loadu_ps(x.as_ptr().add(at)) };
+            *acc = _mm512_fmadd_ps(unsafe { load(format, w, at) }, xv, *acc);
+        }
+    }
+    let mut sum = _mm512_reduce_add_ps(_mm512_add_ps(
+        _mm512_add_ps(acc[0], acc[1]),
+        _mm512_add_ps(acc[2], acc[3]),
+    ));
+    for (j, x) in x.iter().enumerate().skip(whole) {
+        // SAFETY: j < n.
+        sum += unsafe { value(format, w, j) } * x;
+    }
+    sum
+}
+
+/// Values j..j + 16 of a row of `format` at `w`, as f32.
+///
+/// # Safety
+/// The row holds them.
+#[inline]
+#[target_feature(enable = "avx512f,f16c")]
+unsafe fn load(format: DenseFormat, w: *const u8, j: usize) -> __m512 {
+    unsafe {
+        match format {
+            DenseFormat::F32 => _mm512_loadu_ps(w.add(4 * j) as *const f32),
+            DenseFormat::F16 => _mm512_cvtph_ps(_mm256_loadu_si256(w.add(2 * j) as *const __m256i)),
+        }
+    }
+}
+
+/// Value j of a row of `format` at `w`, as f32.
+///
+/// # Safety
+/// The row holds it.
+#[inline]
+unsafe fn value(format: DenseFormat, w: *const u8, j: usize) -> f32 {
+    unsafe {
+        match format {
+            DenseFormat::F32 => std::ptr::read_unaligned(w.add(4 * j) as *const f32),
+            DenseFormat::F16 => {
+                half::f16::from_bits(std::ptr::read_unaligned(w.add(2 * j) as *const u16)).to_f32()
+            }
+        }
+    }
+}
