@@ -8,30 +8,43 @@ use std::arch::x86_64::*;
 use crate::activation::{Q8Row, Q8Rows, BLOCK};
 use crate::format::{BlockFormat, DenseFormat};
 
-/// One weight row times every row of `x`, into `out`: four input rows at a time, each block's
-/// weights unpacked once for the four, with each row's own steps as `dot` takes them (so the
-/// sums are `dot`'s bit for bit); the last rows take `dot`.
+/// One or two weight rows times every row of `x`: `out[c * x_rows + t]` for weight row `c` and
+/// input row `t`, each equal to `dot` of the two bit for bit (each row's own steps, in `dot`'s
+/// order). A lone input row meets two Q4_1 weight rows in one pass (the input loaded once);
+/// otherwise four input rows meet one weight row at a time (each block unpacked once for the
+/// four), and the last rows take `dot`.
 ///
 /// # Safety
-/// As `dot`, for every row of `x`.
+/// As `dot`, for every weight row and every row of `x`.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_rows(format: BlockFormat, weights: &[u8], x: &Q8Rows, out: &mut [f32]) {
-    let mut t = 0;
-    while t + 4 <= out.len() {
-        let rows: [Q8Row; 4] = std::array::from_fn(|k| x.row(t + k));
-        // SAFETY: the caller's promise.
-        let sums = unsafe {
-            match format {
-                BlockFormat::Q4_1 => q4_1_tile(weights, rows),
-                _ => dot_tile(format, weights, rows),
-            }
-        };
-        out[t..t + 4].copy_from_slice(&sums);
-        t += 4;
+pub unsafe fn dot_rows(format: BlockFormat, weights: &[&[u8]], x: &Q8Rows, out: &mut [f32]) {
+    let x_rows = x.rows();
+    assert_eq!(out.len(), weights.len() * x_rows);
+    // SAFETY (each kernel below): the caller's promise.
+    if let (BlockFormat::Q4_1, &[a, b], 1) = (format, weights, x_rows) {
+        let [[first], [second]] = unsafe { q4_1_tile([a, b], [x.row(0)]) };
+        out.copy_from_slice(&[first, second]);
+        return;
     }
-    for (t, out) in out.iter_mut().enumerate().skip(t) {
-        // SAFETY: the caller's promise.
-        *out = unsafe { dot(format, weights, x.row(t)) };
+    for (weights, out) in weights.iter().zip(out.chunks_exact_mut(x_rows)) {
+        let mut t = 0;
+        while t + 4 <= x_rows {
+            let rows: [Q8Row; 4] = std::array::from_fn(|k| x.row(t + k));
+            let sums = unsafe {
+                match format {
+                    BlockFormat::Q4_1 => {
+                        let [sums] = q4_1_tile([weights], rows);
+                        sums
+                    }
+                    _ => dot_tile(format, weights, rows),
+                }
+            };
+            out[t..t + 4].copy_from_slice(&sums);
+            t += 4;
+        }
+        for (t, out) in out.iter_mut().enumerate().skip(t) {
+            *out = unsafe { dot(format, weights, x.row(t)) };
+        }
     }
 }
 
@@ -72,62 +85,73 @@ unsafe fn dot_tile<const T: usize>(format: BlockFormat, weights: &[u8], x: [Q8Ro
     acc.map(|acc| horizontal_sum(acc) + 0.0)
 }
 
-/// `dot` of one Q4_1 weight row with `T` input rows.
+/// `dot` of `R` Q4_1 weight rows with `T` input rows: each block's weights unpacked once for
+/// the `T` rows, each input block loaded once for the `R` rows.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_1_tile<const T: usize>(weights: &[u8], x: [Q8Row; T]) -> [f32; T] {
+unsafe fn q4_1_tile<const R: usize, const T: usize>(
+    weights: [&[u8]; R],
+    x: [Q8Row; T],
+) -> [[f32; T]; R] {
     let size = BlockFormat::Q4_1.block_bytes();
     let blocks = x[0].d.len();
-    assert!(weights.len() >= blocks * size);
+    assert!(weights.iter().all(|w| w.len() >= blocks * size));
     assert!(x
         .iter()
         .all(|x| { x.d.len() == blocks && x.s.len() == blocks && x.qs.len() >= blocks * BLOCK }));
-    let w = weights.as_ptr();
     let ones = _mm256_set1_epi16(1);
     let whole = blocks - blocks % 8;
-    let mut scalar = [0.0f32; T];
+    let mut scalar = [[0.0f32; T]; R];
     let mut terms = [0.0f32; 8];
-    // SAFETY (the loads): block b's bytes lie at `w + b * size`, its activations at `b * 32`
-    // of each row, `d` and `s` at `b` (asserted above).
+    // SAFETY (the loads): block b's bytes lie at `b * size` of each weight row, its activations
+    // at `b * 32` of each input row, `d` and `s` at `b` (asserted above).
     unsafe {
         for first in (0..whole).step_by(8) {
-            let mut sums = [[_mm256_setzero_si256(); 8]; T];
-            let mut scales = [0u32; 8];
-            for (i, scale) in scales.iter_mut().enumerate() {
-                let block = w.add((first + i) * size);
-                let q4 = nibbles(block.add(4));
-                *scale = std::ptr::read_unaligned(block as *const u32);
-                for (sums, x) in sums.iter_mut().zip(&x) {
-                    let at = (first + i) * BLOCK;
-                    let qx = _mm256_loadu_si256(x.qs.as_ptr().add(at) as *const __m256i);
-                    sums[i] = _mm256_madd_epi16(_mm256_maddubs_epi16(q4, qx), ones);
+            let mut sums = [[[_mm256_setzero_si256(); 8]; T]; R];
+            let mut scales = [[0u32; 8]; R];
+            for i in 0..8 {
+                let at = (first + i) * BLOCK;
+                let qx: [__m256i; T] = std::array::from_fn(|t| {
+                    _mm256_loadu_si256(x[t].qs.as_ptr().add(at) as *const __m256i)
+                });
+                for ((sums, scales), w) in sums.iter_mut().zip(&mut scales).zip(&weights) {
+                    let block = w.as_ptr().add((first + i) * size);
+                    let q4 = nibbles(block.add(4));
+                    scales[i] = std::ptr::read_unaligned(block as *const u32);
+                    for (sums, qx) in sums.iter_mut().zip(&qx) {
+                        sums[i] = _mm256_madd_epi16(_mm256_maddubs_epi16(q4, *qx), ones);
+                    }
                 }
             }
-            let (dw, mw) = halves(scales);
-            for ((sums, x), scalar) in sums.into_iter().zip(&x).zip(&mut scalar) {
-                let sums = _mm256_cvtepi32_ps(lane_sums(sums));
-                let dx = _mm256_loadu_ps(x.d.as_ptr().add(first));
-                let sx = _mm256_loadu_ps(x.s.as_ptr().add(first));
-                let products = _mm256_mul_ps(_mm256_mul_ps(sums, dw), dx);
-                let t = _mm256_add_ps(products, _mm256_mul_ps(mw, sx));
-                _mm256_storeu_ps(terms.as_mut_ptr(), t);
-                for term in terms {
-                    *scalar += term;
+            for ((sums, scales), scalar) in sums.into_iter().zip(scales).zip(&mut scalar) {
+                let (dw, mw) = halves(scales);
+                for ((sums, x), scalar) in sums.into_iter().zip(&x).zip(scalar.iter_mut()) {
+                    let sums = _mm256_cvtepi32_ps(lane_sums(sums));
+                    let dx = _mm256_loadu_ps(x.d.as_ptr().add(first));
+                    let sx = _mm256_loadu_ps(x.s.as_ptr().add(first));
+                    let products = _mm256_mul_ps(_mm256_mul_ps(sums, dw), dx);
+                    let t = _mm256_add_ps(products, _mm256_mul_ps(mw, sx));
+                    _mm256_storeu_ps(terms.as_mut_ptr(), t);
+                    for term in terms {
+                        *scalar += term;
+                    }
                 }
             }
         }
         for b in whole..blocks {
-            let block = w.add(b * size);
-            let q4 = nibbles(block.add(4));
-            for (x, scalar) in x.iter().zip(&mut scalar) {
-                let qx = _mm256_loadu_si256(x.qs.as_ptr().add(b * BLOCK) as *const __m256i);
-                let sum = integer_sum(_mm256_madd_epi16(_mm256_maddubs_epi16(q4, qx), ones));
-                *scalar += sum as f32 * half(block) * x.d[b] + half(block.add(2)) * x.s[b];
+            for (w, scalar) in weights.iter().zip(&mut scalar) {
+                let block = w.as_ptr().add(b * size);
+                let q4 = nibbles(block.add(4));
+                for (x, scalar) in x.iter().zip(scalar.iter_mut()) {
+                    let qx = _mm256_loadu_si256(x.qs.as_ptr().add(b * BLOCK) as *const __m256i);
+                    let sum = integer_sum(_mm256_madd_epi16(_mm256_maddubs_epi16(q4, qx), ones));
+                    *scalar += sum as f32 * half(block) * x.d[b] + half(block.add(2)) * x.s[b];
+                }
             }
         }
     }
     // `dot` ends with its (zero) vector sum plus this one.
-    scalar.map(|s| 0.0 + s)
+    scalar.map(|row| row.map(|s| 0.0 + s))
 }
 
 /// # Safety

@@ -70,8 +70,12 @@ pub fn matmul(kernel: Kernel, matrices: &[BlockMatrix], x: &Q8Rows, outs: &mut [
         assert_eq!(matrix.blocks, x.blocks(), "the activation's length");
     }
     let rows: Vec<usize> = matrices.iter().map(|m| m.rows).collect();
-    for_each_row(&rows, x.rows(), 1, outs, |i, r, column| {
+    // One input row (a decode step): weight rows in pairs, which some kernels read together.
+    let at_once = if x.rows() == 1 { 2 } else { 1 };
+    for_each_row(&rows, x.rows(), at_once, outs, |i, r, values| {
         let matrix = &matrices[i];
-        kernel.dot_rows(matrix.format, matrix.row(r), x, column);
+        let weights = [matrix.row(r), matrix.row((r + 1).min(matrix.rows - 1))];
+        let count = values.len() / x.rows().max(1);
+        kernel.dot_rows(matrix.format, &weights[..count], x, values);
     });
 }

@@ -53,14 +53,17 @@ impl Kernel {
         }
     }
 
-    /// One weight row (its blocks' bytes) times every row of `x`: `out[t]` for row `t`, each
-    /// equal to `dot` of that row.
-    pub fn dot_rows(self, format: BlockFormat, weights: &[u8], x: &Q8Rows, out: &mut [f32]) {
-        debug_assert_eq!(out.len(), x.rows());
+    /// Weight rows (their blocks' bytes; one or two) times every row of `x`:
+    /// `out[c * x_rows + t]` for weight row `c` and row `t` of `x`, each equal to `dot` of the
+    /// two.
+    pub fn dot_rows(self, format: BlockFormat, weights: &[&[u8]], x: &Q8Rows, out: &mut [f32]) {
+        debug_assert_eq!(out.len(), weights.len() * x.rows());
         match self {
             Kernel::Portable => {
-                for (t, out) in out.iter_mut().enumerate() {
-                    *out = crate::portable::dot(format, weights, x.row(t));
+                for (weights, out) in weights.iter().zip(out.chunks_exact_mut(x.rows().max(1))) {
+                    for (t, out) in out.iter_mut().enumerate() {
+                        *out = crate::portable::dot(format, weights, x.row(t));
+                    }
                 }
             }
             // SAFETY: as for `dot`.
