@@ -3,7 +3,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::dense::DenseFormat;
+use crate::format::DenseFormat;
 
 /// One or two rows of f32 or f16 weights times each row of `x`: see `Kernel::dense_rows`.
 ///
