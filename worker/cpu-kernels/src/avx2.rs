@@ -233,7 +233,7 @@ pub unsafe fn dot(format: BlockFormat, weights: &[u8], x: Q8Row) -> f32 {
     horizontal_sum(acc) + scalar
 }
 
-/// One or two rows of f32 or f16 weights times each row of `x`: see `Kernel::dense_rows`.
+/// Rows of f32 or f16 weights times each row of `x`, in pairs: see `Kernel::dense_rows`.
 ///
 /// # Safety
 /// The CPU must have AVX2, FMA and F16C; every weight row holds the values of a row of `x`,
@@ -252,36 +252,35 @@ pub unsafe fn dense_rows(format: DenseFormat, weights: &[&[u8]], x: &[f32], out:
         return;
     }
     let row = |t: usize| &x[t * cols..(t + 1) * cols];
-    let mut t = 0;
-    while t < x_rows {
-        let tile = (x_rows - t).min(4);
-        match (weights, tile) {
-            ([a, b], 4) => {
-                let sums = unsafe {
-                    dense_tile::<2, 4>(format, [a, b], std::array::from_fn(|k| row(t + k)))
-                };
-                for (c, sums) in sums.iter().enumerate() {
-                    out[c * x_rows + t..c * x_rows + t + 4].copy_from_slice(sums);
+    for (weights, out) in weights.chunks(2).zip(out.chunks_mut(2 * x_rows)) {
+        let mut t = 0;
+        while t < x_rows {
+            let tile = (x_rows - t).min(4);
+            let rows = || std::array::from_fn(|k| row(t + k));
+            match (weights, tile) {
+                ([a, b], 4) => {
+                    let sums = unsafe { dense_tile::<2, 4>(format, [a, b], rows()) };
+                    for (c, sums) in sums.iter().enumerate() {
+                        out[c * x_rows + t..c * x_rows + t + 4].copy_from_slice(sums);
+                    }
                 }
-            }
-            (_, 4) => {
-                for (c, w) in weights.iter().enumerate() {
-                    let [sums] = unsafe {
-                        dense_tile::<1, 4>(format, [w], std::array::from_fn(|k| row(t + k)))
-                    };
-                    out[c * x_rows + t..c * x_rows + t + 4].copy_from_slice(&sums);
+                (_, 4) => {
+                    for (c, w) in weights.iter().enumerate() {
+                        let [sums] = unsafe { dense_tile::<1, 4>(format, [w], rows()) };
+                        out[c * x_rows + t..c * x_rows + t + 4].copy_from_slice(&sums);
+                    }
                 }
-            }
-            _ => {
-                for (c, w) in weights.iter().enumerate() {
-                    for k in t..t + tile {
-                        let [[sum]] = unsafe { dense_tile(format, [w], [row(k)]) };
-                        out[c * x_rows + k] = sum;
+                _ => {
+                    for (c, w) in weights.iter().enumerate() {
+                        for k in t..t + tile {
+                            let [[sum]] = unsafe { dense_tile(format, [w], [row(k)]) };
+                            out[c * x_rows + k] = sum;
+                        }
                     }
                 }
             }
+            t += tile;
         }
-        t += tile;
     }
 }
 

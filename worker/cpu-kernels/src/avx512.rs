@@ -5,7 +5,9 @@ use std::arch::x86_64::*;
 
 use crate::format::DenseFormat;
 
-/// One or two rows of f32 or f16 weights times each row of `x`: see `Kernel::dense_rows`.
+/// Rows of f32 or f16 weights times each row of `x`: see `Kernel::dense_rows`. A prefill takes
+/// four weight rows per tile, so that each pass over the rows of `x` (from L2 in a long
+/// prompt) feeds 16 sums where the AVX2 tier's two rows feed 8.
 ///
 /// # Safety
 /// The CPU must have AVX-512F and F16C; every weight row holds the values of a row of `x`, and
@@ -24,34 +26,40 @@ pub unsafe fn dense_rows(format: DenseFormat, weights: &[&[u8]], x: &[f32], out:
         return;
     }
     let row = |t: usize| &x[t * cols..(t + 1) * cols];
-    let mut t = 0;
-    while t < x_rows {
-        let tile = (x_rows - t).min(4);
-        match (weights, tile) {
-            ([a, b], 4) => {
-                let rows = std::array::from_fn(|k| row(t + k));
-                let sums = unsafe { dense_tile::<2, 4>(format, [a, b], rows) };
-                for (c, sums) in sums.iter().enumerate() {
-                    out[c * x_rows + t..c * x_rows + t + 4].copy_from_slice(sums);
+    for (weights, out) in weights.chunks(4).zip(out.chunks_mut(4 * x_rows)) {
+        let mut t = 0;
+        while t < x_rows {
+            let tile = (x_rows - t).min(4);
+            let rows = || std::array::from_fn(|k| row(t + k));
+            let mut put = |c: usize, sums: &[f32; 4]| {
+                out[c * x_rows + t..c * x_rows + t + 4].copy_from_slice(sums)
+            };
+            match (weights, tile) {
+                ([a, b, c, d], 4) => {
+                    let sums = unsafe { dense_tile::<4, 4>(format, [a, b, c, d], rows()) };
+                    sums.iter().enumerate().for_each(|(c, sums)| put(c, sums));
                 }
-            }
-            (_, 4) => {
-                for (c, w) in weights.iter().enumerate() {
-                    let rows = std::array::from_fn(|k| row(t + k));
-                    let [sums] = unsafe { dense_tile::<1, 4>(format, [w], rows) };
-                    out[c * x_rows + t..c * x_rows + t + 4].copy_from_slice(&sums);
+                ([a, b], 4) => {
+                    let sums = unsafe { dense_tile::<2, 4>(format, [a, b], rows()) };
+                    sums.iter().enumerate().for_each(|(c, sums)| put(c, sums));
                 }
-            }
-            _ => {
-                for (c, w) in weights.iter().enumerate() {
-                    for k in t..t + tile {
-                        let [[sum]] = unsafe { dense_tile(format, [w], [row(k)]) };
-                        out[c * x_rows + k] = sum;
+                (_, 4) => {
+                    for (c, w) in weights.iter().enumerate() {
+                        let [sums] = unsafe { dense_tile::<1, 4>(format, [w], rows()) };
+                        put(c, &sums);
+                    }
+                }
+                _ => {
+                    for (c, w) in weights.iter().enumerate() {
+                        for k in t..t + tile {
+                            let [[sum]] = unsafe { dense_tile(format, [w], [row(k)]) };
+                            out[c * x_rows + k] = sum;
+                        }
                     }
                 }
             }
+            t += tile;
         }
-        t += tile;
     }
 }
 

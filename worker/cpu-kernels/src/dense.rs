@@ -58,9 +58,10 @@ pub fn matmul(kernel: Kernel, matrices: &[DenseMatrix], x: &[f32], outs: &mut [&
     let x_rows = x.len().checked_div(cols).unwrap_or(0);
     assert_eq!(x.len(), x_rows * cols, "x is not rows of {cols} values");
     let rows: Vec<usize> = matrices.iter().map(|m| m.rows).collect();
-    for_each_row(&rows, x_rows, 2, outs, |i, r, values| {
+    // Four weight rows at a time: the AVX-512 tier's prefill tile (AVX2 takes them in pairs).
+    for_each_row(&rows, x_rows, 4, outs, |i, r, values| {
         let matrix = &matrices[i];
-        let weights = [matrix.row(r), matrix.row((r + 1).min(matrix.rows - 1))];
+        let weights: [&[u8]; 4] = std::array::from_fn(|c| matrix.row((r + c).min(matrix.rows - 1)));
         let count = values.len() / x_rows.max(1);
         kernel.dense_rows(matrix.format, &weights[..count], x, values)
     });

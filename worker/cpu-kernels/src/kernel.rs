@@ -74,7 +74,7 @@ impl Kernel {
         }
     }
 
-    /// Rows of f32 or f16 weights (their bytes; one or two) times each row of `x` (rows of the
+    /// Rows of f32 or f16 weights (their bytes; up to four) times each row of `x` (rows of the
     /// weight rows' length): `out[c * x_rows + t]` for weight row `c` and row `t` of `x`. A lone
     /// row of `x` takes the one-row kernel (four 8-lane sums); more go through in tiles that
     /// read each weight value once for up to 4 rows of `x` (one 8-lane sum each), so that a
