@@ -8,6 +8,9 @@ use half::f16;
 /// Values per block.
 pub const BLOCK: usize = 32;
 
+/// Runs of 4 values per block: the lanes of the AVX2 kernels' per-block sums.
+pub const GROUPS: usize = BLOCK / 4;
+
 /// `rows` activation rows of `blocks` blocks each.
 #[derive(Default)]
 pub struct Q8Rows {
@@ -18,6 +21,8 @@ pub struct Q8Rows {
     /// `d * Σ qs` of each block, as Q8_1 stores it (an f16 value).
     s: Vec<f32>,
     qs: Vec<i8>,
+    /// `Σ qs` of each run of 4 values (8 per block), for the packed kernels' offsets.
+    groups: Vec<i32>,
 }
 
 /// One activation row.
@@ -26,6 +31,8 @@ pub struct Q8Row<'a> {
     pub d: &'a [f32],
     pub s: &'a [f32],
     pub qs: &'a [i8],
+    /// `Σ qs` of each run of 4 values.
+    pub groups: &'a [i32],
 }
 
 impl Q8Rows {
@@ -41,6 +48,7 @@ impl Q8Rows {
         self.d.clear();
         self.s.clear();
         self.qs.clear();
+        self.groups.clear();
         for block in x.chunks_exact(BLOCK) {
             let amax = block.iter().fold(0f32, |a, x| a.max(x.abs()));
             let d = amax / 127.0;
@@ -51,6 +59,11 @@ impl Q8Rows {
                 sum += i32::from(q);
                 self.qs.push(q);
             }
+            let qs = &self.qs[self.qs.len() - BLOCK..];
+            self.groups.extend(
+                qs.chunks_exact(4)
+                    .map(|g| g.iter().map(|q| i32::from(*q)).sum::<i32>()),
+            );
             let d = f16::from_f32(d);
             self.d.push(d.to_f32());
             self.s.push((f16::from_f32(sum as f32) * d).to_f32());
@@ -71,6 +84,7 @@ impl Q8Rows {
             d: &self.d[b0..b1],
             s: &self.s[b0..b1],
             qs: &self.qs[b0 * BLOCK..b1 * BLOCK],
+            groups: &self.groups[b0 * GROUPS..b1 * GROUPS],
         }
     }
 }
@@ -121,6 +135,11 @@ mod tests {
                 assert_eq!(row.s[b], half(&one[2..]), "row {t} block {b}");
                 assert_eq!(qs, zero[2..34], "row {t} block {b}");
                 assert_eq!(qs, one[4..36], "row {t} block {b}");
+                for (g, sum) in row.groups[b * GROUPS..(b + 1) * GROUPS].iter().enumerate() {
+                    let run = &qs[4 * g..4 * g + 4];
+                    let want: i32 = run.iter().map(|q| i32::from(*q as i8)).sum();
+                    assert_eq!(*sum, want, "row {t} block {b} run {g}");
+                }
             }
         }
     }

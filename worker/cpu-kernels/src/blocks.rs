@@ -72,7 +72,7 @@ pub fn matmul(kernel: Kernel, matrices: &[BlockMatrix], x: &Q8Rows, outs: &mut [
     let rows: Vec<usize> = matrices.iter().map(|m| m.rows).collect();
     // One input row (a decode step): weight rows in pairs, which some kernels read together.
     let at_once = if x.rows() == 1 { 2 } else { 1 };
-    for_each_row(&rows, x.rows(), at_once, outs, |i, r, values| {
+    for_each_row(&rows, 1, x.rows(), at_once, outs, |i, r, values| {
         let matrix = &matrices[i];
         let weights = [matrix.row(r), matrix.row((r + 1).min(matrix.rows - 1))];
         let count = values.len() / x.rows().max(1);

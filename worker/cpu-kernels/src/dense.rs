@@ -59,7 +59,7 @@ pub fn matmul(kernel: Kernel, matrices: &[DenseMatrix], x: &[f32], outs: &mut [&
     assert_eq!(x.len(), x_rows * cols, "x is not rows of {cols} values");
     let rows: Vec<usize> = matrices.iter().map(|m| m.rows).collect();
     // Four weight rows at a time: the AVX-512 tier's prefill tile (AVX2 takes them in pairs).
-    for_each_row(&rows, x_rows, 4, outs, |i, r, values| {
+    for_each_row(&rows, 1, x_rows, 4, outs, |i, r, values| {
         let matrix = &matrices[i];
         let weights: [&[u8]; 4] = std::array::from_fn(|c| matrix.row((r + c).min(matrix.rows - 1)));
         let count = values.len() / x_rows.max(1);

@@ -35,6 +35,9 @@ impl BlockFormat {
     }
 }
 
+/// Rows per tile of a `PackedMatrix`.
+pub const TILE_ROWS: usize = 16;
+
 /// The dense formats these products read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DenseFormat {

@@ -15,6 +15,10 @@ pub enum Kernel {
     /// as `Avx2` (whose sums follow candle's order).
     #[cfg(target_arch = "x86_64")]
     Avx512,
+    /// x86-64 with AVX-512BW and AVX-512 VNNI besides: as `Avx512`, and the products of
+    /// `PackedMatrix` tiles by `vpdpbusd`.
+    #[cfg(target_arch = "x86_64")]
+    Avx512Vnni,
 }
 
 impl Kernel {
@@ -37,9 +41,22 @@ impl Kernel {
             kernels.push(Kernel::Avx2);
             if is_x86_feature_detected!("avx512f") {
                 kernels.push(Kernel::Avx512);
+                if is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni") {
+                    kernels.push(Kernel::Avx512Vnni);
+                }
             }
         }
         kernels
+    }
+
+    /// Whether this kernel multiplies `PackedMatrix` tiles faster than the file's blocks (the
+    /// others run them through `dot`, as a reference).
+    pub fn packs(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if self == Kernel::Avx512Vnni {
+            return true;
+        }
+        false
     }
 
     /// One weight row (its blocks' bytes) times one activation row.
@@ -49,7 +66,9 @@ impl Kernel {
             Kernel::Portable => crate::portable::dot(format, weights, x),
             // SAFETY: `Kernel::detect` chose this kernel only where the CPU has its features.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 | Kernel::Avx512 => unsafe { crate::avx2::dot(format, weights, x) },
+            Kernel::Avx2 | Kernel::Avx512 | Kernel::Avx512Vnni => unsafe {
+                crate::avx2::dot(format, weights, x)
+            },
         }
     }
 
@@ -68,7 +87,7 @@ impl Kernel {
             }
             // SAFETY: as for `dot`.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 | Kernel::Avx512 => unsafe {
+            Kernel::Avx2 | Kernel::Avx512 | Kernel::Avx512Vnni => unsafe {
                 crate::avx2::dot_rows(format, weights, x, out)
             },
         }
@@ -96,7 +115,9 @@ impl Kernel {
             Kernel::Avx2 => unsafe { crate::avx2::dense_rows(format, weights, x, out) },
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => unsafe { crate::avx512::dense_rows(format, weights, x, out) },
+            Kernel::Avx512 | Kernel::Avx512Vnni => unsafe {
+                crate::avx512::dense_rows(format, weights, x, out)
+            },
         }
     }
 }

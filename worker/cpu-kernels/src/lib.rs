@@ -1,7 +1,8 @@
 //! The kernels of llm-worker-rbee's CPU fast engine: products of GGUF block-quantized weights
 //! with the input quantized once for every product that reads it, and of f32 and f16 weights
 //! with the f32 input, by kernels chosen at run time from the CPU's features (the portable
-//! kernel is the reference), split over candle's persistent barrier pool. A crate of its own so
+//! kernel is the reference; with AVX-512 VNNI, quantized weights repacked at load in 16-row
+//! tiles), split over candle's persistent barrier pool. A crate of its own so
 //! that test builds optimize it as they do candle. candle's `QMatMul` stays the reference
 //! engine; the tests below check every kernel against it and against the f64 product of the
 //! stored values.
@@ -15,14 +16,18 @@ pub mod blocks;
 pub mod dense;
 pub mod format;
 pub mod kernel;
+pub mod packed;
 mod pool;
 mod portable;
+#[cfg(target_arch = "x86_64")]
+mod vnni;
 
 pub use activation::{Q8Rows, BLOCK};
 pub use blocks::{matmul, BlockMatrix};
 pub use dense::DenseMatrix;
-pub use format::{BlockFormat, DenseFormat};
+pub use format::{BlockFormat, DenseFormat, TILE_ROWS};
 pub use kernel::Kernel;
+pub use packed::{matmul_packed, PackedMatrix};
 
 /// `Σ (a - b)² / Σ b²`, the measure of llama.cpp's test-backend-ops that the kernels' checks
 /// bound.
@@ -169,6 +174,74 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Every kernel's product of the 16-row tiles equals its product of the file's blocks bit
+    /// for bit (VNNI against AVX2's `dot`), at activation row counts 1, 4, 8, 23 and 512, odd
+    /// block counts, and several matrices in one pass; a tile unpacks to the file's rows.
+    #[test]
+    fn every_packed_product_equals_the_blocks_product_bit_for_bit() {
+        for (dtype, format) in FORMATS {
+            for (n, k) in [(16, 32), (48, 1184), (160, 576), (32, 2048)] {
+                let stores: Vec<Vec<u8>> = [n, 2 * n]
+                    .iter()
+                    .map(|rows| {
+                        let weights = quantized(dtype, *rows, k, (rows + k) as u32);
+                        weights.data().unwrap().into_owned()
+                    })
+                    .collect();
+                let matrices: Vec<BlockMatrix> = stores
+                    .iter()
+                    .zip([n, 2 * n])
+                    .map(|(bytes, rows)| BlockMatrix::new(format, rows, k, bytes).unwrap())
+                    .collect();
+                let packed: Vec<PackedMatrix> = stores
+                    .iter()
+                    .zip([n, 2 * n])
+                    .map(|(bytes, rows)| PackedMatrix::pack(format, rows, k, bytes).unwrap())
+                    .collect();
+                let row_bytes = k / BLOCK * format.block_bytes();
+                for r in [0, 5, n - 1] {
+                    let want = &stores[0][r * row_bytes..(r + 1) * row_bytes];
+                    assert_eq!(packed[0].unpacked_row(r), want, "{format:?} row {r}");
+                }
+                let packed: Vec<&PackedMatrix> = packed.iter().collect();
+                for m in [1, 4, 8, 23, 512] {
+                    if m == 512 && k > 576 {
+                        continue;
+                    }
+                    let mut rows = Q8Rows::default();
+                    rows.quantize(&values(m * k, 9 + m as u32), k);
+                    for kernel in Kernel::available() {
+                        let product = |run: &dyn Fn(&mut [&mut [f32]])| {
+                            let mut outs = [vec![f32::NAN; m * n], vec![f32::NAN; 2 * m * n]];
+                            let mut slices: Vec<&mut [f32]> =
+                                outs.iter_mut().map(Vec::as_mut_slice).collect();
+                            run(&mut slices);
+                            outs.concat()
+                                .iter()
+                                .map(|v| v.to_bits())
+                                .collect::<Vec<_>>()
+                        };
+                        let blocks = product(&|outs| matmul(kernel, &matrices, &rows, outs));
+                        let tiles = product(&|outs| matmul_packed(kernel, &packed, &rows, outs));
+                        assert!(
+                            blocks == tiles,
+                            "{format:?} {kernel:?} m={m} n={n} k={k}: the tiles' product differs"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_matrix_not_of_whole_tiles_is_not_packed() {
+        let bytes = vec![0u8; 17 * 34];
+        let error = PackedMatrix::pack(BlockFormat::Q8_0, 17, 32, &bytes)
+            .err()
+            .unwrap();
+        assert!(error.contains("whole tiles of 16 rows"), "{error}");
     }
 
     /// Products that share an activation, run in one pass, equal each run alone.

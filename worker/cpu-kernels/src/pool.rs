@@ -10,11 +10,13 @@ struct Destination(*mut f32);
 unsafe impl Sync for Destination {}
 
 /// `outs[i][t * rows[i] + r + c] = values[c * x_rows + t]` where `rows_of(i, r, values)` fills
-/// `values` for `values.len() / x_rows` (at most `at_once`) rows of matrix `i` from row `r`,
-/// each times every input row: split by weight rows (every matrix's in turn) over the pool,
-/// each weight row met once.
+/// `values` for `values.len() / x_rows` (at most `at_once * unit`) rows of matrix `i` from row
+/// `r`, each times every input row: split by weight rows (every matrix's in turn, in whole
+/// units of `unit` rows, which divide every matrix's rows) over the pool, each weight row met
+/// once.
 pub(crate) fn for_each_row(
     rows: &[usize],
+    unit: usize,
     x_rows: usize,
     at_once: usize,
     outs: &mut [&mut [f32]],
@@ -25,31 +27,36 @@ pub(crate) fn for_each_row(
     let mut total = 0;
     for (&n, out) in rows.iter().zip(outs.iter()) {
         assert_eq!(out.len(), x_rows * n, "the destination's length");
+        assert!(
+            n.is_multiple_of(unit),
+            "{n} rows are not whole units of {unit}"
+        );
         starts.push(total);
-        total += n;
+        total += n / unit;
     }
+    let units: Vec<usize> = rows.iter().map(|n| n / unit).collect();
     let destinations: Vec<Destination> = outs
         .iter_mut()
         .map(|out| Destination(out.as_mut_ptr()))
         .collect();
-    let (destinations, starts) = (&destinations, &starts);
+    let (destinations, starts, units) = (&destinations, &starts, &units);
     barrier_pool().execute_chunked(total, |chunk| {
-        let mut values = vec![0.0; at_once * x_rows];
+        let mut values = vec![0.0; at_once * unit * x_rows];
         let mut i = starts.partition_point(|start| *start <= chunk.start) - 1;
         let mut global = chunk.start;
         while global < chunk.end {
-            if global == starts[i] + rows[i] {
+            if global == starts[i] + units[i] {
                 i += 1;
                 continue;
             }
-            let r = global - starts[i];
-            let count = at_once.min(chunk.end - global).min(rows[i] - r);
-            let values = &mut values[..count * x_rows];
+            let u = global - starts[i];
+            let count = at_once.min(chunk.end - global).min(units[i] - u);
+            let (r, values) = (u * unit, &mut values[..count * unit * x_rows]);
             rows_of(i, r, values);
             let destination = destinations[i].0;
             for (c, column) in values.chunks_exact(x_rows).enumerate() {
                 for (t, v) in column.iter().enumerate() {
-                    // SAFETY: in bounds (asserted above), and rows r..r + count are this
+                    // SAFETY: in bounds (asserted above), and these `count` units of rows are this
                     // thread's alone.
                     unsafe { *destination.add(t * rows[i] + r + c) = *v };
                 }

@@ -1,7 +1,8 @@
 //! The CPU fast engine: a GGUF model's products run by the kernels of
 //! `llm-worker-rbee-cpu-kernels` (worker/cpu-kernels), the tensor read in place as the file
-//! holds it (a tied embedding table is not copied, f16 is not widened to an f32 copy), a
-//! quantized product's input quantized once for every product that reads it.
+//! holds it (f16 is not widened to an f32 copy) or, where the CPU has AVX-512 VNNI, a quantized
+//! one repacked at load into 16-row tiles that replace it (a tied embedding table stays for the
+//! lookup too), a quantized product's input quantized once for every product that reads it.
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -10,22 +11,31 @@ use candle_core::quantized::QTensor;
 use candle_core::{Device, Result, Tensor};
 
 use llm_worker_rbee_cpu_kernels::{
-    dense, matmul, BlockFormat, BlockMatrix, DenseFormat, DenseMatrix, Kernel, Q8Rows, BLOCK,
+    dense, matmul, matmul_packed, BlockFormat, BlockMatrix, DenseFormat, DenseMatrix, Kernel,
+    PackedMatrix, Q8Rows, BLOCK, TILE_ROWS,
 };
 
 /// How the CPU kernels read a weight matrix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Layout {
-    /// GGUF blocks of 32, with the input quantized to 8 bits per block.
+    /// GGUF blocks of 32 as the file holds them, with the input quantized to 8 bits per block.
     Blocks(BlockFormat),
+    /// The same blocks repacked at load in tiles of 16 rows (`PackedMatrix`), same input.
+    Tiles(BlockFormat),
     /// f32 or f16 values, with the f32 input as it is.
     Dense(DenseFormat),
+}
+
+/// Where the weights are: the loaded tensor, read in place, or its tiles (which replace it).
+enum Weights {
+    Tensor(Arc<QTensor>),
+    Tiles(PackedMatrix),
 }
 
 /// `x · Wᵀ` for a `[rows, cols]` `W` in host memory that the CPU kernels read: block-quantized
 /// (Q4_0, Q4_1, Q8_0), f32 or f16.
 pub struct KernelLinear {
-    weights: Arc<QTensor>,
+    weights: Weights,
     layout: Layout,
     rows: usize,
     cols: usize,
@@ -34,10 +44,13 @@ pub struct KernelLinear {
 
 impl KernelLinear {
     /// `None` where the kernels do not read the tensor: another format, not on the CPU, not a
-    /// matrix of whole blocks.
+    /// matrix of whole blocks. Block-quantized matrices of whole 16-row tiles are repacked
+    /// where the CPU's kernel reads tiles faster (AVX-512 VNNI), holding the tiles in place of
+    /// the tensor (the same bytes, rearranged).
     pub fn new(weights: Arc<QTensor>) -> Option<Self> {
+        let kernel = Kernel::detect();
         let dtype = weights.dtype();
-        let layout = BlockFormat::of(dtype)
+        let mut layout = BlockFormat::of(dtype)
             .map(Layout::Blocks)
             .or(DenseFormat::of(dtype).map(Layout::Dense))?;
         let (rows, cols) = weights.shape().dims2().ok()?;
@@ -45,22 +58,41 @@ impl KernelLinear {
         if !matches!(weights.device(), Device::Cpu) || !whole_blocks {
             return None;
         }
+        let mut weights = Weights::Tensor(weights);
+        if let (Layout::Blocks(format), Weights::Tensor(tensor)) = (layout, &weights) {
+            if kernel.packs() && rows % TILE_ROWS == 0 {
+                let bytes = tensor.data().ok()?;
+                let tiles = PackedMatrix::pack(format, rows, cols, &bytes).ok()?;
+                (weights, layout) = (Weights::Tiles(tiles), Layout::Tiles(format));
+            }
+        }
         Some(Self {
             weights,
             layout,
             rows,
             cols,
-            kernel: Kernel::detect(),
+            kernel,
         })
     }
 }
 
 impl KernelLinear {
-    /// Whether one pass of `forward_shared` can run both (both block-quantized, or both dense).
+    /// The loaded tensor's bytes, for the kernels that read it in place.
+    fn tensor_bytes(&self) -> Result<std::borrow::Cow<'_, [u8]>> {
+        match &self.weights {
+            Weights::Tensor(tensor) => tensor.data(),
+            Weights::Tiles(_) => candle_core::bail!("a product read as tiles has no tensor"),
+        }
+    }
+
+    /// Whether one pass of `forward_shared` can run both (both read the same way: the file's
+    /// blocks, tiles, or dense values).
     pub fn shares_a_pass_with(&self, other: &KernelLinear) -> bool {
         matches!(
             (self.layout, other.layout),
-            (Layout::Blocks(_), Layout::Blocks(_)) | (Layout::Dense(_), Layout::Dense(_))
+            (Layout::Blocks(_), Layout::Blocks(_))
+                | (Layout::Tiles(_), Layout::Tiles(_))
+                | (Layout::Dense(_), Layout::Dense(_))
         )
     }
 }
@@ -88,22 +120,35 @@ pub fn forward_shared<const N: usize>(
     }
     let values = x.flatten_all()?.to_vec1::<f32>()?;
     let tokens = values.len() / cols;
-    let bytes = linears
-        .iter()
-        .map(|l| l.weights.data())
-        .collect::<Result<Vec<_>>>()?;
     let mut outs: Vec<Vec<f32>> = linears.iter().map(|l| vec![0.0; tokens * l.rows]).collect();
     let mut destinations: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
     let kernel = linears[0].kernel;
     let layouts = linears.map(|l| l.layout);
-    if let Some(formats) = layouts
+    if let Some(tiles) = linears
         .iter()
-        .map(|layout| match layout {
-            Layout::Blocks(format) => Some(*format),
-            Layout::Dense(_) => None,
+        .map(|l| match &l.weights {
+            Weights::Tiles(tiles) => Some(tiles),
+            Weights::Tensor(_) => None,
         })
         .collect::<Option<Vec<_>>>()
     {
+        INPUT.with(|input| {
+            let mut input = input.borrow_mut();
+            input.quantize(&values, cols);
+            matmul_packed(kernel, &tiles, &input, &mut destinations);
+        });
+    } else if let Some(formats) = layouts
+        .iter()
+        .map(|layout| match layout {
+            Layout::Blocks(format) => Some(*format),
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()
+    {
+        let bytes = linears
+            .iter()
+            .map(|l| l.tensor_bytes())
+            .collect::<Result<Vec<_>>>()?;
         let matrices = linears
             .iter()
             .zip(&bytes)
@@ -120,10 +165,14 @@ pub fn forward_shared<const N: usize>(
         .iter()
         .map(|layout| match layout {
             Layout::Dense(format) => Some(*format),
-            Layout::Blocks(_) => None,
+            _ => None,
         })
         .collect::<Option<Vec<_>>>()
     {
+        let bytes = linears
+            .iter()
+            .map(|l| l.tensor_bytes())
+            .collect::<Result<Vec<_>>>()?;
         let matrices = linears
             .iter()
             .zip(&bytes)

@@ -1,0 +1,173 @@
+//! AVX-512 VNNI products of the 16-row tiles of `packed`: one `vpdpbusd` forms a run of 4
+//! products for the 16 rows, and lane `c` of each vector is row `c`. Every row's float steps
+//! are those of `avx2::dot`, in its order, so the sums are its (and candle's) bit for bit:
+//! - Q4_0 and Q8_0: eight accumulators, one per run of 4 values (`dot`'s 8 lanes), one FMA per
+//!   block, then `dot`'s horizontal sum;
+//! - Q4_1: the block's integer sum, then `(sum · d_w) · d_x + m_w · s_x` added to the row's
+//!   running sum block by block.
+
+use std::arch::x86_64::*;
+
+use crate::activation::{Q8Row, Q8Rows, BLOCK, GROUPS};
+use crate::format::{BlockFormat, TILE_ROWS};
+
+/// The tile's 16 rows times every row of `x`: `out[c * x_rows + t]`.
+///
+/// # Safety
+/// The CPU must have AVX-512F, AVX-512BW, AVX-512 VNNI and F16C; `tile` is a tile of `format`
+/// of `x.blocks()` blocks.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+pub unsafe fn tile_rows(format: BlockFormat, tile: &[u8], x: &Q8Rows, out: &mut [f32]) {
+    let x_rows = x.rows();
+    assert_eq!(tile.len(), TILE_ROWS * x.blocks() * format.block_bytes());
+    assert_eq!(out.len(), TILE_ROWS * x_rows);
+    for t in 0..x_rows {
+        let row = x.row(t);
+        assert!(row.qs.len() == x.blocks() * BLOCK && row.groups.len() == x.blocks() * GROUPS);
+    }
+    let mut put = |t: usize, sums: __m512| {
+        let mut values = [0.0f32; TILE_ROWS];
+        // SAFETY: 16 f32.
+        unsafe { _mm512_storeu_ps(values.as_mut_ptr(), sums) };
+        for (c, v) in values.into_iter().enumerate() {
+            out[c * x_rows + t] = v;
+        }
+    };
+    // Rows of `x` in threes (Q4_1: fours), each weight loaded once for them; then one by one.
+    // SAFETY (each kernel): the asserts above.
+    let mut t = 0;
+    match format {
+        BlockFormat::Q4_1 => {
+            while t + 4 <= x_rows {
+                let sums = unsafe { q4_1(tile, std::array::from_fn::<_, 4, _>(|k| x.row(t + k))) };
+                sums.into_iter()
+                    .enumerate()
+                    .for_each(|(k, s)| put(t + k, s));
+                t += 4;
+            }
+            for t in t..x_rows {
+                let [sums] = unsafe { q4_1(tile, [x.row(t)]) };
+                put(t, sums);
+            }
+        }
+        _ => {
+            while t + 3 <= x_rows {
+                let rows = std::array::from_fn::<_, 3, _>(|k| x.row(t + k));
+                let sums = unsafe { lanes(format, tile, rows) };
+                sums.into_iter()
+                    .enumerate()
+                    .for_each(|(k, s)| put(t + k, s));
+                t += 3;
+            }
+            for t in t..x_rows {
+                let [sums] = unsafe { lanes(format, tile, [x.row(t)]) };
+                put(t, sums);
+            }
+        }
+    }
+}
+
+/// Q4_0 or Q8_0: `dot`'s eight lanes per row, each a vector of the 16 rows, for `T` rows of
+/// `x`.
+///
+/// # Safety
+/// As `tile_rows`, for these rows of `x`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+unsafe fn lanes<const T: usize>(format: BlockFormat, tile: &[u8], x: [Q8Row; T]) -> [__m512; T] {
+    // A block of the tile: the 16 rows' blocks.
+    let size = TILE_ROWS * format.block_bytes();
+    let mut acc = [[_mm512_setzero_ps(); GROUPS]; T];
+    let zero = _mm512_setzero_si512();
+    let nibble = _mm512_set1_epi8(0xF);
+    let offset = if format == BlockFormat::Q8_0 { 128 } else { 8 };
+    for b in 0..x[0].d.len() {
+        // SAFETY: block b of the tile is the `size` bytes at `b * size`; the rows' values of
+        // block b at `b * 32` (the caller's promise).
+        unsafe {
+            let block = tile.as_ptr().add(b * size);
+            let d = _mm512_cvtph_ps(_mm256_loadu_si256(block as *const __m256i));
+            let scales: [__m512; T] =
+                std::array::from_fn(|t| _mm512_mul_ps(d, _mm512_set1_ps(x[t].d[b])));
+            let mut step = |g: usize, weights: __m512i| {
+                for ((acc, x), scale) in acc.iter_mut().zip(&x).zip(&scales) {
+                    let at = x.qs.as_ptr().add(b * BLOCK + 4 * g) as *const i32;
+                    let run = _mm512_set1_epi32(std::ptr::read_unaligned(at));
+                    let sum = _mm512_dpbusd_epi32(zero, weights, run);
+                    let offset = _mm512_set1_epi32(offset * x.groups[b * GROUPS + g]);
+                    let sum = _mm512_sub_epi32(sum, offset);
+                    acc[g] = _mm512_fmadd_ps(*scale, _mm512_cvtepi32_ps(sum), acc[g]);
+                }
+            };
+            let runs = block.add(32) as *const __m512i;
+            match format {
+                BlockFormat::Q8_0 => {
+                    for g in 0..GROUPS {
+                        step(g, _mm512_loadu_si512(runs.add(g)));
+                    }
+                }
+                _ => {
+                    for g in 0..GROUPS / 2 {
+                        let v = _mm512_loadu_si512(runs.add(g));
+                        step(g, _mm512_and_si512(v, nibble));
+                        step(g + 4, _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble));
+                    }
+                }
+            }
+        }
+    }
+    // `dot`'s horizontal sum of its 8 lanes, `((x4 + x0) + (x6 + x2)) + ((x5 + x1) + (x7 + x3))`,
+    // then its `+ 0.0`.
+    acc.map(|acc| {
+        let sum = _mm512_add_ps(
+            _mm512_add_ps(_mm512_add_ps(acc[4], acc[0]), _mm512_add_ps(acc[6], acc[2])),
+            _mm512_add_ps(_mm512_add_ps(acc[5], acc[1]), _mm512_add_ps(acc[7], acc[3])),
+        );
+        _mm512_add_ps(sum, _mm512_setzero_ps())
+    })
+}
+
+/// Q4_1: `dot`'s running sum per row, a vector of the 16 rows, for `T` rows of `x`.
+///
+/// # Safety
+/// As `tile_rows`, for these rows of `x`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+unsafe fn q4_1<const T: usize>(tile: &[u8], x: [Q8Row; T]) -> [__m512; T] {
+    let size = TILE_ROWS * BlockFormat::Q4_1.block_bytes();
+    let mut acc = [_mm512_setzero_ps(); T];
+    let nibble = _mm512_set1_epi8(0xF);
+    for b in 0..x[0].d.len() {
+        // SAFETY: as in `lanes`.
+        unsafe {
+            let block = tile.as_ptr().add(b * size);
+            let d = _mm512_cvtph_ps(_mm256_loadu_si256(block as *const __m256i));
+            let m = _mm512_cvtph_ps(_mm256_loadu_si256(block.add(32) as *const __m256i));
+            let runs = block.add(64) as *const __m512i;
+            let mut sums = [_mm512_setzero_si512(); T];
+            for g in 0..GROUPS / 2 {
+                let v = _mm512_loadu_si512(runs.add(g));
+                let low = _mm512_and_si512(v, nibble);
+                let high = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
+                for (sum, x) in sums.iter_mut().zip(&x) {
+                    let run = |g: usize| {
+                        let at = x.qs.as_ptr().add(b * BLOCK + 4 * g) as *const i32;
+                        _mm512_set1_epi32(std::ptr::read_unaligned(at))
+                    };
+                    *sum = _mm512_dpbusd_epi32(*sum, low, run(g));
+                    *sum = _mm512_dpbusd_epi32(*sum, high, run(g + 4));
+                }
+            }
+            for ((acc, sum), x) in acc.iter_mut().zip(sums).zip(&x) {
+                let products = _mm512_mul_ps(
+                    _mm512_mul_ps(_mm512_cvtepi32_ps(sum), d),
+                    _mm512_set1_ps(x.d[b]),
+                );
+                let term = _mm512_add_ps(products, _mm512_mul_ps(m, _mm512_set1_ps(x.s[b])));
+                *acc = _mm512_add_ps(*acc, term);
+            }
+        }
+    }
+    // `dot` returns its (zero) vector sum plus the running sum.
+    acc.map(|acc| _mm512_add_ps(_mm512_setzero_ps(), acc))
+}
