@@ -146,6 +146,42 @@ fn the_cpu_fast_engine_gives_the_candle_engines_logits() {
     }
 }
 
+/// A tied GGUF file (no `output.weight`: the output product is the embedding table, which the
+/// fast engine may repack into tiles and then read the embeddings from) gives the candle
+/// engine's logits at every step, as the untied one does.
+#[test]
+fn a_tied_gguf_on_the_cpu_fast_engine_gives_the_candle_engines_logits() {
+    let exact = Kernel::detect() != Kernel::Portable;
+    for id in ["llama-q8_0", "llama-q4_0"] {
+        let fixture = GgufFixture::new(id);
+        rewrite_gguf(&fixture.path().join("model.gguf"), |_, tensors| {
+            let before = tensors.len();
+            tensors.retain(|(name, _)| name != "output.weight");
+            assert_eq!(tensors.len(), before - 1, "{id} had its own output product");
+        });
+        let load = |engine| {
+            let options = LoadOptions {
+                engine: Some(engine),
+                ..LoadOptions::default()
+            };
+            Worker::load(&fixture.path(), options).unwrap()
+        };
+        let (mut fast, mut candle) = (load(Engine::Fast), load(Engine::Candle));
+        let (prompt, continuation) = ([1, 17, 5, 99, 3, 42, 7], [8, 64, 2, 31]);
+        let ours = fast.step_logits(&prompt, &continuation).unwrap();
+        let reference = candle.step_logits(&prompt, &continuation).unwrap();
+        assert_eq!(ours.len(), reference.len());
+        for (step, (ours, reference)) in ours.iter().zip(&reference).enumerate() {
+            if exact {
+                assert_eq!(ours, reference, "{id}: step {step}");
+            } else {
+                let error = nmse(ours, reference);
+                assert!(error < 1e-10, "{id}: step {step}: {error}");
+            }
+        }
+    }
+}
+
 /// On f16 and f32 weights the fast engine's products are the dense kernels' (8-lane sums over
 /// the weights as the file holds them), not candle's (gemm over an f32 copy): its logits stay
 /// within an NMSE of 1e-10 of the candle engine's at every step, and its greedy tokens are the

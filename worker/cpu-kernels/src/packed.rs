@@ -105,8 +105,9 @@ impl PackedMatrix {
         &self.bytes[t * tile_bytes..(t + 1) * tile_bytes]
     }
 
-    /// Row `r` as the file held it: the reference kernels' input.
-    pub(crate) fn unpacked_row(&self, r: usize) -> Vec<u8> {
+    /// Row `r` as the file held it (its blocks' bytes): the reference kernels' input, and a
+    /// tied embedding table's row.
+    pub fn unpacked_row(&self, r: usize) -> Vec<u8> {
         let (format, size) = (self.format, self.format.block_bytes());
         let (tile, row) = (self.tile(r / TILE_ROWS), r % TILE_ROWS);
         let mut out = Vec::with_capacity(self.blocks * size);

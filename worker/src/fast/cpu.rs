@@ -29,7 +29,7 @@ enum Layout {
 /// Where the weights are: the loaded tensor, read in place, or its tiles (which replace it).
 enum Weights {
     Tensor(Arc<QTensor>),
-    Tiles(PackedMatrix),
+    Tiles(Arc<PackedMatrix>),
 }
 
 /// `x · Wᵀ` for a `[rows, cols]` `W` in host memory that the CPU kernels read: block-quantized
@@ -63,7 +63,7 @@ impl KernelLinear {
             if kernel.packs() && rows % TILE_ROWS == 0 {
                 let bytes = tensor.data().ok()?;
                 let tiles = PackedMatrix::pack(format, rows, cols, &bytes).ok()?;
-                (weights, layout) = (Weights::Tiles(tiles), Layout::Tiles(format));
+                (weights, layout) = (Weights::Tiles(Arc::new(tiles)), Layout::Tiles(format));
             }
         }
         Some(Self {
@@ -77,6 +77,14 @@ impl KernelLinear {
 }
 
 impl KernelLinear {
+    /// The tiles that replaced the loaded tensor, if they did: a tied embedding table's rows.
+    pub fn tiles(&self) -> Option<Arc<PackedMatrix>> {
+        match &self.weights {
+            Weights::Tiles(tiles) => Some(tiles.clone()),
+            Weights::Tensor(_) => None,
+        }
+    }
+
     /// The loaded tensor's bytes, for the kernels that read it in place.
     fn tensor_bytes(&self) -> Result<std::borrow::Cow<'_, [u8]>> {
         match &self.weights {
@@ -127,7 +135,7 @@ pub fn forward_shared<const N: usize>(
     if let Some(tiles) = linears
         .iter()
         .map(|l| match &l.weights {
-            Weights::Tiles(tiles) => Some(tiles),
+            Weights::Tiles(tiles) => Some(&**tiles),
             Weights::Tensor(_) => None,
         })
         .collect::<Option<Vec<_>>>()

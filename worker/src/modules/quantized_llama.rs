@@ -14,10 +14,12 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use candle_core::quantized::{ggml_file, gguf_file, QMatMul, QTensor};
+use candle_core::quantized::{ggml_file, gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 use candle_transformers::quantized_nn::RmsNorm;
 use candle_transformers::utils::{build_causal_mask, repeat_kv};
+
+use llm_worker_rbee_cpu_kernels::PackedMatrix;
 
 use crate::fast::cpu::{forward_shared, KernelLinear};
 use crate::fast::Engine;
@@ -57,12 +59,23 @@ impl Settings {
 
 /// The embedding table, quantized; the rows a forward pass needs are dequantized.
 struct QuantizedEmbeddings {
-    table: Arc<QTensor>,
-    /// The table's bytes on the host when it lives on a device (read once; on the CPU they are
-    /// the table's own).
-    host: Option<Vec<u8>>,
+    rows: TableRows,
+    dtype: GgmlDType,
+    device: Device,
     row_bytes: usize,
     hidden_size: usize,
+}
+
+/// Where the table's rows are read.
+enum TableRows {
+    /// The loaded tensor; `host`: its bytes on the host when it lives on a device (read once; on
+    /// the CPU they are the tensor's own).
+    Tensor {
+        table: Arc<QTensor>,
+        host: Option<Vec<u8>>,
+    },
+    /// The tiles a tied output product repacked the table into, which replace it.
+    Tiles(Arc<PackedMatrix>),
 }
 
 impl QuantizedEmbeddings {
@@ -84,35 +97,67 @@ impl QuantizedEmbeddings {
             candle_core::bail!("the embedding table has {held} bytes, not {rows} x {row_bytes}")
         }
         Ok(Self {
-            table,
-            host,
+            device: table.device(),
+            rows: TableRows::Tensor { table, host },
+            dtype,
             row_bytes,
             hidden_size,
         })
     }
 
+    /// The table read from the tiles of the tied output product (`dtype`, on the CPU).
+    fn from_tiles(tiles: Arc<PackedMatrix>, dtype: GgmlDType) -> Self {
+        let hidden_size = tiles.cols();
+        Self {
+            row_bytes: hidden_size / dtype.block_size() * dtype.type_size(),
+            rows: TableRows::Tiles(tiles),
+            dtype,
+            device: Device::Cpu,
+            hidden_size,
+        }
+    }
+
     /// `[batch, tokens]` ids to `[batch, tokens, hidden]` f32.
     fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let (batch, tokens) = ids.dims2()?;
-        let bytes: Cow<[u8]> = match &self.host {
-            Some(host) => Cow::Borrowed(host),
-            None => self.table.data()?,
-        };
-        let rows_held = bytes.len() / self.row_bytes;
-        let mut gathered = Vec::with_capacity(batch * tokens * self.row_bytes);
-        for id in ids.flatten_all()?.to_vec1::<u32>()? {
-            let id = id as usize;
-            if id >= rows_held {
-                candle_core::bail!("token id {id} is past the {rows_held} embeddings")
+        let ids = ids.flatten_all()?.to_vec1::<u32>()?;
+        let gathered = match &self.rows {
+            TableRows::Tensor { table, host } => {
+                let bytes: Cow<[u8]> = match host {
+                    Some(host) => Cow::Borrowed(host),
+                    None => table.data()?,
+                };
+                let size = self.row_bytes;
+                gather(&ids, bytes.len() / size, |id| {
+                    Cow::Borrowed(&bytes[id * size..(id + 1) * size])
+                })?
             }
-            gathered.extend_from_slice(&bytes[id * self.row_bytes..(id + 1) * self.row_bytes]);
-        }
+            TableRows::Tiles(tiles) => {
+                gather(&ids, tiles.rows(), |id| Cow::Owned(tiles.unpacked_row(id)))?
+            }
+        };
         let dims = vec![batch * tokens, self.hidden_size];
-        let device = self.table.device();
-        ggml_file::qtensor_from_ggml(self.table.dtype(), &gathered, dims, &device)?
-            .dequantize(&device)?
+        ggml_file::qtensor_from_ggml(self.dtype, &gathered, dims, &self.device)?
+            .dequantize(&self.device)?
             .reshape((batch, tokens, self.hidden_size))
     }
+}
+
+/// The bytes of rows `ids` of a table of `rows_held` rows, one after another.
+fn gather<'a>(
+    ids: &[u32],
+    rows_held: usize,
+    row: impl Fn(usize) -> Cow<'a, [u8]>,
+) -> Result<Vec<u8>> {
+    let mut gathered = Vec::new();
+    for &id in ids {
+        let id = id as usize;
+        if id >= rows_held {
+            candle_core::bail!("token id {id} is past the {rows_held} embeddings")
+        }
+        gathered.extend_from_slice(&row(id));
+    }
+    Ok(gathered)
 }
 
 /// A product of the model: candle's, or the CPU kernels' over the same quantized tensor.
@@ -288,12 +333,21 @@ impl QuantizedLlama {
         let mut tensor = |name: &str| content.tensor(reader, name, device);
         let table = Arc::new(tensor("token_embd.weight")?);
         let norm = RmsNorm::from_qtensor(tensor("output_norm.weight")?, settings.rms_norm_eps)?;
-        // Without `output.weight` the output product is the embedding table (tied).
-        let output = match content.tensor_infos.contains_key("output.weight") {
-            true => Arc::new(tensor("output.weight")?),
-            false => table.clone(),
+        // Without `output.weight` the output product is the embedding table (tied): repacked
+        // into tiles for it, the table's rows are read from them.
+        let tied = !content.tensor_infos.contains_key("output.weight");
+        let output = match tied {
+            false => Arc::new(tensor("output.weight")?),
+            true => table.clone(),
         };
         let output = Product::new(output, engine)?;
+        let embeddings = match &output {
+            Product::Kernels(linear) if tied => match linear.tiles() {
+                Some(tiles) => QuantizedEmbeddings::from_tiles(tiles, table.dtype()),
+                None => QuantizedEmbeddings::new(table)?,
+            },
+            _ => QuantizedEmbeddings::new(table)?,
+        };
         let mut layers = Vec::with_capacity(settings.num_layers);
         for layer in 0..settings.num_layers {
             let mut weight = |name: &str| tensor(&format!("blk.{layer}.{name}.weight"));
@@ -329,7 +383,7 @@ impl QuantizedLlama {
             });
         }
         Ok(Self {
-            embeddings: QuantizedEmbeddings::new(table)?,
+            embeddings,
             layers,
             norm,
             output,
