@@ -1,8 +1,8 @@
 //! The CPU fast engine: a GGUF model's products run by the kernels of
 //! `llm-worker-rbee-cpu-kernels` (worker/cpu-kernels), the tensor read in place as the file
 //! holds it (f16 is not widened to an f32 copy) or, where the CPU has AVX-512 VNNI, a quantized
-//! one repacked at load into 16-row tiles that replace it (a tied embedding table stays for the
-//! lookup too), a quantized product's input quantized once for every product that reads it.
+//! one repacked at load into 16-row tiles that replace it (a tied embedding table's lookup then
+//! reads the tiles), a quantized product's input quantized once for every product that reads it.
 
 use std::cell::RefCell;
 use std::sync::Arc;
