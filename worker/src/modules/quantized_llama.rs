@@ -343,7 +343,12 @@ impl QuantizedLlama {
         let output = Product::new(output, engine)?;
         let embeddings = match &output {
             Product::Kernels(linear) if tied => match linear.tiles() {
-                Some(tiles) => QuantizedEmbeddings::from_tiles(tiles, table.dtype()),
+                Some(tiles) => {
+                    let dtype = table.dtype();
+                    // Freed before the layers load, so that peak memory holds the table once.
+                    drop(table);
+                    QuantizedEmbeddings::from_tiles(tiles, dtype)
+                }
                 None => QuantizedEmbeddings::new(table)?,
             },
             _ => QuantizedEmbeddings::new(table)?,
