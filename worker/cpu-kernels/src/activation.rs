@@ -9,7 +9,7 @@ use half::f16;
 pub const BLOCK: usize = 32;
 
 /// Runs of 4 values per block: the lanes of the AVX2 kernels' per-block sums.
-pub const GROUPS: usize = BLOCK / 4;
+pub const RUNS: usize = BLOCK / 4;
 
 /// `rows` activation rows of `blocks` blocks each.
 #[derive(Default)]
@@ -22,7 +22,7 @@ pub struct Q8Rows {
     s: Vec<f32>,
     qs: Vec<i8>,
     /// `Σ qs` of each run of 4 values (8 per block), for the packed kernels' offsets.
-    groups: Vec<i32>,
+    run_sums: Vec<i32>,
 }
 
 /// One activation row.
@@ -32,7 +32,7 @@ pub struct Q8Row<'a> {
     pub s: &'a [f32],
     pub qs: &'a [i8],
     /// `Σ qs` of each run of 4 values.
-    pub groups: &'a [i32],
+    pub run_sums: &'a [i32],
 }
 
 impl Q8Rows {
@@ -48,7 +48,7 @@ impl Q8Rows {
         self.d.clear();
         self.s.clear();
         self.qs.clear();
-        self.groups.clear();
+        self.run_sums.clear();
         for block in x.chunks_exact(BLOCK) {
             let amax = block.iter().fold(0f32, |a, x| a.max(x.abs()));
             let d = amax / 127.0;
@@ -60,7 +60,7 @@ impl Q8Rows {
                 self.qs.push(q);
             }
             let qs = &self.qs[self.qs.len() - BLOCK..];
-            self.groups.extend(
+            self.run_sums.extend(
                 qs.chunks_exact(4)
                     .map(|g| g.iter().map(|q| i32::from(*q)).sum::<i32>()),
             );
@@ -84,7 +84,7 @@ impl Q8Rows {
             d: &self.d[b0..b1],
             s: &self.s[b0..b1],
             qs: &self.qs[b0 * BLOCK..b1 * BLOCK],
-            groups: &self.groups[b0 * GROUPS..b1 * GROUPS],
+            run_sums: &self.run_sums[b0 * RUNS..b1 * RUNS],
         }
     }
 }
@@ -135,7 +135,7 @@ mod tests {
                 assert_eq!(row.s[b], half(&one[2..]), "row {t} block {b}");
                 assert_eq!(qs, zero[2..34], "row {t} block {b}");
                 assert_eq!(qs, one[4..36], "row {t} block {b}");
-                for (g, sum) in row.groups[b * GROUPS..(b + 1) * GROUPS].iter().enumerate() {
+                for (g, sum) in row.run_sums[b * RUNS..(b + 1) * RUNS].iter().enumerate() {
                     let run = &qs[4 * g..4 * g + 4];
                     let want: i32 = run.iter().map(|q| i32::from(*q as i8)).sum();
                     assert_eq!(*sum, want, "row {t} block {b} run {g}");

@@ -25,6 +25,23 @@ impl BlockFormat {
         }
     }
 
+    /// The GGML type of these blocks.
+    pub fn ggml_dtype(self) -> GgmlDType {
+        match self {
+            Self::Q4_0 => GgmlDType::Q4_0,
+            Self::Q4_1 => GgmlDType::Q4_1,
+            Self::Q8_0 => GgmlDType::Q8_0,
+        }
+    }
+
+    /// The f16 scales a block starts with: `d`, and Q4_1's `m`.
+    pub const fn scales(self) -> usize {
+        match self {
+            Self::Q4_1 => 2,
+            _ => 1,
+        }
+    }
+
     /// Bytes per block of 32 values.
     pub const fn block_bytes(self) -> usize {
         match self {

@@ -34,19 +34,35 @@ impl Kernel {
         #[allow(unused_mut)]
         let mut kernels = vec![Kernel::Portable];
         #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
-        {
-            kernels.push(Kernel::Avx2);
-            if is_x86_feature_detected!("avx512f") {
-                kernels.push(Kernel::Avx512);
-                if is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni") {
-                    kernels.push(Kernel::Avx512Vnni);
-                }
+        kernels.extend(
+            [Kernel::Avx2, Kernel::Avx512, Kernel::Avx512Vnni]
+                .into_iter()
+                .filter(|kernel| kernel.runs_here()),
+        );
+        kernels
+    }
+
+    /// Whether this CPU has the kernel's features (std caches the answers), which the entry
+    /// points assert before they run its instructions: a `Kernel` is a plain value, so safe code
+    /// could name one the CPU lacks.
+    pub fn runs_here(self) -> bool {
+        match self {
+            Kernel::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => {
+                is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => Kernel::Avx2.runs_here() && is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => {
+                Kernel::Avx512.runs_here()
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vnni")
             }
         }
-        kernels
     }
 
     /// Whether this kernel multiplies `PackedMatrix` tiles faster than the file's blocks (the
@@ -62,9 +78,10 @@ impl Kernel {
     /// One weight row (its blocks' bytes) times one activation row.
     pub fn dot(self, format: BlockFormat, weights: &[u8], x: Q8Row) -> f32 {
         debug_assert_eq!(weights.len(), x.d.len() * format.block_bytes());
+        assert!(self.runs_here(), "{self:?} does not run on this CPU");
         match self {
             Kernel::Portable => crate::portable::dot(format, weights, x),
-            // SAFETY: `Kernel::detect` chose this kernel only where the CPU has its features.
+            // SAFETY: `runs_here` (asserted above).
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 | Kernel::Avx512 | Kernel::Avx512Vnni => unsafe {
                 crate::avx2::dot(format, weights, x)
@@ -77,6 +94,7 @@ impl Kernel {
     /// two.
     pub fn dot_rows(self, format: BlockFormat, weights: &[&[u8]], x: &Q8Rows, out: &mut [f32]) {
         debug_assert_eq!(out.len(), weights.len() * x.rows());
+        assert!(self.runs_here(), "{self:?} does not run on this CPU");
         match self {
             Kernel::Portable => {
                 for (weights, out) in weights.iter().zip(out.chunks_exact_mut(x.rows().max(1))) {
@@ -101,6 +119,7 @@ impl Kernel {
     pub fn dense_rows(self, format: DenseFormat, weights: &[&[u8]], x: &[f32], out: &mut [f32]) {
         let cols = weights[0].len() / format.value_bytes();
         debug_assert_eq!(x.len() * weights.len(), out.len() * cols);
+        assert!(self.runs_here(), "{self:?} does not run on this CPU");
         match self {
             Kernel::Portable => {
                 let rows = x.chunks_exact(cols);
@@ -110,7 +129,7 @@ impl Kernel {
                     }
                 }
             }
-            // SAFETY: `Kernel::detect` chose this kernel only where the CPU has its features.
+            // SAFETY: `runs_here` (asserted above).
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => unsafe { crate::avx2::dense_rows(format, weights, x, out) },
             // SAFETY: as above.

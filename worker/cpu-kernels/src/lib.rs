@@ -128,7 +128,9 @@ mod tests {
     /// The same integer sums as candle's `QMatMul`, scaled as candle's x86 kernels scale them: the
     /// AVX2 kernel's results equal candle's bit for bit (so the fast engine picks candle's
     /// tokens); the portable kernel's, up to the order of the f32 additions. (candle's Q4_1
-    /// product takes an even number of blocks only.)
+    /// product takes an even number of blocks only. No row count here is a multiple of 16: on a
+    /// VNNI CPU candle's Q8_0 product of 16-row multiples and rows of 256-value multiples takes
+    /// its own repacked path, summed in another order.)
     #[test]
     fn every_kernel_matches_candles_qmatmul() {
         for (dtype, format) in FORMATS {

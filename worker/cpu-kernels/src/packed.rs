@@ -11,7 +11,7 @@
 //!   `8 Σ x` taken off after);
 //! - Q4_1: `d` (16 f16), `m` (16 f16), then the nibbles as Q4_0.
 
-use crate::activation::{Q8Rows, BLOCK, GROUPS};
+use crate::activation::{Q8Rows, BLOCK, RUNS};
 use crate::format::{BlockFormat, TILE_ROWS};
 use crate::kernel::Kernel;
 use crate::pool::for_each_row;
@@ -52,7 +52,7 @@ impl PackedMatrix {
                     let at = ((tile * TILE_ROWS + r) * blocks + b) * size;
                     &blocks_bytes[at..at + size]
                 };
-                let scales = if format == BlockFormat::Q4_1 { 2 } else { 1 };
+                let scales = format.scales();
                 for scale in 0..scales {
                     for r in 0..TILE_ROWS {
                         bytes.extend_from_slice(&block(r)[2 * scale..2 * scale + 2]);
@@ -61,7 +61,7 @@ impl PackedMatrix {
                 let qs = 2 * scales;
                 match format {
                     BlockFormat::Q8_0 => {
-                        for g in 0..GROUPS {
+                        for g in 0..RUNS {
                             for r in 0..TILE_ROWS {
                                 let run = &block(r)[qs + 4 * g..qs + 4 * g + 4];
                                 bytes.extend(run.iter().map(|q| q.wrapping_add(128)));
@@ -69,7 +69,7 @@ impl PackedMatrix {
                         }
                     }
                     BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
-                        for g in 0..GROUPS / 2 {
+                        for g in 0..RUNS / 2 {
                             for r in 0..TILE_ROWS {
                                 bytes.extend_from_slice(&block(r)[qs + 4 * g..qs + 4 * g + 4]);
                             }
@@ -111,26 +111,20 @@ impl PackedMatrix {
         let (format, size) = (self.format, self.format.block_bytes());
         let (tile, row) = (self.tile(r / TILE_ROWS), r % TILE_ROWS);
         let mut out = Vec::with_capacity(self.blocks * size);
+        let scales = format.scales();
         for block in tile.chunks_exact(TILE_ROWS * size) {
-            let scales = if format == BlockFormat::Q4_1 { 2 } else { 1 };
             for scale in 0..scales {
                 let at = 2 * (scale * TILE_ROWS + row);
                 out.extend_from_slice(&block[at..at + 2]);
             }
             let runs = &block[2 * scales * TILE_ROWS..];
-            let mut qs = vec![0u8; size - 2 * scales];
-            for (g, run) in runs.chunks_exact(4 * TILE_ROWS).enumerate() {
+            for run in runs.chunks_exact(4 * TILE_ROWS) {
                 let values = &run[4 * row..4 * row + 4];
                 match format {
-                    BlockFormat::Q8_0 => {
-                        for (q, v) in qs[4 * g..4 * g + 4].iter_mut().zip(values) {
-                            *q = v.wrapping_sub(128);
-                        }
-                    }
-                    _ => qs[4 * g..4 * g + 4].copy_from_slice(values),
+                    BlockFormat::Q8_0 => out.extend(values.iter().map(|v| v.wrapping_sub(128))),
+                    _ => out.extend_from_slice(values),
                 }
             }
-            out.extend_from_slice(&qs);
         }
         out
     }
@@ -159,9 +153,10 @@ impl Kernel {
     /// the tile's row `c` and row `t` of `x`, each equal to `dot` of the two bit for bit.
     pub fn tile_rows(self, matrix: &PackedMatrix, tile: usize, x: &Q8Rows, out: &mut [f32]) {
         assert_eq!(out.len(), TILE_ROWS * x.rows());
+        assert!(self.runs_here(), "{self:?} does not run on this CPU");
         match self {
-            // SAFETY: `Kernel::detect` chose this kernel only where the CPU has its features;
-            // the tile holds `x.blocks()` blocks of 16 rows (asserted by `matmul_packed`).
+            // SAFETY: `runs_here` (asserted above); `vnni::tile_rows` asserts the tile's and the
+            // rows' lengths.
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512Vnni => unsafe {
                 crate::vnni::tile_rows(matrix.format, matrix.tile(tile), x, out)

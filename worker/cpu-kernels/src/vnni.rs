@@ -8,7 +8,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::activation::{Q8Row, Q8Rows, BLOCK, GROUPS};
+use crate::activation::{Q8Row, Q8Rows, BLOCK, RUNS};
 use crate::format::{BlockFormat, TILE_ROWS};
 
 /// The tile's 16 rows times every row of `x`: `out[c * x_rows + t]`.
@@ -23,7 +23,7 @@ pub unsafe fn tile_rows(format: BlockFormat, tile: &[u8], x: &Q8Rows, out: &mut 
     assert_eq!(out.len(), TILE_ROWS * x_rows);
     for t in 0..x_rows {
         let row = x.row(t);
-        assert!(row.qs.len() == x.blocks() * BLOCK && row.groups.len() == x.blocks() * GROUPS);
+        assert!(row.qs.len() == x.blocks() * BLOCK && row.run_sums.len() == x.blocks() * RUNS);
     }
     let mut put = |t: usize, sums: __m512| {
         let mut values = [0.0f32; TILE_ROWS];
@@ -53,14 +53,14 @@ pub unsafe fn tile_rows(format: BlockFormat, tile: &[u8], x: &Q8Rows, out: &mut 
         _ => {
             while t + 3 <= x_rows {
                 let rows = std::array::from_fn::<_, 3, _>(|k| x.row(t + k));
-                let sums = unsafe { lanes(format, tile, rows) };
+                let sums = unsafe { q4_0_q8_0(format, tile, rows) };
                 sums.into_iter()
                     .enumerate()
                     .for_each(|(k, s)| put(t + k, s));
                 t += 3;
             }
             for t in t..x_rows {
-                let [sums] = unsafe { lanes(format, tile, [x.row(t)]) };
+                let [sums] = unsafe { q4_0_q8_0(format, tile, [x.row(t)]) };
                 put(t, sums);
             }
         }
@@ -74,13 +74,18 @@ pub unsafe fn tile_rows(format: BlockFormat, tile: &[u8], x: &Q8Rows, out: &mut 
 /// As `tile_rows`, for these rows of `x`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
-unsafe fn lanes<const T: usize>(format: BlockFormat, tile: &[u8], x: [Q8Row; T]) -> [__m512; T] {
+unsafe fn q4_0_q8_0<const T: usize>(
+    format: BlockFormat,
+    tile: &[u8],
+    x: [Q8Row; T],
+) -> [__m512; T] {
     // A block of the tile: the 16 rows' blocks.
     let size = TILE_ROWS * format.block_bytes();
-    let mut acc = [[_mm512_setzero_ps(); GROUPS]; T];
+    let mut acc = [[_mm512_setzero_ps(); RUNS]; T];
     let zero = _mm512_setzero_si512();
     let nibble = _mm512_set1_epi8(0xF);
-    let offset = if format == BlockFormat::Q8_0 { 128 } else { 8 };
+    // What the stored values exceed the signed ones by, times Σ x to take off.
+    let excess = if format == BlockFormat::Q8_0 { 128 } else { 8 };
     for b in 0..x[0].d.len() {
         // SAFETY: block b of the tile is the `size` bytes at `b * size`; the rows' values of
         // block b at `b * 32` (the caller's promise).
@@ -91,23 +96,21 @@ unsafe fn lanes<const T: usize>(format: BlockFormat, tile: &[u8], x: [Q8Row; T])
                 std::array::from_fn(|t| _mm512_mul_ps(d, _mm512_set1_ps(x[t].d[b])));
             let mut step = |g: usize, weights: __m512i| {
                 for ((acc, x), scale) in acc.iter_mut().zip(&x).zip(&scales) {
-                    let at = x.qs.as_ptr().add(b * BLOCK + 4 * g) as *const i32;
-                    let run = _mm512_set1_epi32(std::ptr::read_unaligned(at));
-                    let sum = _mm512_dpbusd_epi32(zero, weights, run);
-                    let offset = _mm512_set1_epi32(offset * x.groups[b * GROUPS + g]);
-                    let sum = _mm512_sub_epi32(sum, offset);
+                    let sum = _mm512_dpbusd_epi32(zero, weights, run(x, b, g));
+                    let excess = _mm512_set1_epi32(excess * x.run_sums[b * RUNS + g]);
+                    let sum = _mm512_sub_epi32(sum, excess);
                     acc[g] = _mm512_fmadd_ps(*scale, _mm512_cvtepi32_ps(sum), acc[g]);
                 }
             };
             let runs = block.add(32) as *const __m512i;
             match format {
                 BlockFormat::Q8_0 => {
-                    for g in 0..GROUPS {
+                    for g in 0..RUNS {
                         step(g, _mm512_loadu_si512(runs.add(g)));
                     }
                 }
                 _ => {
-                    for g in 0..GROUPS / 2 {
+                    for g in 0..RUNS / 2 {
                         let v = _mm512_loadu_si512(runs.add(g));
                         step(g, _mm512_and_si512(v, nibble));
                         step(g + 4, _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble));
@@ -138,24 +141,20 @@ unsafe fn q4_1<const T: usize>(tile: &[u8], x: [Q8Row; T]) -> [__m512; T] {
     let mut acc = [_mm512_setzero_ps(); T];
     let nibble = _mm512_set1_epi8(0xF);
     for b in 0..x[0].d.len() {
-        // SAFETY: as in `lanes`.
+        // SAFETY: as in `q4_0_q8_0`.
         unsafe {
             let block = tile.as_ptr().add(b * size);
             let d = _mm512_cvtph_ps(_mm256_loadu_si256(block as *const __m256i));
             let m = _mm512_cvtph_ps(_mm256_loadu_si256(block.add(32) as *const __m256i));
             let runs = block.add(64) as *const __m512i;
             let mut sums = [_mm512_setzero_si512(); T];
-            for g in 0..GROUPS / 2 {
+            for g in 0..RUNS / 2 {
                 let v = _mm512_loadu_si512(runs.add(g));
                 let low = _mm512_and_si512(v, nibble);
                 let high = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
                 for (sum, x) in sums.iter_mut().zip(&x) {
-                    let run = |g: usize| {
-                        let at = x.qs.as_ptr().add(b * BLOCK + 4 * g) as *const i32;
-                        _mm512_set1_epi32(std::ptr::read_unaligned(at))
-                    };
-                    *sum = _mm512_dpbusd_epi32(*sum, low, run(g));
-                    *sum = _mm512_dpbusd_epi32(*sum, high, run(g + 4));
+                    *sum = _mm512_dpbusd_epi32(*sum, low, run(x, b, g));
+                    *sum = _mm512_dpbusd_epi32(*sum, high, run(x, b, g + 4));
                 }
             }
             for ((acc, sum), x) in acc.iter_mut().zip(sums).zip(&x) {
@@ -170,4 +169,18 @@ unsafe fn q4_1<const T: usize>(tile: &[u8], x: [Q8Row; T]) -> [__m512; T] {
     }
     // `dot` returns its (zero) vector sum plus the running sum.
     acc.map(|acc| _mm512_add_ps(_mm512_setzero_ps(), acc))
+}
+
+/// Run `g` (4 values) of block `b` of `x`, in every 32-bit lane.
+///
+/// # Safety
+/// `x` holds block `b`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn run(x: &Q8Row, b: usize, g: usize) -> __m512i {
+    // SAFETY: the caller's promise; 4 bytes at `b * 32 + 4 g`, g < 8.
+    unsafe {
+        let at = x.qs.as_ptr().add(b * BLOCK + 4 * g) as *const i32;
+        _mm512_set1_epi32(std::ptr::read_unaligned(at))
+    }
 }

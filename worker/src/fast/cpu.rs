@@ -60,9 +60,12 @@ impl KernelLinear {
         }
         let mut weights = Weights::Tensor(weights);
         if let (Layout::Blocks(format), Weights::Tensor(tensor)) = (layout, &weights) {
-            if kernel.packs() && rows % TILE_ROWS == 0 {
-                let bytes = tensor.data().ok()?;
-                let tiles = PackedMatrix::pack(format, rows, cols, &bytes).ok()?;
+            // Where packing fails the file's blocks serve, as on CPUs without VNNI.
+            let tiles = (kernel.packs() && rows % TILE_ROWS == 0)
+                .then(|| tensor.data().ok())
+                .flatten()
+                .and_then(|bytes| PackedMatrix::pack(format, rows, cols, &bytes).ok());
+            if let Some(tiles) = tiles {
                 (weights, layout) = (Weights::Tiles(Arc::new(tiles)), Layout::Tiles(format));
             }
         }

@@ -19,7 +19,7 @@ use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 use candle_transformers::quantized_nn::RmsNorm;
 use candle_transformers::utils::{build_causal_mask, repeat_kv};
 
-use llm_worker_rbee_cpu_kernels::PackedMatrix;
+use llm_worker_rbee_cpu_kernels::{PackedMatrix, BLOCK};
 
 use crate::fast::cpu::{forward_shared, KernelLinear};
 use crate::fast::Engine;
@@ -105,13 +105,13 @@ impl QuantizedEmbeddings {
         })
     }
 
-    /// The table read from the tiles of the tied output product (`dtype`, on the CPU).
-    fn from_tiles(tiles: Arc<PackedMatrix>, dtype: GgmlDType) -> Self {
-        let hidden_size = tiles.cols();
+    /// The table read from the tiles of the tied output product (on the CPU).
+    fn from_tiles(tiles: Arc<PackedMatrix>) -> Self {
+        let (format, hidden_size) = (tiles.format(), tiles.cols());
         Self {
-            row_bytes: hidden_size / dtype.block_size() * dtype.type_size(),
+            row_bytes: hidden_size / BLOCK * format.block_bytes(),
             rows: TableRows::Tiles(tiles),
-            dtype,
+            dtype: format.ggml_dtype(),
             device: Device::Cpu,
             hidden_size,
         }
@@ -344,10 +344,9 @@ impl QuantizedLlama {
         let embeddings = match &output {
             Product::Kernels(linear) if tied => match linear.tiles() {
                 Some(tiles) => {
-                    let dtype = table.dtype();
                     // Freed before the layers load, so that peak memory holds the table once.
                     drop(table);
-                    QuantizedEmbeddings::from_tiles(tiles, dtype)
+                    QuantizedEmbeddings::from_tiles(tiles)
                 }
                 None => QuantizedEmbeddings::new(table)?,
             },
