@@ -66,6 +66,7 @@ impl<'a> BlockMatrix<'a> {
 /// `outs[i][t * rows_i + r] = row r of matrices[i] · activation row t`, for every matrix that
 /// reads the activation `x`, in one pass over the pool.
 pub fn matmul(kernel: Kernel, matrices: &[BlockMatrix], x: &Q8Rows, outs: &mut [&mut [f32]]) {
+    assert!(kernel.runs_here(), "{kernel:?} does not run on this CPU");
     for matrix in matrices {
         assert_eq!(matrix.blocks, x.blocks(), "the activation's length");
     }

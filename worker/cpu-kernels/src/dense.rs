@@ -50,6 +50,7 @@ impl<'a> DenseMatrix<'a> {
 /// `outs[i][t * rows_i + r] = row r of matrices[i] · row t of x` (rows of `cols` values), for
 /// every matrix that reads `x`, in one pass over the pool.
 pub fn matmul(kernel: Kernel, matrices: &[DenseMatrix], x: &[f32], outs: &mut [&mut [f32]]) {
+    assert!(kernel.runs_here(), "{kernel:?} does not run on this CPU");
     let cols = matrices.first().map_or(0, |m| m.cols);
     assert!(
         matrices.iter().all(|m| m.cols == cols),

@@ -42,9 +42,9 @@ impl Kernel {
         kernels
     }
 
-    /// Whether this CPU has the kernel's features (std caches the answers), which the entry
-    /// points assert before they run its instructions: a `Kernel` is a plain value, so safe code
-    /// could name one the CPU lacks.
+    /// Whether this CPU has the kernel's features (std caches the answers), which each product
+    /// (`matmul`, `dense::matmul`, `matmul_packed`) asserts once before it runs the kernel's
+    /// instructions: a `Kernel` is a plain value, so safe code could name one the CPU lacks.
     pub fn runs_here(self) -> bool {
         match self {
             Kernel::Portable => true,
@@ -76,12 +76,12 @@ impl Kernel {
     }
 
     /// One weight row (its blocks' bytes) times one activation row.
-    pub fn dot(self, format: BlockFormat, weights: &[u8], x: Q8Row) -> f32 {
+    pub(crate) fn dot(self, format: BlockFormat, weights: &[u8], x: Q8Row) -> f32 {
         debug_assert_eq!(weights.len(), x.d.len() * format.block_bytes());
-        assert!(self.runs_here(), "{self:?} does not run on this CPU");
+        debug_assert!(self.runs_here(), "{self:?} does not run on this CPU");
         match self {
             Kernel::Portable => crate::portable::dot(format, weights, x),
-            // SAFETY: `runs_here` (asserted above).
+            // SAFETY: `runs_here`, asserted by the product that calls this one.
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 | Kernel::Avx512 | Kernel::Avx512Vnni => unsafe {
                 crate::avx2::dot(format, weights, x)
@@ -92,9 +92,15 @@ impl Kernel {
     /// Weight rows (their blocks' bytes; one or two) times every row of `x`:
     /// `out[c * x_rows + t]` for weight row `c` and row `t` of `x`, each equal to `dot` of the
     /// two.
-    pub fn dot_rows(self, format: BlockFormat, weights: &[&[u8]], x: &Q8Rows, out: &mut [f32]) {
+    pub(crate) fn dot_rows(
+        self,
+        format: BlockFormat,
+        weights: &[&[u8]],
+        x: &Q8Rows,
+        out: &mut [f32],
+    ) {
         debug_assert_eq!(out.len(), weights.len() * x.rows());
-        assert!(self.runs_here(), "{self:?} does not run on this CPU");
+        debug_assert!(self.runs_here(), "{self:?} does not run on this CPU");
         match self {
             Kernel::Portable => {
                 for (weights, out) in weights.iter().zip(out.chunks_exact_mut(x.rows().max(1))) {
@@ -116,10 +122,16 @@ impl Kernel {
     /// row of `x` takes the one-row kernel (four 8-lane sums); more go through in tiles that
     /// read each weight value once for up to 4 rows of `x` (one 8-lane sum each), so that a
     /// row's sum does not depend on the rows beside it in a tile.
-    pub fn dense_rows(self, format: DenseFormat, weights: &[&[u8]], x: &[f32], out: &mut [f32]) {
+    pub(crate) fn dense_rows(
+        self,
+        format: DenseFormat,
+        weights: &[&[u8]],
+        x: &[f32],
+        out: &mut [f32],
+    ) {
         let cols = weights[0].len() / format.value_bytes();
         debug_assert_eq!(x.len() * weights.len(), out.len() * cols);
-        assert!(self.runs_here(), "{self:?} does not run on this CPU");
+        debug_assert!(self.runs_here(), "{self:?} does not run on this CPU");
         match self {
             Kernel::Portable => {
                 let rows = x.chunks_exact(cols);
@@ -129,7 +141,7 @@ impl Kernel {
                     }
                 }
             }
-            // SAFETY: `runs_here` (asserted above).
+            // SAFETY: `runs_here`, asserted by the product that calls this one.
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => unsafe { crate::avx2::dense_rows(format, weights, x, out) },
             // SAFETY: as above.

@@ -138,6 +138,7 @@ pub fn matmul_packed(
     x: &Q8Rows,
     outs: &mut [&mut [f32]],
 ) {
+    assert!(kernel.runs_here(), "{kernel:?} does not run on this CPU");
     for matrix in matrices {
         assert_eq!(matrix.blocks, x.blocks(), "the activation's length");
     }
@@ -151,12 +152,12 @@ pub fn matmul_packed(
 impl Kernel {
     /// The 16 rows of tile `tile` of `matrix` times every row of `x`: `out[c * x_rows + t]` for
     /// the tile's row `c` and row `t` of `x`, each equal to `dot` of the two bit for bit.
-    pub fn tile_rows(self, matrix: &PackedMatrix, tile: usize, x: &Q8Rows, out: &mut [f32]) {
+    pub(crate) fn tile_rows(self, matrix: &PackedMatrix, tile: usize, x: &Q8Rows, out: &mut [f32]) {
         assert_eq!(out.len(), TILE_ROWS * x.rows());
-        assert!(self.runs_here(), "{self:?} does not run on this CPU");
+        debug_assert!(self.runs_here(), "{self:?} does not run on this CPU");
         match self {
-            // SAFETY: `runs_here` (asserted above); `vnni::tile_rows` asserts the tile's and the
-            // rows' lengths.
+            // SAFETY: `runs_here`, asserted by `matmul_packed`; `vnni::tile_rows` asserts the
+            // tile's and the rows' lengths.
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512Vnni => unsafe {
                 crate::vnni::tile_rows(matrix.format, matrix.tile(tile), x, out)
