@@ -150,7 +150,7 @@ unsafe fn q4_1_tile<const R: usize, const T: usize>(
             }
         }
     }
-    // `dot` ends with its (zero) vector sum plus this one.
+    // `0.0 +`: a sum of -0.0 comes out as +0.0, as candle's does.
     scalar.map(|row| row.map(|s| 0.0 + s))
 }
 
@@ -163,7 +163,6 @@ pub unsafe fn dot(format: BlockFormat, weights: &[u8], x: Q8Row) -> f32 {
     assert!(weights.len() >= blocks * size && x.qs.len() >= blocks * BLOCK);
     let (w, q8) = (weights.as_ptr(), x.qs.as_ptr());
     let mut acc = _mm256_setzero_ps();
-    let mut scalar = 0.0f32;
     // SAFETY (the loads): block b's bytes lie at `w + b * size`, its activation at
     // `q8 + b * 32`, both within the slices (asserted above).
     unsafe {
@@ -180,44 +179,9 @@ pub unsafe fn dot(format: BlockFormat, weights: &[u8], x: Q8Row) -> f32 {
             }
             BlockFormat::Q4_1 => {
                 // Each block's integer sum, then candle's scalar float steps in candle's order
-                // (`k_quants::BlockQ4_1::vec_dot`), so that the products equal its bit for bit.
-                // Eight blocks at a time: their sums meet in one vector, their float steps run
-                // one block per lane (multiply and add, never fused, as the scalar code), and
-                // only the running sum stays scalar and in order.
-                let ones = _mm256_set1_epi16(1);
-                let whole = blocks - blocks % 8;
-                let mut terms = [0.0f32; 8];
-                for first in (0..whole).step_by(8) {
-                    let mut sums = [_mm256_setzero_si256(); 8];
-                    let mut scales = [0u32; 8];
-                    for (i, (sum, scale)) in sums.iter_mut().zip(&mut scales).enumerate() {
-                        let block = w.add((first + i) * size);
-                        let qx = _mm256_loadu_si256(q8.add((first + i) * BLOCK) as *const __m256i);
-                        // Unsigned 4-bit times signed 8-bit: at most 2 * 15 * 128 per pair, no
-                        // saturation.
-                        let pairs = _mm256_maddubs_epi16(nibbles(block.add(4)), qx);
-                        *sum = _mm256_madd_epi16(pairs, ones);
-                        // d and m, the block's first 4 bytes.
-                        *scale = std::ptr::read_unaligned(block as *const u32);
-                    }
-                    let sums = _mm256_cvtepi32_ps(lane_sums(sums));
-                    let (dw, mw) = halves(scales);
-                    let dx = _mm256_loadu_ps(x.d.as_ptr().add(first));
-                    let sx = _mm256_loadu_ps(x.s.as_ptr().add(first));
-                    let products = _mm256_mul_ps(_mm256_mul_ps(sums, dw), dx);
-                    let t = _mm256_add_ps(products, _mm256_mul_ps(mw, sx));
-                    _mm256_storeu_ps(terms.as_mut_ptr(), t);
-                    for term in terms {
-                        scalar += term;
-                    }
-                }
-                for b in whole..blocks {
-                    let block = w.add(b * size);
-                    let qx = _mm256_loadu_si256(q8.add(b * BLOCK) as *const __m256i);
-                    let pairs = _mm256_maddubs_epi16(nibbles(block.add(4)), qx);
-                    let sum = integer_sum(_mm256_madd_epi16(pairs, ones));
-                    scalar += sum as f32 * half(block) * x.d[b] + half(block.add(2)) * x.s[b];
-                }
+                // (`k_quants::BlockQ4_1::vec_dot`): `q4_1_tile` for one row of each.
+                let [[sum]] = q4_1_tile([weights], [x]);
+                return sum;
             }
             BlockFormat::Q8_0 => {
                 for b in 0..blocks {
@@ -230,7 +194,8 @@ pub unsafe fn dot(format: BlockFormat, weights: &[u8], x: Q8Row) -> f32 {
             }
         }
     }
-    horizontal_sum(acc) + scalar
+    // `+ 0.0`: a sum of -0.0 comes out as +0.0, as candle's does.
+    horizontal_sum(acc) + 0.0
 }
 
 /// Rows of f32 or f16 weights times each row of `x`, in pairs: see `Kernel::dense_rows`.
@@ -313,8 +278,7 @@ unsafe fn dense_tile<const R: usize, const T: usize>(
         for ((out, acc), x) in out.iter_mut().zip(acc).zip(&x) {
             *out = horizontal_sum(*acc);
             for (j, x) in x.iter().enumerate().skip(whole) {
-                // SAFETY: j < n.
-                *out += unsafe { dense_value(format, w.as_ptr(), j) } * x;
+                *out += format.value(w, j) * x;
             }
         }
     }
@@ -332,21 +296,6 @@ unsafe fn dense_load(format: DenseFormat, w: *const u8, j: usize) -> __m256 {
         match format {
             DenseFormat::F32 => _mm256_loadu_ps(w.add(4 * j) as *const f32),
             DenseFormat::F16 => _mm256_cvtph_ps(_mm_loadu_si128(w.add(2 * j) as *const __m128i)),
-        }
-    }
-}
-
-/// Value j of a row of `format` at `w`, as f32.
-///
-/// # Safety
-/// The row holds it.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dense_value(format: DenseFormat, w: *const u8, j: usize) -> f32 {
-    unsafe {
-        match format {
-            DenseFormat::F32 => std::ptr::read_unaligned(w.add(4 * j) as *const f32),
-            DenseFormat::F16 => half(w.add(2 * j)),
         }
     }
 }
@@ -377,8 +326,7 @@ unsafe fn dense_dot(format: DenseFormat, weights: &[u8], x: &[f32]) -> f32 {
         _mm256_add_ps(acc[2], acc[3]),
     ));
     for (j, x) in x.iter().enumerate().skip(whole) {
-        // SAFETY: j < n.
-        sum += unsafe { dense_value(format, w, j) } * x;
+        sum += format.value(weights, j) * x;
     }
     sum
 }

@@ -91,8 +91,7 @@ unsafe fn dense_tile<const R: usize, const T: usize>(
         for ((out, acc), x) in out.iter_mut().zip(acc).zip(&x) {
             *out = _mm512_reduce_add_ps(*acc);
             for (j, x) in x.iter().enumerate().skip(whole) {
-                // SAFETY: j < n.
-                *out += unsafe { value(format, w.as_ptr(), j) } * x;
+                *out += format.value(w, j) * x;
             }
         }
     }
@@ -120,8 +119,7 @@ unsafe fn dense_dot(format: DenseFormat, weights: &[u8], x: &[f32]) -> f32 {
         _mm512_add_ps(acc[2], acc[3]),
     ));
     for (j, x) in x.iter().enumerate().skip(whole) {
-        // SAFETY: j < n.
-        sum += unsafe { value(format, w, j) } * x;
+        sum += format.value(weights, j) * x;
     }
     sum
 }
@@ -137,22 +135,6 @@ unsafe fn load(format: DenseFormat, w: *const u8, j: usize) -> __m512 {
         match format {
             DenseFormat::F32 => _mm512_loadu_ps(w.add(4 * j) as *const f32),
             DenseFormat::F16 => _mm512_cvtph_ps(_mm256_loadu_si256(w.add(2 * j) as *const __m256i)),
-        }
-    }
-}
-
-/// Value j of a row of `format` at `w`, as f32.
-///
-/// # Safety
-/// The row holds it.
-#[inline]
-unsafe fn value(format: DenseFormat, w: *const u8, j: usize) -> f32 {
-    unsafe {
-        match format {
-            DenseFormat::F32 => std::ptr::read_unaligned(w.add(4 * j) as *const f32),
-            DenseFormat::F16 => {
-                half::f16::from_bits(std::ptr::read_unaligned(w.add(2 * j) as *const u16)).to_f32()
-            }
         }
     }
 }

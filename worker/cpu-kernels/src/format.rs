@@ -71,6 +71,16 @@ impl DenseFormat {
         }
     }
 
+    /// Value `j` of a row of this format, as f32 (the kernels' scalar tails and the reference).
+    pub(crate) fn value(self, row: &[u8], j: usize) -> f32 {
+        match self {
+            Self::F32 => {
+                f32::from_le_bytes([row[4 * j], row[4 * j + 1], row[4 * j + 2], row[4 * j + 3]])
+            }
+            Self::F16 => half(row, 2 * j),
+        }
+    }
+
     pub const fn value_bytes(self) -> usize {
         match self {
             Self::F32 => 4,

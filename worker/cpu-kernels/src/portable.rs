@@ -44,16 +44,8 @@ pub fn dot(format: BlockFormat, weights: &[u8], x: Q8Row) -> f32 {
 
 /// The reference dense kernel: one f32 sum, in order.
 pub fn dense_dot(format: DenseFormat, weights: &[u8], x: &[f32]) -> f32 {
-    let size = format.value_bytes();
-    weights
-        .chunks_exact(size)
-        .zip(x)
-        .map(|(w, x)| {
-            let w = match format {
-                DenseFormat::F32 => f32::from_le_bytes([w[0], w[1], w[2], w[3]]),
-                DenseFormat::F16 => half(w, 0),
-            };
-            w * x
-        })
+    x.iter()
+        .enumerate()
+        .map(|(j, x)| format.value(weights, j) * x)
         .sum()
 }
