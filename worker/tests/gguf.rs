@@ -108,12 +108,44 @@ fn set(metadata: &mut Vec<(String, Value)>, key: &str, value: Value) {
     metadata.push((key.to_string(), value));
 }
 
+/// The worker at `path` on `engine`.
+fn load_on(path: &Path, engine: Engine) -> Worker {
+    let options = LoadOptions {
+        engine: Some(engine),
+        ..LoadOptions::default()
+    };
+    Worker::load(path, options).unwrap()
+}
+
+/// Both workers' logits at every step of one prompt and its continuation.
+fn step_logits_of(fast: &mut Worker, candle: &mut Worker) -> Vec<(Vec<f32>, Vec<f32>)> {
+    let (prompt, continuation) = ([1, 17, 5, 99, 3, 42, 7], [8, 64, 2, 31]);
+    let ours = fast.step_logits(&prompt, &continuation).unwrap();
+    let reference = candle.step_logits(&prompt, &continuation).unwrap();
+    assert_eq!(ours.len(), reference.len());
+    ours.into_iter().zip(reference).collect()
+}
+
+/// The fast engine's logits are the candle engine's at every step: bit for bit with the AVX2
+/// and VNNI kernels (candle's arithmetic in candle's order), within an NMSE of 1e-10 with the
+/// portable ones.
+fn assert_candles_logits(what: &str, fast: &mut Worker, candle: &mut Worker) {
+    let exact = Kernel::detect() != Kernel::Portable;
+    for (step, (ours, reference)) in step_logits_of(fast, candle).iter().enumerate() {
+        if exact {
+            assert_eq!(ours, reference, "{what}: step {step}");
+        } else {
+            let error = nmse(ours, reference);
+            assert!(error < 1e-10, "{what}: step {step}: {error}");
+        }
+    }
+}
+
 /// The CPU fast engine is the default for the llama GGUF fixtures and gives the candle engine's
 /// logits at every step of a prompt and its continuation: bit for bit with the AVX2 kernels
 /// (candle's arithmetic in candle's order), within an NMSE of 1e-10 with the portable ones.
 #[test]
 fn the_cpu_fast_engine_gives_the_candle_engines_logits() {
-    let exact = Kernel::detect() != Kernel::Portable;
     for id in all_gguf_fixture_ids() {
         let fixture = GgufFixture::new(id);
         let mut fast = fixture.load();
@@ -127,22 +159,8 @@ fn the_cpu_fast_engine_gives_the_candle_engines_logits() {
         if !covered {
             continue;
         }
-        let options = LoadOptions {
-            engine: Some(Engine::Candle),
-            ..LoadOptions::default()
-        };
-        let mut candle = Worker::load(&fixture.path(), options).unwrap();
-        let (prompt, continuation) = ([1, 17, 5, 99, 3, 42, 7], [8, 64, 2, 31]);
-        let ours = fast.step_logits(&prompt, &continuation).unwrap();
-        let reference = candle.step_logits(&prompt, &continuation).unwrap();
-        for (step, (ours, reference)) in ours.iter().zip(&reference).enumerate() {
-            if exact {
-                assert_eq!(ours, reference, "{id}: step {step}");
-            } else {
-                let error = nmse(ours, reference);
-                assert!(error < 1e-10, "{id}: step {step}: {error}");
-            }
-        }
+        let mut candle = load_on(&fixture.path(), Engine::Candle);
+        assert_candles_logits(id, &mut fast, &mut candle);
     }
 }
 
@@ -151,7 +169,6 @@ fn the_cpu_fast_engine_gives_the_candle_engines_logits() {
 /// engine's logits at every step, as the untied one does.
 #[test]
 fn a_tied_gguf_on_the_cpu_fast_engine_gives_the_candle_engines_logits() {
-    let exact = Kernel::detect() != Kernel::Portable;
     for id in ["llama-q8_0", "llama-q4_0"] {
         let fixture = GgufFixture::new(id);
         rewrite_gguf(&fixture.path().join("model.gguf"), |_, tensors| {
@@ -159,26 +176,11 @@ fn a_tied_gguf_on_the_cpu_fast_engine_gives_the_candle_engines_logits() {
             tensors.retain(|(name, _)| name != "output.weight");
             assert_eq!(tensors.len(), before - 1, "{id} had its own output product");
         });
-        let load = |engine| {
-            let options = LoadOptions {
-                engine: Some(engine),
-                ..LoadOptions::default()
-            };
-            Worker::load(&fixture.path(), options).unwrap()
-        };
-        let (mut fast, mut candle) = (load(Engine::Fast), load(Engine::Candle));
-        let (prompt, continuation) = ([1, 17, 5, 99, 3, 42, 7], [8, 64, 2, 31]);
-        let ours = fast.step_logits(&prompt, &continuation).unwrap();
-        let reference = candle.step_logits(&prompt, &continuation).unwrap();
-        assert_eq!(ours.len(), reference.len());
-        for (step, (ours, reference)) in ours.iter().zip(&reference).enumerate() {
-            if exact {
-                assert_eq!(ours, reference, "{id}: step {step}");
-            } else {
-                let error = nmse(ours, reference);
-                assert!(error < 1e-10, "{id}: step {step}: {error}");
-            }
-        }
+        let (mut fast, mut candle) = (
+            load_on(&fixture.path(), Engine::Fast),
+            load_on(&fixture.path(), Engine::Candle),
+        );
+        assert_candles_logits(id, &mut fast, &mut candle);
     }
 }
 
@@ -197,19 +199,11 @@ fn the_cpu_fast_engine_on_f16_and_f32_weights_stays_close_to_the_candle_engine()
             dir.path().join("tokenizer.json"),
         )
         .unwrap();
-        let load = |engine| {
-            let options = LoadOptions {
-                engine: Some(engine),
-                ..LoadOptions::default()
-            };
-            Worker::load(dir.path(), options).unwrap()
-        };
-        let (mut fast, mut candle) = (load(Engine::Fast), load(Engine::Candle));
-        let (prompt, continuation) = ([1, 17, 5, 99, 3, 42, 7], [8, 64, 2, 31]);
-        let ours = fast.step_logits(&prompt, &continuation).unwrap();
-        let reference = candle.step_logits(&prompt, &continuation).unwrap();
-        assert_eq!(ours.len(), reference.len());
-        for (step, (ours, reference)) in ours.iter().zip(&reference).enumerate() {
+        let (mut fast, mut candle) = (
+            load_on(dir.path(), Engine::Fast),
+            load_on(dir.path(), Engine::Candle),
+        );
+        for (step, (ours, reference)) in step_logits_of(&mut fast, &mut candle).iter().enumerate() {
             let error = nmse(ours, reference);
             assert!(error < 1e-10, "{dtype:?} step {step}: NMSE {error}");
         }
