@@ -113,6 +113,15 @@ thread_local! {
     static INPUT: RefCell<Q8Rows> = RefCell::new(Q8Rows::default());
 }
 
+/// `run` on `values` (rows of `cols`) quantized in this thread's buffers.
+fn with_quantized(values: &[f32], cols: usize, run: impl FnOnce(&Q8Rows)) {
+    INPUT.with(|input| {
+        let mut input = input.borrow_mut();
+        input.quantize(values, cols);
+        run(&input);
+    });
+}
+
 /// `x · Wᵀ` for each of `linears` (which share their column count and are all block-quantized,
 /// `x` then quantized once, or all dense), in one pass: the results have `x`'s shape with the
 /// last dimension each product's row count.
@@ -143,10 +152,8 @@ pub fn forward_shared<const N: usize>(
         })
         .collect::<Option<Vec<_>>>()
     {
-        INPUT.with(|input| {
-            let mut input = input.borrow_mut();
-            input.quantize(&values, cols);
-            matmul_packed(kernel, &tiles, &input, &mut destinations);
+        with_quantized(&values, cols, |input| {
+            matmul_packed(kernel, &tiles, input, &mut destinations)
         });
     } else if let Some(formats) = layouts
         .iter()
@@ -167,10 +174,8 @@ pub fn forward_shared<const N: usize>(
             .map(|((l, bytes), format)| BlockMatrix::new(format, l.rows, l.cols, bytes))
             .collect::<std::result::Result<Vec<_>, String>>()
             .map_err(candle_core::Error::msg)?;
-        INPUT.with(|input| {
-            let mut input = input.borrow_mut();
-            input.quantize(&values, cols);
-            matmul(kernel, &matrices, &input, &mut destinations);
+        with_quantized(&values, cols, |input| {
+            matmul(kernel, &matrices, input, &mut destinations)
         });
     } else if let Some(formats) = layouts
         .iter()
