@@ -4,8 +4,9 @@
 //! and token, 20 of them copies: `Tensor::cat` of the whole KV cache with the new position
 //! (two copies each for keys and values) and `repeat_kv` (a `cat` of n_rep copies each). Decode
 //! is bound by the host issuing kernels, not by memory bandwidth, so copies cost their launch.
-//! Here the cache is a buffer with room to grow, written in place (one copy each), and the
-//! grouped keys and values are repeated by one broadcast copy each, after their cast to f32.
+//! Here the cache is a buffer with room to grow, written in place (one copy each, see
+//! `kv_buffer`), and the grouped keys and values are repeated by one broadcast copy each, after
+//! their cast to f32.
 
 use std::collections::HashMap;
 use std::f32::consts::PI;
@@ -14,39 +15,7 @@ use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 use candle_nn::{embedding, linear_no_bias as linear, Embedding, Linear, RmsNorm, VarBuilder};
 use candle_transformers::models::llama::{Config, Llama3RopeConfig, Llama3RopeType};
 
-/// Positions the cache grows by at least, so that decoding reallocates it rarely.
-const CACHE_GROWTH: usize = 256;
-
-/// One layer's keys or values, `(batch, kv_heads, capacity, head_dim)`, of which the first
-/// `len` positions are written.
-#[derive(Clone, Debug)]
-struct Buffer {
-    data: Tensor,
-    len: usize,
-}
-
-impl Buffer {
-    /// Appends `x` `(batch, kv_heads, seq, head_dim)` and returns the positions written so far.
-    fn append(buffer: &mut Option<Buffer>, x: &Tensor, max_len: usize) -> Result<Tensor> {
-        let (b, heads, seq, dim) = x.dims4()?;
-        let x = x.contiguous()?;
-        let len = buffer.as_ref().map_or(0, |b| b.len);
-        let capacity = buffer.as_ref().map_or(0, |b| b.data.dim(2).unwrap_or(0));
-        if len + seq > capacity {
-            let wanted = (len + seq).max(2 * capacity).max(CACHE_GROWTH);
-            let capacity = wanted.min(max_len.max(len + seq));
-            let data = Tensor::zeros((b, heads, capacity, dim), x.dtype(), x.device())?;
-            if let Some(old) = buffer.as_ref() {
-                data.slice_set(&old.data.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
-            }
-            *buffer = Some(Buffer { data, len });
-        }
-        let buffer = buffer.as_mut().expect("allocated above");
-        buffer.data.slice_set(&x, 2, len)?;
-        buffer.len = len + seq;
-        buffer.data.narrow(2, 0, buffer.len)
-    }
-}
+use super::kv_buffer::{repeat_kv, Buffer};
 
 /// The KV cache, rotary tables and masks of one sequence. Clone only an empty one (as the
 /// worker does for each request): a clone shares the buffers, which are written in place.
@@ -139,19 +108,6 @@ struct Attention {
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
-}
-
-/// `(b, kv_heads, len, d)` as `(b, kv_heads * n_rep, len, d)`, each kv head repeated n_rep
-/// times in place (candle's `repeat_kv`), in one copy.
-fn repeat_kv(x: Tensor, n_rep: usize) -> Result<Tensor> {
-    if n_rep == 1 {
-        return x.contiguous();
-    }
-    let (b, kv_heads, len, d) = x.dims4()?;
-    x.unsqueeze(2)?
-        .broadcast_as((b, kv_heads, n_rep, len, d))?
-        .contiguous()?
-        .reshape((b, kv_heads * n_rep, len, d))
 }
 
 impl Attention {
@@ -371,38 +327,5 @@ mod tests {
                 ours.forward(&input, 5 + step, &mut our_cache).unwrap(),
             );
         }
-    }
-
-    #[test]
-    fn the_cache_buffer_grows_and_keeps_what_was_written() {
-        let device = Device::Cpu;
-        let mut buffer = None;
-        let mut written = Vec::new();
-        for i in 0..(CACHE_GROWTH + 40) {
-            let x = Tensor::full(i as f32, (1, 2, 1, 3), &device).unwrap();
-            let all = Buffer::append(&mut buffer, &x, 10_000).unwrap();
-            written.push(x);
-            assert_eq!(all.dims4().unwrap(), (1, 2, i + 1, 3));
-        }
-        let expected = Tensor::cat(&written, 2).unwrap();
-        let all = buffer
-            .as_ref()
-            .unwrap()
-            .data
-            .narrow(2, 0, CACHE_GROWTH + 40)
-            .unwrap();
-        assert_eq!(
-            all.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            expected.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-        );
-        assert_eq!(buffer.unwrap().data.dim(2).unwrap(), 2 * CACHE_GROWTH);
-        // A prefill longer than the growth step fits at once; the context caps the growth.
-        let mut buffer = None;
-        let x = Tensor::zeros((1, 2, 300, 3), DType::F32, &device).unwrap();
-        Buffer::append(&mut buffer, &x, 310).unwrap();
-        assert_eq!(buffer.as_ref().unwrap().data.dim(2).unwrap(), 300);
-        let x = Tensor::zeros((1, 2, 1, 3), DType::F32, &device).unwrap();
-        Buffer::append(&mut buffer, &x, 310).unwrap();
-        assert_eq!(buffer.unwrap().data.dim(2).unwrap(), 310);
     }
 }

@@ -3,6 +3,7 @@
 //! tables they share. Architectures whose candle module is right use it directly.
 
 pub mod gemma;
+mod kv_buffer;
 pub mod llama;
 pub mod mask;
 pub mod phi;

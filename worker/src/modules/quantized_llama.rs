@@ -17,10 +17,11 @@ use std::sync::Arc;
 use candle_core::quantized::{ggml_file, gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 use candle_transformers::quantized_nn::RmsNorm;
-use candle_transformers::utils::{build_causal_mask, repeat_kv};
+use candle_transformers::utils::build_causal_mask;
 
 use llm_worker_rbee_cpu_kernels::{PackedMatrix, BLOCK};
 
+use super::kv_buffer::{repeat_kv, Buffer};
 use crate::fast::cpu::{forward_shared, KernelLinear};
 use crate::fast::Engine;
 
@@ -236,10 +237,18 @@ struct Layer {
     cos: Tensor,
     sin: Tensor,
     neg_inf: Tensor,
-    kv_cache: Option<(Tensor, Tensor)>,
+    /// Positions the cache may grow to (the rotary tables' length).
+    max_len: usize,
+    keys: Option<Buffer>,
+    values: Option<Buffer>,
 }
 
 impl Layer {
+    fn clear_kv_cache(&mut self) {
+        Buffer::clear(&mut self.keys);
+        Buffer::clear(&mut self.values);
+    }
+
     fn rotate(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
         let (_, _, tokens, _) = x.dims4()?;
         let cos = self.cos.narrow(0, offset, tokens)?;
@@ -256,18 +265,15 @@ impl Layer {
         let [q, k, v] = forward_all([&self.q, &self.k, &self.v], x)?;
         let q = heads(q, self.num_heads)?;
         let k = heads(k, self.num_kv_heads)?;
-        let v = heads(v, self.num_kv_heads)?.contiguous()?;
+        let v = heads(v, self.num_kv_heads)?;
         let q = self.rotate(&q, offset)?;
         let k = self.rotate(&k, offset)?;
         // A request from position 0 starts a new cache, whatever an earlier one left.
-        let (k, v) = match &self.kv_cache {
-            Some((k_cache, v_cache)) if offset > 0 => (
-                Tensor::cat(&[k_cache, &k], 2)?,
-                Tensor::cat(&[v_cache, &v], 2)?,
-            ),
-            _ => (k, v),
-        };
-        self.kv_cache = Some((k.clone(), v.clone()));
+        if offset == 0 {
+            self.clear_kv_cache();
+        }
+        let k = Buffer::append(&mut self.keys, &k, self.max_len)?;
+        let v = Buffer::append(&mut self.values, &v, self.max_len)?;
         let groups = self.num_heads / self.num_kv_heads;
         let k = repeat_kv(k, groups)?;
         let v = repeat_kv(v, groups)?;
@@ -280,7 +286,7 @@ impl Layer {
             }
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let y = probs.matmul(&v.contiguous()?)?;
+        let y = probs.matmul(&v)?;
         let y = y.transpose(1, 2)?.reshape((batch, tokens, hidden))?;
         self.o.forward(&y)
     }
@@ -383,7 +389,9 @@ impl QuantizedLlama {
                 cos: cos.clone(),
                 sin: sin.clone(),
                 neg_inf: neg_inf.clone(),
-                kv_cache: None,
+                max_len: settings.context_length,
+                keys: None,
+                values: None,
             });
         }
         Ok(Self {
@@ -396,7 +404,7 @@ impl QuantizedLlama {
 
     pub fn clear_kv_cache(&mut self) {
         for layer in &mut self.layers {
-            layer.kv_cache = None;
+            layer.clear_kv_cache();
         }
     }
 
