@@ -2,10 +2,12 @@
 //! SafeTensors): fused kernels (kernels/decode.cu) launched on candle's device and stream, a
 //! decode step captured as a CUDA graph (`llama`); worker/tests/cuda_ops.rs checks each kernel
 //! against the candle ops it replaces. On the CPU, for llama-family GGUF files: the quantized
-//! products of `cpu`, checked there against candle's. candle's modules stay the reference and
+//! products of `cpu`, checked there against candle's, and the decode attention of
+//! `cpu_attention`, which gives candle's values bit for bit. candle's modules stay the reference and
 //! the fallback (`Engine::Candle`).
 
 pub mod cpu;
+pub mod cpu_attention;
 #[cfg(feature = "cuda")]
 pub mod kernels;
 #[cfg(feature = "cuda")]

@@ -9,7 +9,8 @@
 //! With the fast engine on the CPU, the Q4_0, Q4_1, Q8_0, f32 and f16 products run on
 //! `fast::cpu`'s kernels, Q/K/V in one pass and gate/up in another (a quantized input quantized
 //! once for each); candle's `QMatMul` runs the rest, and all of them with the candle engine
-//! (the reference).
+//! (the reference). A decoded position's attention then reads the KV buffers in place
+//! (`fast::cpu_attention`) where candle's repeats the grouped heads; the logits are the same.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use llm_worker_rbee_cpu_kernels::{PackedMatrix, BLOCK};
 
 use super::kv_buffer::{repeat_kv, Buffer};
 use crate::fast::cpu::{forward_shared, KernelLinear};
+use crate::fast::cpu_attention::decode_attention;
 use crate::fast::Engine;
 
 /// The settings the module reads, from the metadata (checked by `gguf::parse` first).
@@ -239,6 +241,8 @@ struct Layer {
     neg_inf: Tensor,
     /// Positions the cache may grow to (the rotary tables' length).
     max_len: usize,
+    /// A decoded position's attention reads the buffers in place (`fast::cpu_attention`).
+    attention_in_place: bool,
     keys: Option<Buffer>,
     values: Option<Buffer>,
 }
@@ -274,6 +278,10 @@ impl Layer {
         }
         let k = Buffer::append(&mut self.keys, &k, self.max_len)?;
         let v = Buffer::append(&mut self.values, &v, self.max_len)?;
+        if self.attention_in_place && tokens == 1 {
+            let y = decode_attention(&q, &k, &v)?;
+            return self.o.forward(&y.reshape((batch, tokens, hidden))?);
+        }
         let groups = self.num_heads / self.num_kv_heads;
         let k = repeat_kv(k, groups)?;
         let v = repeat_kv(v, groups)?;
@@ -390,6 +398,7 @@ impl QuantizedLlama {
                 sin: sin.clone(),
                 neg_inf: neg_inf.clone(),
                 max_len: settings.context_length,
+                attention_in_place: engine == Engine::Fast && device.is_cpu(),
                 keys: None,
                 values: None,
             });
