@@ -35,6 +35,18 @@ pub struct Q8Row<'a> {
     pub run_sums: &'a [i32],
 }
 
+/// `v.round() as i8` (halves away from zero, saturating) in instructions the compiler
+/// vectorizes: `f32::round` is a call to libm's `roundf` on x86-64, a share of every decode
+/// step. Past the clamp `v - t` is exact, so the comparisons decide as `round` does; NaN gives
+/// 0, as its cast does.
+#[inline(always)]
+fn round_to_i8(v: f32) -> i8 {
+    let v = v.clamp(-128.0, 127.0);
+    let t = v as i32;
+    let fraction = v - t as f32;
+    (t + i32::from(fraction >= 0.5) - i32::from(fraction <= -0.5)) as i8
+}
+
 impl Q8Rows {
     /// Quantizes `x`, rows of `cols` values (a multiple of 32), reusing this value's buffers.
     pub fn quantize(&mut self, x: &[f32], cols: usize) {
@@ -55,7 +67,7 @@ impl Q8Rows {
             let inverse = if d == 0.0 { 0.0 } else { 1.0 / d };
             let mut sum = 0i32;
             for x in block {
-                let q = (x * inverse).round() as i8;
+                let q = round_to_i8(x * inverse);
                 sum += i32::from(q);
                 self.qs.push(q);
             }
@@ -95,6 +107,48 @@ mod tests {
     use candle_core::{Device, Tensor};
 
     use super::*;
+
+    #[test]
+    fn rounding_to_i8_is_rounds_saturating_cast() {
+        let mut cases = vec![
+            0.0,
+            -0.0,
+            0.5,
+            -0.5,
+            1.5,
+            -1.5,
+            2.5,
+            0.49999997,
+            -0.49999997,
+            127.5,
+            -127.5,
+            126.50001,
+            1e10,
+            -1e10,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+        ];
+        // Every f32 from -130 to 130 a few ulps apart near each half, and a sweep between.
+        for i in -260..=260 {
+            let half = i as f32 * 0.5;
+            let mut v = half;
+            for _ in 0..3 {
+                v = v.next_up();
+                cases.push(v);
+            }
+            v = half;
+            for _ in 0..3 {
+                v = v.next_down();
+                cases.push(v);
+            }
+            cases.push(half);
+        }
+        cases.extend((0..100_000).map(|i| -130.0 + i as f32 * 0.0026));
+        for v in cases {
+            assert_eq!(round_to_i8(v), v.round() as i8, "{v:e}");
+        }
+    }
 
     fn candle_blocks(x: &[f32], cols: usize, dtype: GgmlDType) -> Vec<u8> {
         let tensor = Tensor::from_slice(x, (x.len() / cols, cols), &Device::Cpu).unwrap();
