@@ -54,11 +54,16 @@ pub(crate) fn for_each_row(
             let (r, values) = (u * unit, &mut values[..count * unit * x_rows]);
             rows_of(i, r, values);
             let destination = destinations[i].0;
-            for (c, column) in values.chunks_exact(x_rows).enumerate() {
-                for (t, v) in column.iter().enumerate() {
-                    // SAFETY: in bounds (asserted above), and these `count` units of rows are this
-                    // thread's alone.
-                    unsafe { *destination.add(t * rows[i] + r + c) = *v };
+            let columns = count * unit;
+            // Row by row of the destination, so that its writes are runs of `columns` values.
+            for t in 0..x_rows {
+                // SAFETY: in bounds (asserted above), and these `count` units of rows are this
+                // thread's alone.
+                let row = unsafe {
+                    std::slice::from_raw_parts_mut(destination.add(t * rows[i] + r), columns)
+                };
+                for (c, out) in row.iter_mut().enumerate() {
+                    *out = values[c * x_rows + t];
                 }
             }
             global += count;
