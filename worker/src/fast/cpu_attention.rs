@@ -25,54 +25,76 @@ pub fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
         candle_core::bail!("{heads} query heads are not groups of {kv_heads} kv heads");
     }
     let n_rep = heads / kv_heads;
-    let q = q.contiguous()?;
-    let mut scores = vec![0f32; heads * len];
-    {
-        let (q_storage, q_layout) = q.storage_and_layout();
-        let q = values(&q_storage, q_layout)?;
-        let (k_storage, k_layout) = k.storage_and_layout();
-        let k = KvHeads::new(&k_storage, k_layout, len, d)?;
-        for (h, scores) in scores.chunks_exact_mut(len).enumerate() {
-            // q_h (1 x d) · k_gᵀ (d x len): column j of kᵀ is row j of k, as candle's `k.t()`
-            // of the repeated heads hands it to gemm.
-            product(
-                Dims { m: 1, n: len, k: d },
-                scores,
-                Operand::row_major(&q[h * d..(h + 1) * d], d),
-                Operand::column_major(k.head(h / n_rep), d),
-            );
-        }
-    }
+    // candle's `matmul` passes gemm its thread count; read once here for every head.
+    let threads = candle_core::utils::get_num_threads();
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    let per_head = PerHead {
+        n_rep,
+        d,
+        parallelism,
+    };
+    // q_h (1 x d) · k_gᵀ (d x len): column j of kᵀ is row j of k, as candle's `k.t()` of the
+    // repeated heads hands it to gemm.
+    let scores = per_head.products(&q.contiguous()?, k, len, |head, d| {
+        Operand::column_major(head, d)
+    })?;
     let scores = Tensor::from_vec(scores, (1, heads, 1, len), &Device::Cpu)?;
     let probs = candle_nn::ops::softmax_last_dim(&(scores / (d as f64).sqrt())?)?;
-    let mut y = vec![0f32; heads * d];
-    {
-        let (p_storage, p_layout) = probs.storage_and_layout();
-        let probs = values(&p_storage, p_layout)?;
-        let (v_storage, v_layout) = v.storage_and_layout();
-        let v = KvHeads::new(&v_storage, v_layout, len, d)?;
-        for (h, y) in y.chunks_exact_mut(d).enumerate() {
-            // p_h (1 x len) · v_g (len x d).
-            product(
-                Dims { m: 1, n: d, k: len },
-                y,
-                Operand::row_major(&probs[h * len..(h + 1) * len], len),
-                Operand::row_major(v.head(h / n_rep), d),
-            );
-        }
-    }
+    // p_h (1 x len) · v_g (len x d).
+    let y = per_head.products(&probs, v, d, |head, d| Operand::row_major(head, d))?;
     Tensor::from_vec(y, (1, heads, 1, d), &Device::Cpu)
 }
 
-/// The values of a contiguous f32 tensor in host memory.
-fn values<'a>(storage: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
-    let Storage::Cpu(CpuStorage::F32(values)) = storage else {
-        candle_core::bail!("decode attention runs on f32 tensors in host memory");
-    };
-    if !layout.is_contiguous() {
-        candle_core::bail!("decode attention needs a contiguous tensor here");
+/// One product per query head against its kv head.
+struct PerHead {
+    n_rep: usize,
+    d: usize,
+    parallelism: gemm::Parallelism,
+}
+
+impl PerHead {
+    /// Row h of `rows` (`(1, heads, 1, inner)`, contiguous) times kv head `h / n_rep` of `kv`
+    /// (`(1, kv_heads, len, d)`) read as `rhs(head, d)`: `n` values per head, head after head.
+    fn products(
+        &self,
+        rows: &Tensor,
+        kv: &Tensor,
+        n: usize,
+        rhs: fn(&[f32], usize) -> Operand<'_>,
+    ) -> Result<Vec<f32>> {
+        let (_, heads, _, inner) = rows.dims4()?;
+        let (_, _, len, _) = kv.dims4()?;
+        let (row_storage, row_layout) = rows.storage_and_layout();
+        if !row_layout.is_contiguous() {
+            candle_core::bail!("decode attention needs a contiguous tensor here");
+        }
+        let rows = &f32_values(&row_storage)?[row_layout.start_offset()..];
+        let (kv_storage, kv_layout) = kv.storage_and_layout();
+        let kv = KvHeads::new(&kv_storage, kv_layout, len, self.d)?;
+        let mut out = vec![0f32; heads * n];
+        for (h, out) in out.chunks_exact_mut(n).enumerate() {
+            product(
+                Dims { m: 1, n, k: inner },
+                out,
+                Operand::row_major(&rows[h * inner..(h + 1) * inner], inner),
+                rhs(kv.head(h / self.n_rep), self.d),
+                self.parallelism,
+            );
+        }
+        Ok(out)
     }
-    Ok(&values[layout.start_offset()..])
+}
+
+/// The values of an f32 tensor's storage in host memory.
+fn f32_values(storage: &Storage) -> Result<&[f32]> {
+    match storage {
+        Storage::Cpu(CpuStorage::F32(values)) => Ok(values),
+        _ => candle_core::bail!("decode attention runs on f32 tensors in host memory"),
+    }
 }
 
 /// The heads of a `(1, kv_heads, len, d)` view whose rows of `d` are contiguous.
@@ -85,9 +107,7 @@ struct KvHeads<'a> {
 
 impl<'a> KvHeads<'a> {
     fn new(storage: &'a Storage, layout: &Layout, len: usize, d: usize) -> Result<Self> {
-        let Storage::Cpu(CpuStorage::F32(values)) = storage else {
-            candle_core::bail!("decode attention runs on f32 tensors in host memory");
-        };
+        let values = f32_values(storage)?;
         let stride = layout.stride();
         let kv_heads = layout.dims()[1];
         if stride[3] != 1 || (len > 1 && stride[2] != d) || (kv_heads > 1 && stride[1] < len * d) {
@@ -151,18 +171,18 @@ impl<'a> Operand<'a> {
 
 /// `dst (m x n, row-major) = lhs (m x k) · rhs (k x n)`: the call candle's CPU `matmul` makes
 /// (alpha 0, beta 1, its parallelism), so that the summation order is gemm's as candle runs it.
-fn product(dims: Dims, dst: &mut [f32], lhs: Operand, rhs: Operand) {
+fn product(
+    dims: Dims,
+    dst: &mut [f32],
+    lhs: Operand,
+    rhs: Operand,
+    parallelism: gemm::Parallelism,
+) {
     let Dims { m, n, k } = dims;
     assert!(m > 0 && n > 0 && k > 0, "an empty product");
     assert_eq!(dst.len(), m * n, "the destination's length");
     assert!(lhs.last(m, k) < lhs.values.len(), "lhs out of bounds");
     assert!(rhs.last(k, n) < rhs.values.len(), "rhs out of bounds");
-    let threads = candle_core::utils::get_num_threads();
-    let parallelism = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
     // SAFETY: every element gemm reads or writes is in bounds (asserted above), and `dst` is
     // borrowed mutably, apart from `lhs` and `rhs`.
     unsafe {
@@ -197,7 +217,7 @@ mod tests {
     use super::*;
 
     /// Deterministic values in [-2, 2).
-    fn values(n: usize, seed: u64) -> Vec<f32> {
+    fn sequence(n: usize, seed: u64) -> Vec<f32> {
         let mut state = seed;
         (0..n)
             .map(|_| {
@@ -230,11 +250,11 @@ mod tests {
                 let seed = (len * 31 + heads) as u64;
                 let capacity = len + 5;
                 let q =
-                    Tensor::from_vec(values(heads * d, seed), (1, heads, 1, d), &device).unwrap();
+                    Tensor::from_vec(sequence(heads * d, seed), (1, heads, 1, d), &device).unwrap();
                 // Views of a buffer with room for more positions, as the KV buffers hand out.
                 let buffer = |seed| {
                     Tensor::from_vec(
-                        values(kv_heads * capacity * d, seed),
+                        sequence(kv_heads * capacity * d, seed),
                         (1, kv_heads, capacity, d),
                         &device,
                     )
