@@ -184,6 +184,48 @@ fn a_tied_gguf_on_the_cpu_fast_engine_gives_the_candle_engines_logits() {
     }
 }
 
+/// Q4_K (blocks of 256: a llama of the wide fixtures' size, hidden 256): the fast engine reads
+/// the weights as tiles where the CPU has AVX-512 VNNI, in candle's float steps, and gives the
+/// candle engine's logits at every step, untied and tied (the embeddings then read from the
+/// file's table, which the tiles do not replace).
+#[test]
+fn the_cpu_fast_engine_on_q4k_weights_gives_the_candle_engines_logits() {
+    let source = tempfile::tempdir().unwrap();
+    let spec = synth::FixtureSpec {
+        id: "llama-h256",
+        size: synth::FixtureSize::WIDE,
+        ..synth::fixture("llama").unwrap()
+    };
+    synth::write_fixture(&spec, source.path()).unwrap();
+    for tied in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let gguf = dir.path().join("model.gguf");
+        write_gguf(source.path(), GgmlDType::Q4K, &gguf).unwrap();
+        std::fs::copy(
+            source.path().join("tokenizer.json"),
+            dir.path().join("tokenizer.json"),
+        )
+        .unwrap();
+        if tied {
+            rewrite_gguf(&gguf, |_, tensors| {
+                let before = tensors.len();
+                tensors.retain(|(name, _)| name != "output.weight");
+                assert_eq!(
+                    tensors.len(),
+                    before - 1,
+                    "the file had its own output product"
+                );
+            });
+        }
+        let (mut fast, mut candle) = (
+            load_on(dir.path(), Engine::Fast),
+            load_on(dir.path(), Engine::Candle),
+        );
+        assert_eq!(fast.engine(), Engine::Fast);
+        assert_candles_logits(&format!("Q4_K, tied {tied}"), &mut fast, &mut candle);
+    }
+}
+
 /// On f16 and f32 weights the fast engine's products are the dense kernels' (8-lane sums over
 /// the weights as the file holds them), not candle's (gemm over an f32 copy): its logits stay
 /// within an NMSE of 1e-10 of the candle engine's at every step, and its greedy tokens are the

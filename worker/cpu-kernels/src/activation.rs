@@ -40,7 +40,7 @@ pub struct Q8Row<'a> {
 /// step. Past the clamp `v - t` is exact, so the comparisons decide as `round` does; NaN gives
 /// 0, as its cast does.
 #[inline(always)]
-fn round_to_i8(v: f32) -> i8 {
+pub(crate) fn round_to_i8(v: f32) -> i8 {
     let v = v.clamp(-128.0, 127.0);
     let t = v as i32;
     let fraction = v - t as f32;

@@ -10,6 +10,9 @@ use std::arch::x86_64::*;
 
 use crate::activation::{Q8Row, Q8Rows, BLOCK, RUNS};
 use crate::format::{BlockFormat, TILE_ROWS};
+use crate::k_quants::{
+    Q8KRow, Q8KRows, DMIN_AT, MINS_AT, NIBBLES_AT, SCALES_AT, SUBS, SUPER_BLOCK, TILE_BLOCK_BYTES,
+};
 
 /// The tile's 16 rows times every row of `x`: `out[c * x_rows + t]`.
 ///
@@ -25,14 +28,7 @@ pub unsafe fn tile_rows(format: BlockFormat, tile: &[u8], x: &Q8Rows, out: &mut 
         let row = x.row(t);
         assert!(row.qs.len() == x.blocks() * BLOCK && row.run_sums.len() == x.blocks() * RUNS);
     }
-    let mut put = |t: usize, sums: __m512| {
-        let mut values = [0.0f32; TILE_ROWS];
-        // SAFETY: 16 f32.
-        unsafe { _mm512_storeu_ps(values.as_mut_ptr(), sums) };
-        for (c, v) in values.into_iter().enumerate() {
-            out[c * x_rows + t] = v;
-        }
-    };
+    let mut put = |t: usize, sums: __m512| put_row(out, x_rows, t, sums);
     // Rows of `x` in threes (Q4_1: fours), each weight loaded once for them; then one by one.
     // SAFETY (each kernel): the asserts above.
     let mut t = 0;
@@ -64,6 +60,18 @@ pub unsafe fn tile_rows(format: BlockFormat, tile: &[u8], x: &Q8Rows, out: &mut 
                 put(t, sums);
             }
         }
+    }
+}
+
+/// The 16 rows' sums with row `t` of `x`, into `out[c * x_rows + t]`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn put_row(out: &mut [f32], x_rows: usize, t: usize, sums: __m512) {
+    let mut values = [0.0f32; TILE_ROWS];
+    // SAFETY: 16 f32.
+    unsafe { _mm512_storeu_ps(values.as_mut_ptr(), sums) };
+    for (c, v) in values.into_iter().enumerate() {
+        out[c * x_rows + t] = v;
     }
 }
 
@@ -183,4 +191,105 @@ unsafe fn run(x: &Q8Row, b: usize, g: usize) -> __m512i {
         let at = x.qs.as_ptr().add(b * BLOCK + 4 * g) as *const i32;
         _mm512_set1_epi32(std::ptr::read_unaligned(at))
     }
+}
+
+/// The Q4_K tile's 16 rows times every row of `x`: `out[c * x_rows + t]`, in the float steps
+/// of `k_quants::dot`.
+///
+/// # Safety
+/// The CPU must have AVX-512F, AVX-512BW, AVX-512 VNNI and F16C; `tile` is a Q4_K tile of
+/// `x.blocks()` blocks.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+pub unsafe fn q4k_tile_rows(tile: &[u8], x: &Q8KRows, out: &mut [f32]) {
+    let x_rows = x.rows();
+    assert_eq!(tile.len(), x.blocks() * TILE_BLOCK_BYTES);
+    assert_eq!(out.len(), TILE_ROWS * x_rows);
+    for t in 0..x_rows {
+        let row = x.row(t);
+        assert!(
+            row.qs.len() == x.blocks() * SUPER_BLOCK && row.sub_sums.len() == x.blocks() * SUBS
+        );
+    }
+    let mut put = |t: usize, sums: __m512| put_row(out, x_rows, t, sums);
+    // Rows of `x` in fours, each weight loaded once for them; then one by one.
+    // SAFETY (each call): the asserts above.
+    let mut t = 0;
+    while t + 4 <= x_rows {
+        let sums = unsafe { q4k(tile, std::array::from_fn::<_, 4, _>(|k| x.row(t + k))) };
+        sums.into_iter()
+            .enumerate()
+            .for_each(|(k, s)| put(t + k, s));
+        t += 4;
+    }
+    for t in t..x_rows {
+        let [sums] = unsafe { q4k(tile, [x.row(t)]) };
+        put(t, sums);
+    }
+}
+
+/// Q4_K: the running sum per row, a vector of the 16 rows, for `T` rows of `x`; a chunk's two
+/// sub-blocks in separate integer sums, then each sub-block's two fused steps in order.
+///
+/// # Safety
+/// As `q4k_tile_rows`, for these rows of `x`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+unsafe fn q4k<const T: usize>(tile: &[u8], x: [Q8KRow; T]) -> [__m512; T] {
+    let mut acc = [_mm512_setzero_ps(); T];
+    let nibble = _mm512_set1_epi8(0xF);
+    for b in 0..x[0].d.len() {
+        // SAFETY: block b of the tile is the `TILE_BLOCK_BYTES` at `b * TILE_BLOCK_BYTES`; the
+        // rows' values of block b at `b * 256` (the caller's promise).
+        unsafe {
+            let block = tile.as_ptr().add(b * TILE_BLOCK_BYTES);
+            let d = _mm512_cvtph_ps(_mm256_loadu_si256(block as *const __m256i));
+            let dmin = _mm512_cvtph_ps(_mm256_loadu_si256(block.add(DMIN_AT) as *const __m256i));
+            let runs = block.add(NIBBLES_AT) as *const __m512i;
+            for c in 0..4 {
+                let mut low = [_mm512_setzero_si512(); T];
+                let mut high = [_mm512_setzero_si512(); T];
+                for g in 0..8 {
+                    let v = _mm512_loadu_si512(runs.add(8 * c + g));
+                    let (l, h) = (
+                        _mm512_and_si512(v, nibble),
+                        _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble),
+                    );
+                    for t in 0..T {
+                        let at = b * SUPER_BLOCK + 64 * c + 4 * g;
+                        low[t] = _mm512_dpbusd_epi32(low[t], l, broadcast(x[t].qs, at));
+                        high[t] = _mm512_dpbusd_epi32(high[t], h, broadcast(x[t].qs, at + 32));
+                    }
+                }
+                for (j, sums) in [(2 * c, low), (2 * c + 1, high)] {
+                    let byte = |at: usize| {
+                        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(
+                            block.add(at + j * TILE_ROWS) as *const __m128i,
+                        )))
+                    };
+                    let scale = _mm512_mul_ps(d, byte(SCALES_AT));
+                    let min = _mm512_mul_ps(dmin, byte(MINS_AT));
+                    for t in 0..T {
+                        let dx = x[t].d[b];
+                        let f = _mm512_cvtepi32_ps(sums[t]);
+                        acc[t] =
+                            _mm512_fmadd_ps(f, _mm512_mul_ps(scale, _mm512_set1_ps(dx)), acc[t]);
+                        let offset = dx * x[t].sub_sums[b * SUBS + j] as f32;
+                        acc[t] = _mm512_fnmadd_ps(min, _mm512_set1_ps(offset), acc[t]);
+                    }
+                }
+            }
+        }
+    }
+    acc
+}
+
+/// The 4 values of `qs` at `at`, in every 32-bit lane.
+///
+/// # Safety
+/// `qs` holds 4 values at `at`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn broadcast(qs: &[i8], at: usize) -> __m512i {
+    // SAFETY: the caller's promise.
+    unsafe { _mm512_set1_epi32(std::ptr::read_unaligned(qs.as_ptr().add(at) as *const i32)) }
 }

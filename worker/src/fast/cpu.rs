@@ -3,16 +3,17 @@
 //! holds it (f16 is not widened to an f32 copy) or, where the CPU has AVX-512 VNNI, a quantized
 //! one repacked at load into 16-row tiles that replace it (a tied embedding table's lookup then
 //! reads the tiles), a quantized product's input quantized once for every product that reads it.
+//! Q4_K is read only as tiles (with AVX-512 VNNI); elsewhere candle's `QMatMul` runs it.
 
 use std::cell::RefCell;
 use std::sync::Arc;
 
-use candle_core::quantized::QTensor;
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Result, Tensor};
 
 use llm_worker_rbee_cpu_kernels::{
-    dense, matmul, matmul_packed, BlockFormat, BlockMatrix, DenseFormat, DenseMatrix, Kernel,
-    PackedMatrix, Q8Rows, BLOCK, TILE_ROWS,
+    dense, k_quants, matmul, matmul_packed, BlockFormat, BlockMatrix, DenseFormat, DenseMatrix,
+    Kernel, PackedMatrix, Q4KTiles, Q8KRows, Q8Rows, BLOCK, TILE_ROWS,
 };
 
 /// How the CPU kernels read a weight matrix.
@@ -24,16 +25,20 @@ enum Layout {
     Tiles(BlockFormat),
     /// f32 or f16 values, with the f32 input as it is.
     Dense(DenseFormat),
+    /// Q4_K blocks of 256 repacked at load in tiles of 16 rows (`Q4KTiles`), with the input
+    /// quantized to 8 bits per block of 256.
+    Q4KTiles,
 }
 
 /// Where the weights are: the loaded tensor, read in place, or its tiles (which replace it).
 enum Weights {
     Tensor(Arc<QTensor>),
     Tiles(Arc<PackedMatrix>),
+    Q4KTiles(Q4KTiles),
 }
 
 /// `x · Wᵀ` for a `[rows, cols]` `W` in host memory that the CPU kernels read: block-quantized
-/// (Q4_0, Q4_1, Q8_0), f32 or f16.
+/// (Q4_0, Q4_1, Q8_0; Q4_K as tiles), f32 or f16.
 pub struct KernelLinear {
     weights: Weights,
     layout: Layout,
@@ -46,10 +51,13 @@ impl KernelLinear {
     /// `None` where the kernels do not read the tensor: another format, not on the CPU, not a
     /// matrix of whole blocks. Block-quantized matrices of whole 16-row tiles are repacked
     /// where the CPU's kernel reads tiles faster (AVX-512 VNNI), holding the tiles in place of
-    /// the tensor (the same bytes, rearranged).
+    /// the tensor (the same bytes, rearranged). Q4_K is read only as tiles (`q4k_tiles`).
     pub fn new(weights: Arc<QTensor>) -> Option<Self> {
         let kernel = Kernel::detect();
         let dtype = weights.dtype();
+        if dtype == GgmlDType::Q4K {
+            return Self::q4k_tiles(&weights, kernel);
+        }
         let mut layout = BlockFormat::of(dtype)
             .map(Layout::Blocks)
             .or(DenseFormat::of(dtype).map(Layout::Dense))?;
@@ -80,11 +88,29 @@ impl KernelLinear {
 }
 
 impl KernelLinear {
+    /// Q4_K repacked into tiles, which replace the tensor, where the CPU's kernel reads tiles
+    /// (AVX-512 VNNI): the other kernels read Q4_K tiles only as a reference, and candle's
+    /// `QMatMul` keeps the format on other CPUs.
+    fn q4k_tiles(weights: &QTensor, kernel: Kernel) -> Option<Self> {
+        let (rows, cols) = weights.shape().dims2().ok()?;
+        if !kernel.packs() || !matches!(weights.device(), Device::Cpu) {
+            return None;
+        }
+        let tiles = Q4KTiles::pack(rows, cols, &weights.data().ok()?).ok()?;
+        Some(Self {
+            weights: Weights::Q4KTiles(tiles),
+            layout: Layout::Q4KTiles,
+            rows,
+            cols,
+            kernel,
+        })
+    }
+
     /// The tiles that replaced the loaded tensor, if they did: a tied embedding table's rows.
     pub fn tiles(&self) -> Option<Arc<PackedMatrix>> {
         match &self.weights {
             Weights::Tiles(tiles) => Some(tiles.clone()),
-            Weights::Tensor(_) => None,
+            Weights::Tensor(_) | Weights::Q4KTiles(_) => None,
         }
     }
 
@@ -92,7 +118,9 @@ impl KernelLinear {
     fn tensor_bytes(&self) -> Result<std::borrow::Cow<'_, [u8]>> {
         match &self.weights {
             Weights::Tensor(tensor) => tensor.data(),
-            Weights::Tiles(_) => candle_core::bail!("a product read as tiles has no tensor"),
+            Weights::Tiles(_) | Weights::Q4KTiles(_) => {
+                candle_core::bail!("a product read as tiles has no tensor")
+            }
         }
     }
 
@@ -104,6 +132,7 @@ impl KernelLinear {
             (Layout::Blocks(_), Layout::Blocks(_))
                 | (Layout::Tiles(_), Layout::Tiles(_))
                 | (Layout::Dense(_), Layout::Dense(_))
+                | (Layout::Q4KTiles, Layout::Q4KTiles)
         )
     }
 }
@@ -111,6 +140,8 @@ impl KernelLinear {
 thread_local! {
     /// The quantized input, its buffers kept from one product to the next.
     static INPUT: RefCell<Q8Rows> = RefCell::new(Q8Rows::default());
+    /// The same for the products of Q4_K tiles, in blocks of 256.
+    static INPUT_K: RefCell<Q8KRows> = RefCell::new(Q8KRows::default());
 }
 
 /// `run` on `values` (rows of `cols`) quantized in this thread's buffers.
@@ -147,8 +178,21 @@ pub fn forward_shared<const N: usize>(
     if let Some(tiles) = linears
         .iter()
         .map(|l| match &l.weights {
+            Weights::Q4KTiles(tiles) => Some(tiles),
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()
+    {
+        INPUT_K.with(|input| {
+            let mut input = input.borrow_mut();
+            input.quantize(&values, cols);
+            k_quants::matmul(kernel, &tiles, &input, &mut destinations)
+        });
+    } else if let Some(tiles) = linears
+        .iter()
+        .map(|l| match &l.weights {
             Weights::Tiles(tiles) => Some(&**tiles),
-            Weights::Tensor(_) => None,
+            _ => None,
         })
         .collect::<Option<Vec<_>>>()
     {
