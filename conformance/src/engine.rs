@@ -47,6 +47,7 @@ pub fn start(
                 device: 0,
                 dtype: spec.dtype,
                 engine: spec.engine,
+                ..LoadOptions::default()
             };
             let worker =
                 Worker::load(dir, options).map_err(|e| format!("cannot load the model: {e}"))?;

@@ -1,9 +1,9 @@
-//! Opening a backend's device and the candle type of a dtype; the [`Backend`] and [`Dtype`]
-//! names themselves are [`llm_worker_rbee_api`]'s.
+//! Opening a backend's device and the candle type of a dtype; the [`Backend`], [`Dtype`] and
+//! [`KvCache`] names themselves are [`llm_worker_rbee_api`]'s.
 
 use candle_core::{DType, Device};
 
-pub use llm_worker_rbee_api::backend::{Backend, Dtype};
+pub use llm_worker_rbee_api::backend::{Backend, Dtype, KvCache};
 
 use crate::error::{Error, Result};
 

@@ -38,6 +38,10 @@ pub enum Error {
     #[error("engine `fast`: {0}")]
     Engine(String),
 
+    /// The KV cache type asked for is not built for this model.
+    #[error("KV cache `{kv_cache}`: {message}")]
+    KvCache { kv_cache: String, message: String },
+
     /// Generated token ids could not be turned into text.
     #[error("cannot decode the generated tokens: {0}")]
     Decode(String),

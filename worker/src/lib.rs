@@ -45,7 +45,7 @@ pub mod tokens;
 pub mod weights;
 pub mod worker;
 
-pub use backend::{Backend, Dtype};
+pub use backend::{Backend, Dtype, KvCache};
 pub use error::{Error, Result};
 pub use files::{ModelFiles, ModelInfo};
 pub use llm_worker_rbee_api::model_id;

@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use serde::Serialize;
 
-use crate::backend::{candle_dtype, open_device, Backend, Dtype};
+use crate::backend::{candle_dtype, open_device, Backend, Dtype, KvCache};
 use crate::error::{Error, Result};
 use crate::fast::{self, Engine};
 use crate::files::{ModelFiles, ModelInfo, Module};
@@ -35,6 +35,8 @@ pub struct LoadOptions {
     /// The implementation to run; `None`: the fast engine where it runs, else candle's (see
     /// `fast::choose`).
     pub engine: Option<Engine>,
+    /// The type of the KV cache (f16 for llama-family GGUF files only).
+    pub kv_cache: KvCache,
 }
 
 impl Default for LoadOptions {
@@ -44,6 +46,7 @@ impl Default for LoadOptions {
             device: 0,
             dtype: Dtype::F32,
             engine: None,
+            kv_cache: KvCache::Activations,
         }
     }
 }
@@ -97,10 +100,30 @@ impl Worker {
             },
         };
         let (engine, fast_shape) = fast::choose(options.engine, &device, candidate)?;
+        if options.kv_cache == KvCache::F16 {
+            let message = match &files.module {
+                Module::Gguf(gguf) if gguf.holds_an_f16_kv_cache() => None,
+                Module::Gguf(gguf) => Some(format!(
+                    "built for llama-family GGUF files; the {} module keeps its cache in f32",
+                    gguf.architecture()
+                )),
+                Module::SafeTensors(_) => Some(
+                    "built for llama-family GGUF files; a SafeTensors model keeps its cache in \
+                     its activations' type (`--dtype f16` or `bf16` halves it)"
+                        .into(),
+                ),
+            };
+            if let Some(message) = message {
+                return Err(Error::KvCache {
+                    kv_cache: options.kv_cache.name().into(),
+                    message,
+                });
+            }
+        }
         let root = files.folder.root.clone();
         let model = match (&files.module, &files.folder.weights) {
             (Module::Gguf(gguf), Weights::Gguf(path)) => {
-                gguf::load(path, *gguf, &device, dtype, engine)?
+                gguf::load(path, *gguf, &device, dtype, engine, options.kv_cache)?
             }
             (Module::SafeTensors(module), _) => weights::load_model(
                 &files.folder,

@@ -52,6 +52,7 @@ fn load(dir: &Path, dtype: Dtype, engine: Engine) -> Worker {
             device: 0,
             dtype,
             engine: Some(engine),
+            ..LoadOptions::default()
         },
     )
     .unwrap();
@@ -172,6 +173,7 @@ fn the_decode_graph_is_counted_and_timed_without_changing_generation() {
             device: 0,
             dtype: Dtype::F32,
             engine: None,
+            ..LoadOptions::default()
         },
     )
     .unwrap();

@@ -44,6 +44,7 @@ fn a_context_whose_tables_outgrow_the_free_device_memory_is_refused_at_load() {
             device: 0,
             dtype: Dtype::F32,
             engine: None,
+            ..LoadOptions::default()
         },
     )
     .err()

@@ -18,7 +18,9 @@ use llm_worker_rbee::folder::WeightsFormat;
 use llm_worker_rbee::gguf::format::type_name;
 use llm_worker_rbee::synth::write_gguf;
 use llm_worker_rbee::tokens::IncrementalText;
-use llm_worker_rbee::{synth, Dtype, LoadOptions, ModelFiles, ModelInfo, Prompt, Request, Worker};
+use llm_worker_rbee::{
+    synth, Dtype, KvCache, LoadOptions, ModelFiles, ModelInfo, Prompt, Request, Worker,
+};
 use llm_worker_rbee_cpu_kernels::{nmse, Kernel};
 
 const TOKENS: usize = 16;
@@ -224,6 +226,68 @@ fn the_cpu_fast_engine_on_q4k_weights_gives_the_candle_engines_logits() {
         assert_eq!(fast.engine(), Engine::Fast);
         assert_candles_logits(&format!("Q4_K, tied {tied}"), &mut fast, &mut candle);
     }
+}
+
+/// An f16 KV cache: the fast engine's logits are the candle engine's (both widen the same f16
+/// values where attention reads them); the rounding moves them from the f32 cache's (so the
+/// cache does hold f16) by an NMSE under 1e-3 (f16 keeps 11 bits; two layers of random weights
+/// amplify the difference to 1e-4 to 5e-4 here), and each step's most likely token is the f32
+/// cache's (a prompt and a fixed continuation: no earlier choice differs).
+#[test]
+fn an_f16_kv_cache_gives_both_engines_the_same_logits_close_to_an_f32_caches() {
+    for id in ["llama-q8_0", "llama-q4_0"] {
+        let fixture = GgufFixture::new(id);
+        let path = fixture.path();
+        let load = |engine, kv_cache| {
+            let options = LoadOptions {
+                engine: Some(engine),
+                kv_cache,
+                ..LoadOptions::default()
+            };
+            Worker::load(&path, options).unwrap()
+        };
+        let mut fast = load(Engine::Fast, KvCache::F16);
+        let mut candle = load(Engine::Candle, KvCache::F16);
+        assert_candles_logits(&format!("{id}, f16 cache"), &mut fast, &mut candle);
+        let mut f32_cache = load(Engine::Fast, KvCache::Activations);
+        let steps = step_logits_of(&mut fast, &mut f32_cache);
+        let top = |logits: &[f32]| {
+            (0..logits.len())
+                .max_by(|a, b| logits[*a].total_cmp(&logits[*b]))
+                .unwrap()
+        };
+        for (step, (f16_logits, f32_logits)) in steps.iter().enumerate() {
+            let error = nmse(f16_logits, f32_logits);
+            assert!(error < 1e-3, "{id} step {step}: NMSE {error}");
+            assert_eq!(top(f16_logits), top(f32_logits), "{id} step {step}");
+        }
+        assert!(
+            steps.iter().any(|(a, b)| a != b),
+            "{id}: the f16 cache's logits are the f32 cache's, bit for bit"
+        );
+    }
+}
+
+/// The f16 KV cache is refused where it is not built: candle's GGUF modules and SafeTensors
+/// models, with what to do instead.
+#[test]
+fn an_f16_kv_cache_is_refused_where_it_is_not_built() {
+    let options = LoadOptions {
+        kv_cache: KvCache::F16,
+        ..LoadOptions::default()
+    };
+    let message = load_error(&GgufFixture::new("qwen2-q8_0").path(), options);
+    assert!(
+        message.contains("KV cache `f16`")
+            && message.contains("llama-family GGUF files")
+            && message.contains("qwen2"),
+        "{message}"
+    );
+    let message = load_error(Fixture::new("llama").path(), options);
+    assert!(
+        message.contains("KV cache `f16`") && message.contains("--dtype f16"),
+        "{message}"
+    );
 }
 
 /// On f16 and f32 weights the fast engine's products are the dense kernels' (8-lane sums over

@@ -91,6 +91,43 @@ impl fmt::Display for Dtype {
     }
 }
 
+/// The type the KV cache holds keys and values in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum KvCache {
+    /// The activations' type (`--dtype`; f32 for GGUF files).
+    #[default]
+    Activations,
+    /// f16: half the memory of an f32 cache, for llama-family GGUF files. Keys and values are
+    /// rounded to f16 as they are written and widened to f32 where attention reads them (as
+    /// llama.cpp's default f16 cache does).
+    F16,
+}
+
+impl KvCache {
+    pub fn name(self) -> &'static str {
+        match self {
+            KvCache::Activations => "activations",
+            KvCache::F16 => "f16",
+        }
+    }
+
+    /// Bytes of one value, for activations of `dtype`.
+    pub fn size_in_bytes(self, dtype: Dtype) -> u64 {
+        match self {
+            KvCache::Activations => dtype.size_in_bytes(),
+            KvCache::F16 => 2,
+        }
+    }
+}
+
+impl fmt::Display for KvCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Which implementation runs a model's forward pass.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]

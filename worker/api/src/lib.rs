@@ -9,7 +9,7 @@ pub mod model_id;
 pub mod process;
 pub mod request;
 
-pub use backend::{Backend, Dtype, Engine};
+pub use backend::{Backend, Dtype, Engine, KvCache};
 pub use error::RequestError;
 pub use request::{
     Generation, GenerationTimings, Message, Prompt, Request, StopReason, TokenEvent, TokenLogprobs,

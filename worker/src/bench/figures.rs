@@ -4,7 +4,7 @@ use crate::fast::Engine;
 use serde::{Deserialize, Serialize};
 
 use super::device::{Bandwidth, DeviceMemory};
-use crate::backend::{Backend, Dtype};
+use crate::backend::{Backend, Dtype, KvCache};
 use crate::model::{Architecture, DecodeGraph};
 use crate::synth::shape::Shape;
 
@@ -58,7 +58,11 @@ pub struct BenchReport {
     pub parameters: u64,
     /// The weights as loaded, in `dtype` (GGUF: the file's bytes).
     pub weight_bytes: u64,
-    /// The KV cache at the longest run's full length, in `dtype`.
+    /// The type the KV cache held (absent from reports made before it could be chosen: the
+    /// activations').
+    #[serde(default)]
+    pub kv_cache: KvCache,
+    /// The KV cache at the longest run's full length, in its type.
     pub kv_cache_bytes: u64,
     pub host_rss: Option<HostRss>,
     pub device_memory: Option<DeviceMemory>,

@@ -120,7 +120,8 @@ pub fn run(
         (dims.vocab_size * dims.hidden_size) as u64 * dtype_bytes
     };
     let longest = options.prompt_len.iter().max().copied().unwrap_or(0) + options.gen;
-    let kv_cache_bytes = (kv_per_position * longest) as u64 * dtype_bytes;
+    let kv_cache_bytes =
+        (kv_per_position * longest) as u64 * load.kv_cache.size_in_bytes(load.dtype);
     let bandwidth = probe.peak_bandwidth();
     let mut peak_device = after_load_device;
 
@@ -218,6 +219,7 @@ pub fn run(
         warmup_ms: load_timings.warmup_ms,
         parameters,
         weight_bytes,
+        kv_cache: load.kv_cache,
         kv_cache_bytes,
         host_rss,
         device_memory,

@@ -131,6 +131,7 @@ fn figure(report: &BenchReport, figure: Figure, prompt_len: Option<usize>) -> Op
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::KvCache;
     use crate::bench::figures::{BaselineFigures, HostRss, RunFigures, Spread};
 
     /// A fast-engine report with runs at prompts 128 and 2048 of these roofline fractions,
@@ -161,6 +162,7 @@ mod tests {
             warmup_ms: 0.0,
             parameters: 100,
             weight_bytes: 200,
+            kv_cache: KvCache::Activations,
             kv_cache_bytes: 40,
             host_rss: Some(HostRss {
                 after_load: 0,

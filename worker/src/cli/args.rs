@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 use llm_worker_rbee::fast::Engine;
-use llm_worker_rbee::{Backend, Dtype, LoadOptions};
+use llm_worker_rbee::{Backend, Dtype, KvCache, LoadOptions};
 
 #[derive(Args)]
 pub struct ModelArgs {
@@ -42,6 +42,11 @@ pub struct DeviceArgs {
     /// candle].
     #[arg(long, value_enum)]
     pub engine: Option<Engine>,
+    /// The type of the KV cache: `activations` (the activations' type; f32 for GGUF files) or
+    /// `f16` (half the memory, for llama-family GGUF files; keys and values rounded to f16 as
+    /// they are written, as llama.cpp's default cache holds them).
+    #[arg(long, value_enum, default_value_t = KvCache::Activations, value_name = "TYPE")]
+    pub kv_cache: KvCache,
 }
 
 impl DeviceArgs {
@@ -51,6 +56,7 @@ impl DeviceArgs {
             device: self.device,
             dtype: self.dtype,
             engine: self.engine,
+            kv_cache: self.kv_cache,
         }
     }
 }

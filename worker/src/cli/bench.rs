@@ -7,6 +7,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use llm_worker_rbee::bench::figures::{BenchReport, Spread};
 use llm_worker_rbee::bench::{self, targets};
+use llm_worker_rbee::KvCache;
 
 use super::args::{DeviceArgs, Format, ModelArgs};
 
@@ -94,12 +95,13 @@ fn table(r: &BenchReport) -> String {
         r.model, r.architecture, r.backend, r.dtype, r.device
     );
     out += &format!(
-        "load {:.0} ms, warm-up {:.0} ms; {:.3} B parameters, {} of weights, KV cache {} at the longest run\n",
+        "load {:.0} ms, warm-up {:.0} ms; {:.3} B parameters, {} of weights, KV cache {} ({}) at the longest run\n",
         r.load_ms,
         r.warmup_ms,
         r.parameters as f64 / 1e9,
         gb(r.weight_bytes),
-        gb(r.kv_cache_bytes)
+        gb(r.kv_cache_bytes),
+        kv_type(r)
     );
     if let Some(rss) = r.host_rss {
         out += &format!(
@@ -167,4 +169,12 @@ fn table(r: &BenchReport) -> String {
         );
     }
     out
+}
+
+/// The KV cache's type in words: `f16`, or the activations' type.
+fn kv_type(r: &BenchReport) -> String {
+    match r.kv_cache {
+        KvCache::F16 => "f16".into(),
+        KvCache::Activations => r.dtype.to_string(),
+    }
 }

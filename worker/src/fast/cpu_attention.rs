@@ -3,12 +3,17 @@
 //! layer) so that its `matmul` sees one kv head per query head. Here each query head's two
 //! products are the `gemm` calls candle's `matmul` makes for that head, with the same sizes,
 //! strides and values, the kv head's rows read where the buffer holds them: the result is
-//! candle's bit for bit (worker/tests/gguf.rs compares the engines' logits exactly).
+//! candle's bit for bit (worker/tests/gguf.rs compares the engines' logits exactly). An f16
+//! cache's heads are widened to f32 first, the values candle's module widens them to.
+
+use std::borrow::Cow;
 
 use candle_core::{CpuStorage, Device, Layout, Result, Storage, Tensor};
+use half::slice::HalfFloatSliceExt;
 
 /// `softmax(q·kᵀ / √d)·v` for one position: `q` `(1, heads, 1, d)` over `k` and `v`
-/// `(1, kv_heads, len, d)` whose rows are contiguous (the buffers' views), query head `h` reading
+/// `(1, kv_heads, len, d)`, f32 or f16, whose rows are contiguous (the buffers' views), query
+/// head `h` reading
 /// kv head `h / (heads / kv_heads)`. Returns `(1, heads, 1, d)`.
 pub fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     let (_, heads, _, d) = q.dims4()?;
@@ -97,9 +102,10 @@ fn f32_values(storage: &Storage) -> Result<&[f32]> {
     }
 }
 
-/// The heads of a `(1, kv_heads, len, d)` view whose rows of `d` are contiguous.
+/// The heads of a `(1, kv_heads, len, d)` view whose rows of `d` are contiguous: f32 read in
+/// place, f16 widened.
 struct KvHeads<'a> {
-    values: &'a [f32],
+    values: Cow<'a, [f32]>,
     head_stride: usize,
     len: usize,
     d: usize,
@@ -107,26 +113,43 @@ struct KvHeads<'a> {
 
 impl<'a> KvHeads<'a> {
     fn new(storage: &'a Storage, layout: &Layout, len: usize, d: usize) -> Result<Self> {
-        let values = f32_values(storage)?;
         let stride = layout.stride();
         let kv_heads = layout.dims()[1];
         if stride[3] != 1 || (len > 1 && stride[2] != d) || (kv_heads > 1 && stride[1] < len * d) {
             candle_core::bail!("decode attention needs rows of {d} contiguous; strides {stride:?}");
         }
-        let values = &values[layout.start_offset()..];
-        if (kv_heads - 1) * stride[1] + len * d > values.len() {
-            candle_core::bail!("decode attention: the kv heads are out of their storage");
-        }
+        let held = |count: usize| {
+            if (kv_heads - 1) * stride[1] + len * d > count - layout.start_offset().min(count) {
+                candle_core::bail!("decode attention: the kv heads are out of their storage");
+            }
+            Ok(())
+        };
+        let (values, head_stride) = match storage {
+            Storage::Cpu(CpuStorage::F16(values)) => {
+                held(values.len())?;
+                let values = &values[layout.start_offset()..];
+                let mut widened = vec![0f32; kv_heads * len * d];
+                for (g, head) in widened.chunks_exact_mut(len * d).enumerate() {
+                    values[g * stride[1]..g * stride[1] + len * d].convert_to_f32_slice(head);
+                }
+                (Cow::Owned(widened), len * d)
+            }
+            storage => {
+                let values = f32_values(storage)?;
+                held(values.len())?;
+                (Cow::Borrowed(&values[layout.start_offset()..]), stride[1])
+            }
+        };
         Ok(Self {
             values,
-            head_stride: stride[1],
+            head_stride,
             len,
             d,
         })
     }
 
     /// Head g's `len` rows.
-    fn head(&self, g: usize) -> &'a [f32] {
+    fn head(&self, g: usize) -> &[f32] {
         let start = g * self.head_stride;
         &self.values[start..start + self.len * self.d]
     }
@@ -239,13 +262,18 @@ mod tests {
         probs.matmul(&v.contiguous().unwrap()).unwrap()
     }
 
+    /// f32 buffers, and f16 ones against candle's path on the same values widened to f32 (as
+    /// the GGUF module's f16 cache is read).
     #[test]
     fn decode_attention_equals_candles_repeated_heads_bit_for_bit() {
         let device = Device::Cpu;
         let d = 64;
         // Lengths on both sides of gemm's paths: 2 and 3 (its k <= 2 kernel for p·v), 256 and
         // 257 (its small-product kernel for q·kᵀ up to 256 outputs).
-        for len in [1, 2, 3, 17, 255, 256, 257, 700, 2100] {
+        for (len, dtype) in [1, 2, 3, 17, 255, 256, 257, 700, 2100]
+            .into_iter()
+            .flat_map(|len| [(len, DType::F32), (len, DType::F16)])
+        {
             for (heads, kv_heads) in [(4, 4), (9, 3), (8, 1)] {
                 let seed = (len * 31 + heads) as u64;
                 let capacity = len + 5;
@@ -259,12 +287,15 @@ mod tests {
                         &device,
                     )
                     .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap()
                     .narrow(2, 0, len)
                     .unwrap()
                 };
                 let (k, v) = (buffer(seed + 1), buffer(seed + 2));
                 let ours = decode_attention(&q, &k, &v).unwrap();
-                let theirs = reference(&q, &k, &v, heads / kv_heads);
+                let widened = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+                let theirs = reference(&q, &widened(&k), &widened(&v), heads / kv_heads);
                 assert_eq!(ours.dims(), theirs.dims());
                 let bits = |t: &Tensor| -> Vec<u32> {
                     t.flatten_all()
@@ -278,7 +309,7 @@ mod tests {
                 assert_eq!(
                     bits(&ours),
                     bits(&theirs),
-                    "len {len}, {heads} heads over {kv_heads}"
+                    "{dtype:?} len {len}, {heads} heads over {kv_heads}"
                 );
             }
         }

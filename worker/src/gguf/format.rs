@@ -11,6 +11,7 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Result as CandleResult};
 
+use crate::backend::KvCache;
 use crate::checkpoint::CheckpointSummary;
 use crate::error::{Error, Result};
 use crate::fast::Engine;
@@ -40,14 +41,21 @@ pub trait GgufArchitecture: Send + Sync {
         false
     }
 
+    /// Whether the module's KV cache can hold f16 (`KvCache::F16`); the others are candle's
+    /// modules, whose caches hold the activations' type.
+    fn holds_an_f16_kv_cache(&self) -> bool {
+        false
+    }
+
     /// Builds the module from the file's tensors, for `engine` (where the module has a fast
-    /// path).
+    /// path), its KV cache of type `kv_cache` (f16 only where `holds_an_f16_kv_cache`).
     fn load(
         &self,
         content: Content,
         file: &mut File,
         device: &Device,
         engine: Engine,
+        kv_cache: KvCache,
     ) -> CandleResult<Box<dyn CausalLm>>;
 }
 

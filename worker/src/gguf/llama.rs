@@ -13,6 +13,7 @@ use candle_core::{Device, Result as CandleResult, Tensor};
 
 use super::format::{BlockTensor, GgufArchitecture, Quirks};
 use crate::arch::llama::Llama;
+use crate::backend::KvCache;
 use crate::fast::Engine;
 use crate::model::{Architecture, CausalLm, Dims};
 use crate::modules::quantized_llama::QuantizedLlama;
@@ -63,15 +64,20 @@ impl GgufArchitecture for GgufLlama {
         true
     }
 
+    fn holds_an_f16_kv_cache(&self) -> bool {
+        true
+    }
+
     fn load(
         &self,
         content: Content,
         file: &mut File,
         device: &Device,
         engine: Engine,
+        kv_cache: KvCache,
     ) -> CandleResult<Box<dyn CausalLm>> {
         Ok(Box::new(Model(QuantizedLlama::from_gguf(
-            content, file, device, engine,
+            content, file, device, engine, kv_cache,
         )?)))
     }
 }

@@ -24,6 +24,7 @@ use candle_core::{DType, Device};
 use self::format::{
     GgufArchitecture, Header, Quirks, ARCHITECTURE_KEY, EMBEDDINGS, OUTPUT, OUTPUT_NORM,
 };
+use crate::backend::KvCache;
 use crate::checkpoint::{holds_non_finite, layers_held, summarize_list};
 use crate::config::{Rope, RopeScaling};
 use crate::error::{without_backtrace, Error, Result};
@@ -325,6 +326,7 @@ pub fn load(
     device: &Device,
     dtype: DType,
     engine: Engine,
+    kv_cache: KvCache,
 ) -> Result<Box<dyn CausalLm>> {
     if dtype != DType::F32 {
         return Err(Error::weights(
@@ -339,16 +341,17 @@ pub fn load(
     let content = format::read_content(path)?;
     let mut file = File::open(path).map_err(|e| Error::file(path, format!("cannot open: {e}")))?;
     check_float_tensors(path, &content, &mut file)?;
-    gguf.load(content, &mut file, device, engine).map_err(|e| {
-        Error::weights(
-            path,
-            format!(
-                "cannot build the quantized {} model: {}",
-                gguf.architecture(),
-                without_backtrace(e)
-            ),
-        )
-    })
+    gguf.load(content, &mut file, device, engine, kv_cache)
+        .map_err(|e| {
+            Error::weights(
+                path,
+                format!(
+                    "cannot build the quantized {} model: {}",
+                    gguf.architecture(),
+                    without_backtrace(e)
+                ),
+            )
+        })
 }
 
 /// Refuses a file whose floating-point tensors (the norms; the embeddings in some files) hold

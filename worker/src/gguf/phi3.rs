@@ -14,6 +14,7 @@ use candle_transformers::models::quantized_phi3::ModelWeights;
 
 use super::format::{BlockTensor, GgufArchitecture, Quirks};
 use crate::arch::phi3::Phi3;
+use crate::backend::KvCache;
 use crate::fast::Engine;
 use crate::model::{Architecture, CausalLm, Dims};
 
@@ -66,6 +67,7 @@ impl GgufArchitecture for GgufPhi3 {
         file: &mut File,
         device: &Device,
         _: Engine,
+        _: KvCache,
     ) -> CandleResult<Box<dyn CausalLm>> {
         Ok(Box::new(Model(ModelWeights::from_gguf(
             false, content, file, device,

@@ -13,6 +13,7 @@ use candle_transformers::models::quantized_qwen2::ModelWeights;
 
 use super::format::{BlockTensor, GgufArchitecture, Quirks};
 use crate::arch::qwen2::Qwen2;
+use crate::backend::KvCache;
 use crate::fast::Engine;
 use crate::model::{Architecture, CausalLm, Dims};
 
@@ -67,6 +68,7 @@ impl GgufArchitecture for GgufQwen2 {
         file: &mut File,
         device: &Device,
         _: Engine,
+        _: KvCache,
     ) -> CandleResult<Box<dyn CausalLm>> {
         Ok(Box::new(Model(ModelWeights::from_gguf(
             content, file, device,

@@ -6,11 +6,14 @@
 //!   holds an f32 copy of the whole table, 113 MB for SmolLM2-135M, beside the quantized one a
 //!   tied model's output product reads). The rows are the same values either way.
 //!
-//! With the fast engine on the CPU, the Q4_0, Q4_1, Q8_0, f32 and f16 products run on
+//! With the fast engine on the CPU, the Q4_0, Q4_1, Q8_0, Q4_K, f32 and f16 products run on
 //! `fast::cpu`'s kernels, Q/K/V in one pass and gate/up in another (a quantized input quantized
 //! once for each); candle's `QMatMul` runs the rest, and all of them with the candle engine
 //! (the reference). A decoded position's attention then reads the KV buffers in place
 //! (`fast::cpu_attention`) where candle's repeats the grouped heads; the logits are the same.
+//!
+//! The KV cache holds f32, or f16 (`KvCache::F16`): keys and values rounded to f16 as they are
+//! written, widened to f32 where attention reads them, on both engines alike.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -23,6 +26,7 @@ use candle_transformers::utils::build_causal_mask;
 use llm_worker_rbee_cpu_kernels::{PackedMatrix, BLOCK};
 
 use super::kv_buffer::{repeat_kv, Buffer};
+use crate::backend::KvCache;
 use crate::fast::cpu::{forward_shared, KernelLinear};
 use crate::fast::cpu_attention::decode_attention;
 use crate::fast::Engine;
@@ -243,6 +247,8 @@ struct Layer {
     max_len: usize,
     /// A decoded position's attention reads the buffers in place (`fast::cpu_attention`).
     attention_in_place: bool,
+    /// The type `keys` and `values` hold.
+    kv_dtype: DType,
     keys: Option<Buffer>,
     values: Option<Buffer>,
 }
@@ -276,12 +282,13 @@ impl Layer {
         if offset == 0 {
             self.clear_kv_cache();
         }
-        let k = Buffer::append(&mut self.keys, &k, self.max_len)?;
-        let v = Buffer::append(&mut self.values, &v, self.max_len)?;
+        let k = Buffer::append(&mut self.keys, &k.to_dtype(self.kv_dtype)?, self.max_len)?;
+        let v = Buffer::append(&mut self.values, &v.to_dtype(self.kv_dtype)?, self.max_len)?;
         if self.attention_in_place && tokens == 1 {
             let y = decode_attention(&q, &k, &v)?;
             return self.o.forward(&y.reshape((batch, tokens, hidden))?);
         }
+        let (k, v) = (k.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?);
         let groups = self.num_heads / self.num_kv_heads;
         let k = repeat_kv(k, groups)?;
         let v = repeat_kv(v, groups)?;
@@ -334,8 +341,13 @@ impl QuantizedLlama {
         reader: &mut R,
         device: &Device,
         engine: Engine,
+        kv_cache: KvCache,
     ) -> Result<Self> {
         let settings = Settings::read(&content)?;
+        let kv_dtype = match kv_cache {
+            KvCache::Activations => DType::F32,
+            KvCache::F16 => DType::F16,
+        };
         let head_dim = settings.hidden_size / settings.num_heads;
         let (cos, sin) = rotary_tables(
             head_dim,
@@ -399,6 +411,7 @@ impl QuantizedLlama {
                 neg_inf: neg_inf.clone(),
                 max_len: settings.context_length,
                 attention_in_place: engine == Engine::Fast && device.is_cpu(),
+                kv_dtype,
                 keys: None,
                 values: None,
             });
