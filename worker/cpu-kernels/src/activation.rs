@@ -21,8 +21,11 @@ pub struct Q8Rows {
     /// `d * Σ qs` of each block, as Q8_1 stores it (an f16 value).
     s: Vec<f32>,
     qs: Vec<i8>,
-    /// `Σ qs` of each run of 4 values (8 per block), for the packed kernels' offsets.
-    run_sums: Vec<i32>,
+    /// `-8 Σ qs` of each run of 4 values (8 per block): what the packed kernels' Q4_0 nibbles
+    /// (stored `q + 8`) add to a run's sum, its starting value there.
+    nibble_offsets: Vec<i32>,
+    /// `-128 Σ qs`: the same for Q8_0's packed bytes (stored `q + 128`).
+    byte_offsets: Vec<i32>,
 }
 
 /// One activation row.
@@ -31,8 +34,10 @@ pub struct Q8Row<'a> {
     pub d: &'a [f32],
     pub s: &'a [f32],
     pub qs: &'a [i8],
-    /// `Σ qs` of each run of 4 values.
-    pub run_sums: &'a [i32],
+    /// `-8 Σ qs` of each run of 4 values.
+    pub nibble_offsets: &'a [i32],
+    /// `-128 Σ qs` of each run of 4 values.
+    pub byte_offsets: &'a [i32],
 }
 
 /// `v.round() as i8` (halves away from zero, saturating) in instructions the compiler
@@ -60,7 +65,8 @@ impl Q8Rows {
         self.d.clear();
         self.s.clear();
         self.qs.clear();
-        self.run_sums.clear();
+        self.nibble_offsets.clear();
+        self.byte_offsets.clear();
         for block in x.chunks_exact(BLOCK) {
             let amax = block.iter().fold(0f32, |a, x| a.max(x.abs()));
             let d = amax / 127.0;
@@ -72,10 +78,11 @@ impl Q8Rows {
                 self.qs.push(q);
             }
             let qs = &self.qs[self.qs.len() - BLOCK..];
-            self.run_sums.extend(
-                qs.chunks_exact(4)
-                    .map(|g| g.iter().map(|q| i32::from(*q)).sum::<i32>()),
-            );
+            for run in qs.chunks_exact(4) {
+                let sum: i32 = run.iter().map(|q| i32::from(*q)).sum();
+                self.nibble_offsets.push(-8 * sum);
+                self.byte_offsets.push(-128 * sum);
+            }
             let d = f16::from_f32(d);
             self.d.push(d.to_f32());
             self.s.push((f16::from_f32(sum as f32) * d).to_f32());
@@ -96,7 +103,8 @@ impl Q8Rows {
             d: &self.d[b0..b1],
             s: &self.s[b0..b1],
             qs: &self.qs[b0 * BLOCK..b1 * BLOCK],
-            run_sums: &self.run_sums[b0 * RUNS..b1 * RUNS],
+            nibble_offsets: &self.nibble_offsets[b0 * RUNS..b1 * RUNS],
+            byte_offsets: &self.byte_offsets[b0 * RUNS..b1 * RUNS],
         }
     }
 }
@@ -189,10 +197,20 @@ mod tests {
                 assert_eq!(row.s[b], half(&one[2..]), "row {t} block {b}");
                 assert_eq!(qs, zero[2..34], "row {t} block {b}");
                 assert_eq!(qs, one[4..36], "row {t} block {b}");
-                for (g, sum) in row.run_sums[b * RUNS..(b + 1) * RUNS].iter().enumerate() {
+                for g in 0..RUNS {
                     let run = &qs[4 * g..4 * g + 4];
-                    let want: i32 = run.iter().map(|q| i32::from(*q as i8)).sum();
-                    assert_eq!(*sum, want, "row {t} block {b} run {g}");
+                    let sum: i32 = run.iter().map(|q| i32::from(*q as i8)).sum();
+                    let at = b * RUNS + g;
+                    assert_eq!(
+                        row.nibble_offsets[at],
+                        -8 * sum,
+                        "row {t} block {b} run {g}"
+                    );
+                    assert_eq!(
+                        row.byte_offsets[at],
+                        -128 * sum,
+                        "row {t} block {b} run {g}"
+                    );
                 }
             }
         }

@@ -5,10 +5,11 @@
 //!
 //! A tile holds, per block of 32 columns, for its 16 rows:
 //! - Q8_0: `d` (16 f16), then for each run `g` of 4 values (8 runs) the 16 rows' 4 values
-//!   offset by +128 (unsigned for `vpdpbusd`; the offset's `128 Σ x` is taken off after);
+//!   offset by +128 (unsigned for `vpdpbusd`; a run's sum starts at `-128 Σ x`, which takes the
+//!   offset off);
 //! - Q4_0: `d` (16 f16), then for each `g` of 0..4 the 16 rows' bytes `4g..4g + 4` of the
-//!   block's nibbles: the low nibbles are run `g`, the high ones run `g + 4` (values 0..15,
-//!   `8 Σ x` taken off after);
+//!   block's nibbles: the low nibbles are run `g`, the high ones run `g + 4` (values 0..15, a
+//!   run's sum starting at `-8 Σ x`);
 //! - Q4_1: `d` (16 f16), `m` (16 f16), then the nibbles as Q4_0.
 
 use crate::activation::{Q8Rows, BLOCK, RUNS};

@@ -26,7 +26,12 @@ pub unsafe fn tile_rows(format: BlockFormat, tile: &[u8], x: &Q8Rows, out: &mut 
     assert_eq!(out.len(), TILE_ROWS * x_rows);
     for t in 0..x_rows {
         let row = x.row(t);
-        assert!(row.qs.len() == x.blocks() * BLOCK && row.run_sums.len() == x.blocks() * RUNS);
+        let runs = x.blocks() * RUNS;
+        assert!(
+            row.qs.len() == x.blocks() * BLOCK
+                && row.nibble_offsets.len() == runs
+                && row.byte_offsets.len() == runs
+        );
     }
     let mut put = |t: usize, sums: __m512| put_row(out, x_rows, t, sums);
     // Rows of `x` in threes (Q4_1: fours), each weight loaded once for them; then one by one.
@@ -90,10 +95,13 @@ unsafe fn q4_0_q8_0<const T: usize>(
     // A block of the tile: the 16 rows' blocks.
     let size = TILE_ROWS * format.block_bytes();
     let mut acc = [[_mm512_setzero_ps(); RUNS]; T];
-    let zero = _mm512_setzero_si512();
     let nibble = _mm512_set1_epi8(0xF);
-    // What the stored values exceed the signed ones by, times Σ x to take off.
-    let excess = if format == BlockFormat::Q8_0 { 128 } else { 8 };
+    // What the stored values (q + 8, q + 128) add to each run's sum, taken off by starting the
+    // sum there.
+    let offsets = x.map(|x| match format {
+        BlockFormat::Q8_0 => x.byte_offsets,
+        _ => x.nibble_offsets,
+    });
     for b in 0..x[0].d.len() {
         // SAFETY: block b of the tile is the `size` bytes at `b * size`; the rows' values of
         // block b at `b * 32` (the caller's promise).
@@ -103,10 +111,11 @@ unsafe fn q4_0_q8_0<const T: usize>(
             let scales: [__m512; T] =
                 std::array::from_fn(|t| _mm512_mul_ps(d, _mm512_set1_ps(x[t].d[b])));
             let mut step = |g: usize, weights: __m512i| {
-                for ((acc, x), scale) in acc.iter_mut().zip(&x).zip(&scales) {
-                    let sum = _mm512_dpbusd_epi32(zero, weights, run(x, b, g));
-                    let excess = _mm512_set1_epi32(excess * x.run_sums[b * RUNS + g]);
-                    let sum = _mm512_sub_epi32(sum, excess);
+                for (((acc, x), scale), offsets) in
+                    acc.iter_mut().zip(&x).zip(&scales).zip(&offsets)
+                {
+                    let start = _mm512_set1_epi32(offsets[b * RUNS + g]);
+                    let sum = _mm512_dpbusd_epi32(start, weights, run(x, b, g));
                     acc[g] = _mm512_fmadd_ps(*scale, _mm512_cvtepi32_ps(sum), acc[g]);
                 }
             };
