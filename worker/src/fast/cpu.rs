@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::{Device, Result, Tensor};
+use candle_core::{CpuStorage, Device, Result, Storage, Tensor};
 
 use llm_worker_rbee_cpu_kernels::{
     dense, k_quants, matmul, matmul_packed, BlockFormat, BlockMatrix, DenseFormat, DenseMatrix,
@@ -142,6 +142,36 @@ thread_local! {
     static INPUT: RefCell<Q8Rows> = RefCell::new(Q8Rows::default());
     /// The same for the products of Q4_K tiles, in blocks of 256.
     static INPUT_K: RefCell<Q8KRows> = RefCell::new(Q8KRows::default());
+    /// The dense products' input, copied to a cache line's boundary.
+    static ALIGNED_INPUT: RefCell<AlignedValues> = RefCell::new(AlignedValues::default());
+}
+
+/// f32 values starting on a 64-byte boundary. The dense kernels load an input row 16 values
+/// (64 bytes) at a time; from the allocator's usual 16-byte alignment, each load would span two
+/// cache lines, and with the weights' rows misaligned too a prefill ran at 110 GFLOP/s on two
+/// cores against 140-180 with either aligned (2048 x 576 f32 by 128 rows, best of 20).
+#[derive(Default)]
+struct AlignedValues {
+    lines: Vec<Line>,
+}
+
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([f32; 16]);
+
+impl AlignedValues {
+    /// `values`, copied into this buffer (its memory kept from one call to the next).
+    fn copy_of(&mut self, values: &[f32]) -> &[f32] {
+        self.lines.clear();
+        self.lines.extend(values.chunks(16).map(|chunk| {
+            let mut line = [0.0; 16];
+            line[..chunk.len()].copy_from_slice(chunk);
+            Line(line)
+        }));
+        // SAFETY: `Line` is 16 f32 and nothing else (repr(C), size 64), so the lines are
+        // `16 * lines.len()` contiguous initialized f32, of which `values.len()` are read.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<f32>(), values.len()) }
+    }
 }
 
 /// `run` on `values` (rows of `cols`) quantized in this thread's buffers.
@@ -169,7 +199,14 @@ pub fn forward_shared<const N: usize>(
             linears.map(|l| l.cols)
         )
     }
-    let values = x.flatten_all()?.to_vec1::<f32>()?;
+    let x_storage = x.contiguous()?;
+    let (storage, layout) = x_storage.storage_and_layout();
+    let values = match &*storage {
+        Storage::Cpu(CpuStorage::F32(values)) => {
+            &values[layout.start_offset()..layout.start_offset() + x.elem_count()]
+        }
+        _ => candle_core::bail!("the CPU kernels take an f32 input in host memory"),
+    };
     let tokens = values.len() / cols;
     let mut outs: Vec<Vec<f32>> = linears.iter().map(|l| vec![0.0; tokens * l.rows]).collect();
     let mut destinations: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
@@ -185,7 +222,7 @@ pub fn forward_shared<const N: usize>(
     {
         INPUT_K.with(|input| {
             let mut input = input.borrow_mut();
-            input.quantize(&values, cols);
+            input.quantize(values, cols);
             k_quants::matmul(kernel, &tiles, &input, &mut destinations)
         });
     } else if let Some(tiles) = linears
@@ -196,7 +233,7 @@ pub fn forward_shared<const N: usize>(
         })
         .collect::<Option<Vec<_>>>()
     {
-        with_quantized(&values, cols, |input| {
+        with_quantized(values, cols, |input| {
             matmul_packed(kernel, &tiles, input, &mut destinations)
         });
     } else if let Some(formats) = layouts
@@ -218,7 +255,7 @@ pub fn forward_shared<const N: usize>(
             .map(|((l, bytes), format)| BlockMatrix::new(format, l.rows, l.cols, bytes))
             .collect::<std::result::Result<Vec<_>, String>>()
             .map_err(candle_core::Error::msg)?;
-        with_quantized(&values, cols, |input| {
+        with_quantized(values, cols, |input| {
             matmul(kernel, &matrices, input, &mut destinations)
         });
     } else if let Some(formats) = layouts
@@ -240,7 +277,10 @@ pub fn forward_shared<const N: usize>(
             .map(|((l, bytes), format)| DenseMatrix::new(format, l.rows, l.cols, bytes))
             .collect::<std::result::Result<Vec<_>, String>>()
             .map_err(candle_core::Error::msg)?;
-        dense::matmul(kernel, &matrices, &values, &mut destinations);
+        ALIGNED_INPUT.with(|input| {
+            let mut input = input.borrow_mut();
+            dense::matmul(kernel, &matrices, input.copy_of(values), &mut destinations)
+        });
     } else {
         candle_core::bail!("products of one input read as {layouts:?}: one pass takes one kind")
     }
@@ -261,4 +301,20 @@ pub fn forward_shared<const N: usize>(
     Ok(results
         .try_into()
         .unwrap_or_else(|_| unreachable!("one result per product")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligned_values_start_on_a_cache_line_and_hold_the_values() {
+        let mut aligned = AlignedValues::default();
+        for len in [0, 1, 15, 16, 17, 1000] {
+            let values: Vec<f32> = (0..len).map(|i| i as f32 * 0.5 - 3.0).collect();
+            let copy = aligned.copy_of(&values);
+            assert_eq!(copy.as_ptr() as usize % 64, 0, "{len} values");
+            assert_eq!(copy, values.as_slice());
+        }
+    }
 }
