@@ -55,6 +55,24 @@ impl BlockFormat {
 /// Rows per tile of a `PackedMatrix`.
 pub const TILE_ROWS: usize = 16;
 
+/// Values per Q4_K and Q8_K block.
+pub const SUPER_BLOCK: usize = 256;
+
+/// Sub-blocks of 32 values per Q4_K block, each with its own scale and min.
+pub(crate) const SUBS: usize = 8;
+
+/// The layout of one block of a Q4_K tile's 16 rows (`k_quants`): where each part starts, and
+/// the block's bytes.
+pub(crate) mod q4k_tile {
+    use super::{SUBS, TILE_ROWS};
+
+    pub const DMIN_AT: usize = 2 * TILE_ROWS;
+    pub const SCALES_AT: usize = 4 * TILE_ROWS;
+    pub const MINS_AT: usize = SCALES_AT + SUBS * TILE_ROWS;
+    pub const NIBBLES_AT: usize = MINS_AT + SUBS * TILE_ROWS;
+    pub const BLOCK_BYTES: usize = NIBBLES_AT + TILE_ROWS * 128;
+}
+
 /// The dense formats these products read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DenseFormat {

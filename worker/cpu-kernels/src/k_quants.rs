@@ -15,107 +15,16 @@
 
 use half::f16;
 
-use crate::activation::round_to_i8;
-use crate::format::TILE_ROWS;
+use crate::activation::{Q8KRow, Q8KRows};
+use crate::format::q4k_tile::{
+    BLOCK_BYTES as TILE_BLOCK_BYTES, DMIN_AT, MINS_AT, NIBBLES_AT, SCALES_AT,
+};
+use crate::format::{SUBS, SUPER_BLOCK, TILE_ROWS};
 use crate::kernel::Kernel;
 use crate::pool::for_each_row;
 
-/// Values per Q4_K and Q8_K block.
-pub const SUPER_BLOCK: usize = 256;
-
-/// Sub-blocks of 32 values per block, each with its own scale and min.
-pub(crate) const SUBS: usize = 8;
-
 /// Bytes of a Q4_K block in the file.
 const FILE_BLOCK_BYTES: usize = 144;
-
-/// Bytes of one block of a tile's 16 rows.
-pub(crate) const TILE_BLOCK_BYTES: usize = TILE_ROWS * (2 + 2 + 2 * SUBS) + TILE_ROWS * 128;
-
-/// Where a tile block's parts start.
-pub(crate) const DMIN_AT: usize = 2 * TILE_ROWS;
-pub(crate) const SCALES_AT: usize = 4 * TILE_ROWS;
-pub(crate) const MINS_AT: usize = SCALES_AT + SUBS * TILE_ROWS;
-pub(crate) const NIBBLES_AT: usize = MINS_AT + SUBS * TILE_ROWS;
-
-/// `rows` activation rows of `blocks` Q8_K blocks each: candle's `BlockQ8K` values.
-#[derive(Default)]
-pub struct Q8KRows {
-    rows: usize,
-    blocks: usize,
-    /// The scale of each block (f32).
-    d: Vec<f32>,
-    qs: Vec<i8>,
-    /// `Σ qs` of each sub-block of 32 (the sum of two of the block's `bsums`).
-    sub_sums: Vec<i32>,
-}
-
-/// One activation row.
-#[derive(Clone, Copy)]
-pub struct Q8KRow<'a> {
-    pub d: &'a [f32],
-    pub qs: &'a [i8],
-    pub sub_sums: &'a [i32],
-}
-
-impl Q8KRows {
-    /// Quantizes `x`, rows of `cols` values (a multiple of 256), reusing this value's buffers,
-    /// as candle's `BlockQ8K::from_float` does: the scale from the value of largest magnitude,
-    /// its sign kept (`-127 / max`).
-    pub fn quantize(&mut self, x: &[f32], cols: usize) {
-        assert!(
-            cols.is_multiple_of(SUPER_BLOCK) && x.len().is_multiple_of(cols.max(1)),
-            "{} values in rows of {cols}: rows must be whole blocks of {SUPER_BLOCK}",
-            x.len()
-        );
-        self.rows = x.len().checked_div(cols).unwrap_or(0);
-        self.blocks = cols / SUPER_BLOCK;
-        self.d.clear();
-        self.qs.clear();
-        self.sub_sums.clear();
-        for block in x.chunks_exact(SUPER_BLOCK) {
-            let (mut max, mut amax) = (0f32, 0f32);
-            for x in block {
-                if amax < x.abs() {
-                    amax = x.abs();
-                    max = *x;
-                }
-            }
-            if amax == 0.0 {
-                self.d.push(0.0);
-                self.qs.extend([0; SUPER_BLOCK]);
-                self.sub_sums.extend([0; SUBS]);
-                continue;
-            }
-            let inverse = -127.0 / max;
-            self.qs
-                .extend(block.iter().map(|x| round_to_i8(inverse * x)));
-            let qs = &self.qs[self.qs.len() - SUPER_BLOCK..];
-            self.sub_sums.extend(
-                qs.chunks_exact(32)
-                    .map(|sub| sub.iter().map(|q| i32::from(*q)).sum::<i32>()),
-            );
-            self.d.push(1.0 / inverse);
-        }
-    }
-
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    pub fn blocks(&self) -> usize {
-        self.blocks
-    }
-
-    pub fn row(&self, t: usize) -> Q8KRow<'_> {
-        let (b0, b1) = (t * self.blocks, (t + 1) * self.blocks);
-        Q8KRow {
-            d: &self.d[b0..b1],
-            qs: &self.qs[b0 * SUPER_BLOCK..b1 * SUPER_BLOCK],
-            sub_sums: &self.sub_sums[b0 * SUBS..b1 * SUBS],
-        }
-    }
-}
 
 /// Sub-block `j`'s 6-bit scale and min from a block's 12 bytes (ggml's `get_scale_min_k4`).
 fn scale_min(j: usize, scales: &[u8]) -> (u8, u8) {
@@ -296,52 +205,7 @@ fn tile_rows(kernel: Kernel, matrix: &Q4KTiles, tile: usize, x: &Q8KRows, out: &
 
 #[cfg(test)]
 mod tests {
-    use candle_core::quantized::{GgmlDType, QTensor};
-    use candle_core::{Device, Tensor};
-
     use super::*;
-
-    /// The same values as candle's Q8_K blocks (`d`, `qs`, and the sums of `bsums` in pairs),
-    /// a zero block and a block whose largest magnitude is positive included.
-    #[test]
-    fn rows_equal_candles_q8k_blocks() {
-        let mut x: Vec<f32> = (0..2 * 768)
-            .map(|i| ((i * 7919) % 211) as f32 / 37.0 - 2.9)
-            .collect();
-        x[256..512].fill(0.0);
-        x[600] = 9.5;
-        let mut rows = Q8KRows::default();
-        rows.quantize(&x, 768);
-        assert_eq!((rows.rows(), rows.blocks()), (2, 3));
-        let tensor = Tensor::from_slice(&x, (2, 768), &Device::Cpu).unwrap();
-        let candle = QTensor::quantize(&tensor, GgmlDType::Q8K)
-            .unwrap()
-            .data()
-            .unwrap()
-            .into_owned();
-        assert_eq!(candle.len(), 6 * 292);
-        for t in 0..2 {
-            let row = rows.row(t);
-            for b in 0..3 {
-                let block = &candle[(t * 3 + b) * 292..(t * 3 + b + 1) * 292];
-                let d = f32::from_le_bytes(block[..4].try_into().unwrap());
-                assert_eq!(row.d[b].to_bits(), d.to_bits(), "row {t} block {b}");
-                let qs: Vec<i8> = block[4..260].iter().map(|q| *q as i8).collect();
-                assert_eq!(&row.qs[b * 256..(b + 1) * 256], qs, "row {t} block {b}");
-                for j in 0..SUBS {
-                    let bsum = |i: usize| {
-                        i32::from(i16::from_le_bytes([block[260 + 2 * i], block[261 + 2 * i]]))
-                    };
-                    let want = bsum(2 * j) + bsum(2 * j + 1);
-                    assert_eq!(
-                        row.sub_sums[b * SUBS + j],
-                        want,
-                        "row {t} block {b} sub {j}"
-                    );
-                }
-            }
-        }
-    }
 
     #[test]
     fn scale_bytes_are_what_scale_min_reads() {

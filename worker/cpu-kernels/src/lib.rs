@@ -24,11 +24,11 @@ mod portable;
 #[cfg(target_arch = "x86_64")]
 mod vnni;
 
-pub use activation::{Q8Rows, BLOCK};
+pub use activation::{Q8KRows, Q8Rows, BLOCK};
 pub use blocks::{matmul, BlockMatrix};
 pub use dense::DenseMatrix;
-pub use format::{BlockFormat, DenseFormat, TILE_ROWS};
-pub use k_quants::{Q4KTiles, Q8KRows};
+pub use format::{BlockFormat, DenseFormat, SUPER_BLOCK, TILE_ROWS};
+pub use k_quants::Q4KTiles;
 pub use kernel::Kernel;
 pub use packed::{matmul_packed, PackedMatrix};
 

@@ -8,11 +8,13 @@
 
 use std::arch::x86_64::*;
 
+use crate::activation::{Q8KRow, Q8KRows};
 use crate::activation::{Q8Row, Q8Rows, BLOCK, RUNS};
-use crate::format::{BlockFormat, TILE_ROWS};
-use crate::k_quants::{
-    Q8KRow, Q8KRows, DMIN_AT, MINS_AT, NIBBLES_AT, SCALES_AT, SUBS, SUPER_BLOCK, TILE_BLOCK_BYTES,
+use crate::format::q4k_tile::{
+    BLOCK_BYTES as TILE_BLOCK_BYTES, DMIN_AT, MINS_AT, NIBBLES_AT, SCALES_AT,
 };
+use crate::format::{BlockFormat, TILE_ROWS};
+use crate::format::{SUBS, SUPER_BLOCK};
 
 /// The tile's 16 rows times every row of `x`: `out[c * x_rows + t]`.
 ///
