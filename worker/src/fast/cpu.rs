@@ -146,10 +146,11 @@ thread_local! {
     static ALIGNED_INPUT: RefCell<AlignedValues> = RefCell::new(AlignedValues::default());
 }
 
-/// f32 values starting on a 64-byte boundary. The dense kernels load an input row 16 values
-/// (64 bytes) at a time; from the allocator's usual 16-byte alignment, each load would span two
-/// cache lines, and with the weights' rows misaligned too a prefill ran at 110 GFLOP/s on two
-/// cores against 140-180 with either aligned (2048 x 576 f32 by 128 rows, best of 20).
+/// f32 values starting on a 64-byte boundary (and so every row, where a row's length is a
+/// multiple of 16). The dense kernels load an input row 16 values (64 bytes) at a time; 16 bytes
+/// off a boundary (the allocator's usual alignment) each load spans two cache lines, and with
+/// the weights' rows misaligned too a prefill ran at 110 GFLOP/s on two cores against 140-180
+/// with either aligned (1536 x 576 f32 by 128 rows, best of 20).
 #[derive(Default)]
 struct AlignedValues {
     lines: Vec<Line>,
