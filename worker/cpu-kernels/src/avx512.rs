@@ -106,7 +106,16 @@ unsafe fn dense_dot(format: DenseFormat, weights: &[u8], x: &[f32]) -> f32 {
     let w = weights.as_ptr();
     let mut acc = [_mm512_setzero_ps(); 4];
     let whole = n - n % 64;
+    // The weights stream from memory once per decode step: the lines 512 values ahead are asked
+    // for (past a row's end, the next row's, which a thread reads next), SmolLM2 decode in
+    // alternating rounds: faster in 7 of 8 in f32, 3 of 3 in f16.
+    let step_bytes = 64 * format.value_bytes();
     for j in (0..whole).step_by(64) {
+        let ahead = w.wrapping_add((j + 512) * format.value_bytes());
+        for line in (0..step_bytes).step_by(64) {
+            // A hint only: it faults on no address.
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line) as *const i8);
+        }
         for (lane, acc) in acc.iter_mut().enumerate() {
             let at = j + 16 * lane;
             // SAFETY: at + 16 <= n.

@@ -4,17 +4,17 @@
 //! - Q4_0 and Q8_0: eight accumulators, one per run of 4 values (`dot`'s 8 lanes), one FMA per
 //!   block, then `dot`'s horizontal sum;
 //! - Q4_1: the block's integer sum, then `(sum · d_w) · d_x + m_w · s_x` added to the row's
-//!   running sum block by block.
+//!   running sum block by block;
+//! - Q4_K (`k_quants`' tiles): per sub-block of 32, the integer sum, then `k_quants::dot`'s
+//!   two fused steps, candle's own x86 Q4_K order.
 
 use std::arch::x86_64::*;
 
-use crate::activation::{Q8KRow, Q8KRows};
-use crate::activation::{Q8Row, Q8Rows, BLOCK, RUNS};
+use crate::activation::{Q8KRow, Q8KRows, Q8Row, Q8Rows, BLOCK, RUNS};
 use crate::format::q4k_tile::{
     BLOCK_BYTES as TILE_BLOCK_BYTES, DMIN_AT, MINS_AT, NIBBLES_AT, SCALES_AT,
 };
-use crate::format::{BlockFormat, TILE_ROWS};
-use crate::format::{SUBS, SUPER_BLOCK};
+use crate::format::{BlockFormat, SUBS, SUPER_BLOCK, TILE_ROWS};
 
 /// The tile's 16 rows times every row of `x`: `out[c * x_rows + t]`.
 ///
