@@ -81,6 +81,45 @@ mod tests {
         QTensor::quantize(&tensor, dtype).unwrap()
     }
 
+    /// The values a quantized matrix stores, as candle dequantizes them.
+    fn stored(weights: &QTensor) -> Vec<f32> {
+        weights
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    /// `x` (`m` rows of `k`) times the `n` x `k` matrix `weights`, each sum in f64.
+    fn f64_product(weights: &[f32], x: &[f32], n: usize, k: usize) -> Vec<f32> {
+        let m = x.len() / k;
+        (0..m * n)
+            .map(|i| {
+                let (t, r) = (i / n, i % n);
+                let sum: f64 = weights[r * k..(r + 1) * k]
+                    .iter()
+                    .zip(&x[t * k..(t + 1) * k])
+                    .map(|(w, x)| f64::from(*w) * f64::from(*x))
+                    .sum();
+                sum as f32
+            })
+            .collect()
+    }
+
+    /// candle's `QMatMul` product of `x` (rows of `k`).
+    fn candles_product(matmul: &QMatMul, x: &[f32], k: usize) -> Vec<f32> {
+        let input = Tensor::from_slice(x, (x.len() / k, k), &Device::Cpu).unwrap();
+        matmul
+            .forward(&input)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
     /// Every kernel, at activation row counts 1, 4, 8, 23 and 512 and odd block counts, against
     /// candle's dequantized weights times the f32 activation (f64 sums): only the activation's 8-bit
     /// rounding separates them, within llama.cpp's bound for these formats (5e-4).
@@ -91,27 +130,10 @@ mod tests {
                 let weights = quantized(dtype, n, k, n as u32);
                 let bytes = weights.data().unwrap().into_owned();
                 let matrix = BlockMatrix::new(format, n, k, &bytes).unwrap();
-                let dense: Vec<f32> = weights
-                    .dequantize(&Device::Cpu)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap();
+                let dense = stored(&weights);
                 for m in [1, 4, 8, 23, 512] {
                     let x = values(m * k, 7 + m as u32);
-                    let reference: Vec<f32> = (0..m * n)
-                        .map(|i| {
-                            let (t, r) = (i / n, i % n);
-                            let row = &dense[r * k..(r + 1) * k];
-                            let sum: f64 = row
-                                .iter()
-                                .zip(&x[t * k..(t + 1) * k])
-                                .map(|(w, x)| f64::from(*w) * f64::from(*x))
-                                .sum();
-                            sum as f32
-                        })
-                        .collect();
+                    let reference = f64_product(&dense, &x, n, k);
                     let mut rows = Q8Rows::default();
                     rows.quantize(&x, k);
                     for kernel in Kernel::available() {
@@ -153,15 +175,7 @@ mod tests {
                 let bytes = weights.data().unwrap().into_owned();
                 let matrix = BlockMatrix::new(format, n, k, &bytes).unwrap();
                 let x = values(m * k, 11);
-                let input = Tensor::from_slice(&x, (m, k), &Device::Cpu).unwrap();
-                let candle: Vec<f32> = QMatMul::from_qtensor(weights)
-                    .unwrap()
-                    .forward(&input)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap();
+                let candle = candles_product(&QMatMul::from_qtensor(weights).unwrap(), &x, k);
                 let mut rows = Q8Rows::default();
                 rows.quantize(&x, k);
                 for kernel in Kernel::available() {
@@ -255,38 +269,15 @@ mod tests {
             let weights = quantized(GgmlDType::Q4K, n, k, n as u32);
             let bytes = weights.data().unwrap().into_owned();
             let tiles = Q4KTiles::pack(n, k, &bytes).unwrap();
-            let dense: Vec<f32> = weights
-                .dequantize(&Device::Cpu)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let dense = stored(&weights);
             let matmul = QMatMul::from_qtensor(weights).unwrap();
             for m in [1, 4, 8, 23, 512] {
                 if m == 512 && k > 768 {
                     continue;
                 }
                 let x = values(m * k, 7 + m as u32);
-                let reference: Vec<f32> = (0..m * n)
-                    .map(|i| {
-                        let (t, r) = (i / n, i % n);
-                        let sum: f64 = dense[r * k..(r + 1) * k]
-                            .iter()
-                            .zip(&x[t * k..(t + 1) * k])
-                            .map(|(w, x)| f64::from(*w) * f64::from(*x))
-                            .sum();
-                        sum as f32
-                    })
-                    .collect();
-                let input = Tensor::from_slice(&x, (m, k), &Device::Cpu).unwrap();
-                let candle: Vec<f32> = matmul
-                    .forward(&input)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap();
+                let reference = f64_product(&dense, &x, n, k);
+                let candle = candles_product(&matmul, &x, k);
                 let mut rows = Q8KRows::default();
                 rows.quantize(&x, k);
                 for kernel in Kernel::available() {
@@ -410,35 +401,12 @@ mod tests {
                 let weights = quantized(dtype, n, k, n as u32);
                 let bytes = weights.data().unwrap().into_owned();
                 let matrix = DenseMatrix::new(format, n, k, &bytes).unwrap();
-                let stored: Vec<f32> = weights
-                    .dequantize(&Device::Cpu)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap();
+                let dense = stored(&weights);
+                let candles = QMatMul::from_qtensor(weights).unwrap();
                 for m in [1, 4, 8, 23, 512] {
                     let x = values(m * k, 7 + m as u32);
-                    let reference: Vec<f32> = (0..m * n)
-                        .map(|i| {
-                            let (t, r) = (i / n, i % n);
-                            let sum: f64 = stored[r * k..(r + 1) * k]
-                                .iter()
-                                .zip(&x[t * k..(t + 1) * k])
-                                .map(|(w, x)| f64::from(*w) * f64::from(*x))
-                                .sum();
-                            sum as f32
-                        })
-                        .collect();
-                    let input = Tensor::from_slice(&x, (m, k), &Device::Cpu).unwrap();
-                    let candle: Vec<f32> = QMatMul::from_qtensor(quantized(dtype, n, k, n as u32))
-                        .unwrap()
-                        .forward(&input)
-                        .unwrap()
-                        .flatten_all()
-                        .unwrap()
-                        .to_vec1()
-                        .unwrap();
+                    let reference = f64_product(&dense, &x, n, k);
+                    let candle = candles_product(&candles, &x, k);
                     for kernel in Kernel::available() {
                         let mut out = vec![f32::NAN; m * n];
                         dense::matmul(kernel, &[matrix], &x, &mut [&mut out]);
