@@ -1,13 +1,17 @@
-//! One decoded position's attention on the CPU, read from the KV buffers in place. candle's
-//! module repeats each grouped kv head n_rep times (a copy of the whole cache per token and
-//! layer) so that its `matmul` sees one kv head per query head. Here each query head's two
+//! The CPU attention of the GGUF llama module's fast engine, read from the KV buffers in place.
+//! candle's module repeats each grouped kv head n_rep times (a copy of the whole cache per token
+//! and layer) so that its `matmul` sees one kv head per query head. Here each query head's two
 //! products are the `gemm` calls candle's `matmul` makes for that head, with the same sizes,
-//! strides and values, the kv head's rows read where the buffer holds them: the result is
-//! candle's bit for bit (worker/tests/gguf.rs compares the engines' logits exactly). An f16
-//! cache's heads are widened to f32 first, the values candle's module widens them to.
+//! strides and values, the kv head's rows read where the buffer holds them; a prefill's scaling,
+//! causal mask and softmax are candle's arithmetic in one pass per row. The result is candle's
+//! bit for bit (worker/tests/gguf.rs compares the engines' logits exactly). An f16 cache's heads
+//! are widened to f32 first, the values candle's module widens them to.
 
 use std::borrow::Cow;
+use std::sync::OnceLock;
 
+use candle_core::cpu::kernels::VecOps;
+use candle_core::utils::barrier_pool;
 use candle_core::{CpuStorage, Device, Layout, Result, Storage, Tensor};
 use half::slice::HalfFloatSliceExt;
 
@@ -29,18 +33,10 @@ pub fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
         candle_core::bail!("{heads} query heads are not groups of {kv_heads} kv heads");
     }
-    let n_rep = heads / kv_heads;
-    // candle's `matmul` passes gemm its thread count; read once here for every head.
-    let threads = candle_core::utils::get_num_threads();
-    let parallelism = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
     let per_head = PerHead {
-        n_rep,
+        n_rep: heads / kv_heads,
         d,
-        parallelism,
+        parallelism: candles_parallelism(),
     };
     // q_h (1 x d) · k_gᵀ (d x len): column j of kᵀ is row j of k, as candle's `k.t()` of the
     // repeated heads hands it to gemm.
@@ -52,6 +48,118 @@ pub fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     // p_h (1 x len) · v_g (len x d).
     let y = per_head.products(&probs, v, d, |head, d| Operand::row_major(head, d))?;
     Tensor::from_vec(y, (1, heads, 1, d), &Device::Cpu)
+}
+
+/// `softmax(q·kᵀ / √d + mask)·v` for `tokens` positions from `offset`, each seeing the
+/// positions up to its own (candle's `build_causal_mask`): `q` `(1, heads, tokens, d)` over `k`
+/// and `v` `(1, kv_heads, offset + tokens, d)`, f32 or f16, whose rows are contiguous (the
+/// buffers' views). Returns `(1, tokens, heads · d)`, the heads side by side as the output
+/// product reads them.
+pub fn prefill_attention(q: &Tensor, k: &Tensor, v: &Tensor, offset: usize) -> Result<Tensor> {
+    let (_, heads, tokens, d) = q.dims4()?;
+    let (_, kv_heads, len, _) = k.dims4()?;
+    if q.dims()[0] != 1 || k.dims() != v.dims() || k.dims()[3] != d || len != offset + tokens {
+        candle_core::bail!(
+            "prefill attention takes q (1, heads, tokens, d) and k, v (1, kv_heads, {offset} + tokens, d); got {:?}, {:?}, {:?}",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        );
+    }
+    if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
+        candle_core::bail!("{heads} query heads are not groups of {kv_heads} kv heads");
+    }
+    let n_rep = heads / kv_heads;
+    let q = q.contiguous()?;
+    let (q_storage, q_layout) = q.storage_and_layout();
+    let q = &f32_values(&q_storage)?[q_layout.start_offset()..];
+    let (k_storage, k_layout) = k.storage_and_layout();
+    let keys = KvHeads::new(&k_storage, k_layout, len, d)?;
+    let (v_storage, v_layout) = v.storage_and_layout();
+    let values = KvHeads::new(&v_storage, v_layout, len, d)?;
+    // candle's `affine` of `scores / √d`: the f64 factor as f32.
+    let scale = (1.0 / (d as f64).sqrt()) as f32;
+    let head_outs: Vec<OnceLock<Vec<f32>>> = (0..heads).map(|_| OnceLock::new()).collect();
+    // The heads split over the pool that runs the products, each head's products on one
+    // thread: gemm's sums do not depend on its parallelism, and a second pool's threads would
+    // still be spinning when the output product starts.
+    barrier_pool().execute_chunked(heads, |range| {
+        let mut scores = vec![0f32; tokens * len];
+        for h in range {
+            let g = h / n_rep;
+            product(
+                Dims {
+                    m: tokens,
+                    n: len,
+                    k: d,
+                },
+                &mut scores,
+                Operand::row_major(&q[h * tokens * d..(h + 1) * tokens * d], d),
+                Operand::column_major(keys.head(g), d),
+                gemm::Parallelism::None,
+            );
+            for (i, row) in scores.chunks_exact_mut(len).enumerate() {
+                causal_softmax(row, offset + i + 1, scale);
+            }
+            let mut head_out = vec![0f32; tokens * d];
+            product(
+                Dims {
+                    m: tokens,
+                    n: d,
+                    k: len,
+                },
+                &mut head_out,
+                Operand::row_major(&scores, len),
+                Operand::row_major(values.head(g), d),
+                gemm::Parallelism::None,
+            );
+            let _first = head_outs[h].set(head_out);
+        }
+    });
+    let mut out = vec![0f32; tokens * heads * d];
+    for (h, head_out) in head_outs.iter().enumerate() {
+        let Some(head_out) = head_out.get() else {
+            candle_core::bail!("prefill attention: head {h} was not computed");
+        };
+        for (t, row) in head_out.chunks_exact(d).enumerate() {
+            let at = (t * heads + h) * d;
+            out[at..at + d].copy_from_slice(row);
+        }
+    }
+    Tensor::from_vec(out, (1, tokens, heads * d), &Device::Cpu)
+}
+
+/// A row of scores made candle's module's probabilities: scaled by `scale` (`affine`), the
+/// positions from `visible` on masked to -inf (`where_cond`), then `softmax_last_dim`'s steps:
+/// the max, `exp(s - max)` (0 where masked), the sum over the whole row by candle's `vec_sum`,
+/// each divided by it.
+fn causal_softmax(row: &mut [f32], visible: usize, scale: f32) {
+    let (seen, masked) = row.split_at_mut(visible);
+    let mut max = f32::NEG_INFINITY;
+    for s in seen.iter_mut() {
+        *s = *s * scale + 0.0;
+        max = max.max(*s);
+    }
+    for s in seen.iter_mut() {
+        *s = (*s - max).exp();
+    }
+    masked.fill(0.0);
+    let mut sum = 0.0;
+    // SAFETY: `row` holds `row.len()` values.
+    unsafe { f32::vec_reduce_sum(row.as_ptr(), &mut sum, row.len()) };
+    for s in row[..visible].iter_mut() {
+        *s /= sum;
+    }
+}
+
+/// The parallelism candle's `matmul` passes gemm: its thread count.
+fn candles_parallelism() -> gemm::Parallelism {
+    let threads = candle_core::utils::get_num_threads();
+    if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    }
 }
 
 /// One product per query head against its kv head.
@@ -297,20 +405,124 @@ mod tests {
                 let widened = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
                 let theirs = reference(&q, &widened(&k), &widened(&v), heads / kv_heads);
                 assert_eq!(ours.dims(), theirs.dims());
-                let bits = |t: &Tensor| -> Vec<u32> {
-                    t.flatten_all()
-                        .unwrap()
-                        .to_vec1::<f32>()
-                        .unwrap()
-                        .iter()
-                        .map(|v| v.to_bits())
-                        .collect()
+                if let Some(difference) = difference(&ours, &theirs) {
+                    panic!("{dtype:?} len {len}, {heads} heads over {kv_heads}: {difference}");
+                }
+            }
+        }
+    }
+
+    /// candle's module's attention over `tokens` positions from `offset`: the kv heads
+    /// repeated, `matmul`, the causal mask by `where_cond`, the heads side by side.
+    fn prefill_reference(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        n_rep: usize,
+        offset: usize,
+    ) -> Tensor {
+        let (_, heads, tokens, d) = q.dims4().unwrap();
+        let k = candle_transformers::utils::repeat_kv(k.clone(), n_rep).unwrap();
+        let v = candle_transformers::utils::repeat_kv(v.clone(), n_rep).unwrap();
+        let scores = (q.matmul(&k.t().unwrap()).unwrap() / (d as f64).sqrt()).unwrap();
+        let mask = candle_transformers::utils::build_causal_mask(tokens, offset, &Device::Cpu)
+            .unwrap()
+            .broadcast_as(scores.shape())
+            .unwrap();
+        let neg_inf = Tensor::new(f32::NEG_INFINITY, &Device::Cpu)
+            .unwrap()
+            .broadcast_as(scores.shape())
+            .unwrap();
+        let scores = mask.where_cond(&neg_inf, &scores).unwrap();
+        let probs = candle_nn::ops::softmax_last_dim(&scores).unwrap();
+        probs
+            .matmul(&v.contiguous().unwrap())
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .reshape((1, tokens, heads * d))
+            .unwrap()
+    }
+
+    fn bits(t: &Tensor) -> Vec<u32> {
+        t.flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect()
+    }
+
+    /// The first value whose bits differ, and how many differ.
+    fn difference(ours: &Tensor, theirs: &Tensor) -> Option<String> {
+        let (ours, theirs) = (bits(ours), bits(theirs));
+        let differ = ours.iter().zip(&theirs).filter(|(a, b)| a != b).count();
+        let (at, (a, b)) = ours
+            .iter()
+            .zip(&theirs)
+            .enumerate()
+            .find(|(_, (a, b))| a != b)?;
+        let value = |bits: &u32| f32::from_bits(*bits);
+        Some(format!(
+            "{differ} of {} values differ; the first, at {at}: {} against {}",
+            ours.len(),
+            value(a),
+            value(b)
+        ))
+    }
+
+    /// Prompts from position 0 and continuations after cached positions, across gemm's paths
+    /// (lengths past 256, thousands of positions), f32 and f16 buffers.
+    #[test]
+    fn prefill_attention_equals_candles_masked_attention_bit_for_bit() {
+        let device = Device::Cpu;
+        let d = 64;
+        let cases = [
+            (2, 0),
+            (3, 0),
+            (17, 0),
+            (128, 0),
+            (300, 0),
+            (5, 3),
+            (40, 260),
+            (9, 2091),
+        ];
+        for ((tokens, offset), dtype) in cases
+            .into_iter()
+            .flat_map(|case| [(case, DType::F32), (case, DType::F16)])
+        {
+            for (heads, kv_heads) in [(4, 4), (9, 3)] {
+                let len = offset + tokens;
+                let seed = (len * 31 + heads) as u64;
+                let capacity = len + 5;
+                let q = Tensor::from_vec(
+                    sequence(heads * tokens * d, seed),
+                    (1, heads, tokens, d),
+                    &device,
+                )
+                .unwrap();
+                let buffer = |seed| {
+                    Tensor::from_vec(
+                        sequence(kv_heads * capacity * d, seed),
+                        (1, kv_heads, capacity, d),
+                        &device,
+                    )
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap()
+                    .narrow(2, 0, len)
+                    .unwrap()
                 };
-                assert_eq!(
-                    bits(&ours),
-                    bits(&theirs),
-                    "{dtype:?} len {len}, {heads} heads over {kv_heads}"
-                );
+                let (k, v) = (buffer(seed + 1), buffer(seed + 2));
+                let ours = prefill_attention(&q, &k, &v, offset).unwrap();
+                let widened = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+                let theirs =
+                    prefill_reference(&q, &widened(&k), &widened(&v), heads / kv_heads, offset);
+                assert_eq!(ours.dims(), theirs.dims());
+                if let Some(difference) = difference(&ours, &theirs) {
+                    panic!("{dtype:?} {tokens} tokens from {offset}, {heads} heads over {kv_heads}: {difference}");
+                }
             }
         }
     }

@@ -9,8 +9,10 @@
 //! With the fast engine on the CPU, the Q4_0, Q4_1, Q8_0, Q4_K, f32 and f16 products run on
 //! `fast::cpu`'s kernels, Q/K/V in one pass and gate/up in another (a quantized input quantized
 //! once for each); candle's `QMatMul` runs the rest, and all of them with the candle engine
-//! (the reference). A decoded position's attention then reads the KV buffers in place
-//! (`fast::cpu_attention`) where candle's repeats the grouped heads; the logits are the same.
+//! (the reference). Attention then reads the KV buffers in place (`fast::cpu_attention`) where
+//! candle's repeats the grouped heads, a prefill's mask and softmax in one pass per row, and
+//! `silu(gate) · up` is one pass over the threads (`fast::cpu::silu_mul`); the logits are the
+//! same.
 //!
 //! The KV cache holds f32, or f16 (`KvCache::F16`): keys and values rounded to f16 as they are
 //! written, widened to f32 where attention reads them, on both engines alike.
@@ -27,8 +29,8 @@ use llm_worker_rbee_cpu_kernels::{PackedMatrix, BLOCK};
 
 use super::kv_buffer::{repeat_kv, Buffer};
 use crate::backend::KvCache;
-use crate::fast::cpu::{forward_shared, KernelLinear};
-use crate::fast::cpu_attention::decode_attention;
+use crate::fast::cpu::{forward_shared, silu_mul, KernelLinear};
+use crate::fast::cpu_attention::{decode_attention, prefill_attention};
 use crate::fast::Engine;
 
 /// The settings the module reads, from the metadata (checked by `gguf::parse` first).
@@ -220,12 +222,18 @@ struct Mlp {
     gate: Product,
     down: Product,
     up: Product,
+    /// `silu(gate) · up` in one pass over the CPU's threads (`fast::cpu::silu_mul`).
+    fused_activation: bool,
 }
 
 impl Mlp {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let [gate, up] = forward_all([&self.gate, &self.up], xs)?;
-        self.down.forward(&(candle_nn::ops::silu(&gate)? * up)?)
+        let activated = match self.fused_activation {
+            true => silu_mul(&gate, &up)?,
+            false => (candle_nn::ops::silu(&gate)? * up)?,
+        };
+        self.down.forward(&activated)
     }
 }
 
@@ -245,7 +253,7 @@ struct Layer {
     neg_inf: Tensor,
     /// Positions the cache may grow to (the rotary tables' length).
     max_len: usize,
-    /// A decoded position's attention reads the buffers in place (`fast::cpu_attention`).
+    /// Attention reads the buffers in place (`fast::cpu_attention`).
     attention_in_place: bool,
     /// The type `keys` and `values` hold.
     kv_dtype: DType,
@@ -284,8 +292,11 @@ impl Layer {
         }
         let k = Buffer::append(&mut self.keys, &k.to_dtype(self.kv_dtype)?, self.max_len)?;
         let v = Buffer::append(&mut self.values, &v.to_dtype(self.kv_dtype)?, self.max_len)?;
-        if self.attention_in_place && tokens == 1 {
-            let y = decode_attention(&q, &k, &v)?;
+        if self.attention_in_place {
+            let y = match tokens {
+                1 => decode_attention(&q, &k, &v)?,
+                _ => prefill_attention(&q, &k, &v, offset)?,
+            };
             return self.o.forward(&y.reshape((batch, tokens, hidden))?);
         }
         let (k, v) = (k.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?);
@@ -393,6 +404,7 @@ impl QuantizedLlama {
                 gate: product("ffn_gate")?,
                 down: product("ffn_down")?,
                 up: product("ffn_up")?,
+                fused_activation: engine == Engine::Fast && device.is_cpu(),
             };
             let eps = settings.rms_norm_eps;
             layers.push(Layer {
