@@ -15,6 +15,7 @@ mod avx2;
 mod avx512;
 pub mod blocks;
 pub mod dense;
+pub mod elementwise;
 pub mod format;
 pub mod k_quants;
 pub mod kernel;

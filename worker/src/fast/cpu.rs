@@ -12,8 +12,8 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, Device, Result, Storage, Tensor};
 
 use llm_worker_rbee_cpu_kernels::{
-    dense, k_quants, matmul, matmul_packed, BlockFormat, BlockMatrix, DenseFormat, DenseMatrix,
-    Kernel, PackedMatrix, Q4KTiles, Q8KRows, Q8Rows, BLOCK, TILE_ROWS,
+    dense, elementwise, k_quants, matmul, matmul_packed, BlockFormat, BlockMatrix, DenseFormat,
+    DenseMatrix, Kernel, PackedMatrix, Q4KTiles, Q8KRows, Q8Rows, BLOCK, TILE_ROWS,
 };
 
 /// How the CPU kernels read a weight matrix.
@@ -184,6 +184,36 @@ fn with_quantized(values: &[f32], cols: usize, run: impl FnOnce(&Q8Rows)) {
     });
 }
 
+/// The `count` values of a contiguous f32 tensor in host memory.
+fn f32_values<'a>(
+    storage: &'a Storage,
+    layout: &candle_core::Layout,
+    count: usize,
+) -> Result<&'a [f32]> {
+    match storage {
+        Storage::Cpu(CpuStorage::F32(values)) => {
+            Ok(&values[layout.start_offset()..layout.start_offset() + count])
+        }
+        _ => candle_core::bail!("the CPU kernels take f32 tensors in host memory"),
+    }
+}
+
+/// `silu(gate) · up` in one pass over the pool: candle's `silu` then `Mul`, bit for bit.
+pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if gate.dims() != up.dims() {
+        candle_core::bail!("silu_mul of shapes {:?} and {:?}", gate.dims(), up.dims());
+    }
+    let (gate, up) = (gate.contiguous()?, up.contiguous()?);
+    let (gate_storage, gate_layout) = gate.storage_and_layout();
+    let (up_storage, up_layout) = up.storage_and_layout();
+    let count = gate.elem_count();
+    let product = elementwise::silu_mul(
+        f32_values(&gate_storage, gate_layout, count)?,
+        f32_values(&up_storage, up_layout, count)?,
+    );
+    Tensor::from_vec(product, gate.dims(), &Device::Cpu)
+}
+
 /// `x · Wᵀ` for each of `linears` (which share their column count and are all block-quantized,
 /// `x` then quantized once, or all dense), in one pass: the results have `x`'s shape with the
 /// last dimension each product's row count.
@@ -200,14 +230,9 @@ pub fn forward_shared<const N: usize>(
             linears.map(|l| l.cols)
         )
     }
-    let x_storage = x.contiguous()?;
-    let (storage, layout) = x_storage.storage_and_layout();
-    let values = match &*storage {
-        Storage::Cpu(CpuStorage::F32(values)) => {
-            &values[layout.start_offset()..layout.start_offset() + x.elem_count()]
-        }
-        _ => candle_core::bail!("the CPU kernels take an f32 input in host memory"),
-    };
+    let x = x.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let values = f32_values(&storage, layout, x.elem_count())?;
     let tokens = values.len() / cols;
     let mut outs: Vec<Vec<f32>> = linears.iter().map(|l| vec![0.0; tokens * l.rows]).collect();
     let mut destinations: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
