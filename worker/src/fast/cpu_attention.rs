@@ -360,6 +360,22 @@ mod tests {
             .collect()
     }
 
+    /// The first `len` positions of a `(1, kv_heads, len + 5, d)` buffer in `dtype`: a view
+    /// with room for more positions, as the KV buffers hand out.
+    fn kv_view(kv_heads: usize, len: usize, d: usize, dtype: DType, seed: u64) -> Tensor {
+        let capacity = len + 5;
+        Tensor::from_vec(
+            sequence(kv_heads * capacity * d, seed),
+            (1, kv_heads, capacity, d),
+            &Device::Cpu,
+        )
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap()
+        .narrow(2, 0, len)
+        .unwrap()
+    }
+
     /// candle's attention for one position: the kv heads repeated, then `matmul`.
     fn reference(q: &Tensor, k: &Tensor, v: &Tensor, n_rep: usize) -> Tensor {
         let k = candle_transformers::utils::repeat_kv(k.clone(), n_rep).unwrap();
@@ -384,23 +400,12 @@ mod tests {
         {
             for (heads, kv_heads) in [(4, 4), (9, 3), (8, 1)] {
                 let seed = (len * 31 + heads) as u64;
-                let capacity = len + 5;
                 let q =
                     Tensor::from_vec(sequence(heads * d, seed), (1, heads, 1, d), &device).unwrap();
-                // Views of a buffer with room for more positions, as the KV buffers hand out.
-                let buffer = |seed| {
-                    Tensor::from_vec(
-                        sequence(kv_heads * capacity * d, seed),
-                        (1, kv_heads, capacity, d),
-                        &device,
-                    )
-                    .unwrap()
-                    .to_dtype(dtype)
-                    .unwrap()
-                    .narrow(2, 0, len)
-                    .unwrap()
-                };
-                let (k, v) = (buffer(seed + 1), buffer(seed + 2));
+                let (k, v) = (
+                    kv_view(kv_heads, len, d, dtype, seed + 1),
+                    kv_view(kv_heads, len, d, dtype, seed + 2),
+                );
                 let ours = decode_attention(&q, &k, &v).unwrap();
                 let widened = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
                 let theirs = reference(&q, &widened(&k), &widened(&v), heads / kv_heads);
@@ -495,26 +500,16 @@ mod tests {
             for (heads, kv_heads) in [(4, 4), (9, 3)] {
                 let len = offset + tokens;
                 let seed = (len * 31 + heads) as u64;
-                let capacity = len + 5;
                 let q = Tensor::from_vec(
                     sequence(heads * tokens * d, seed),
                     (1, heads, tokens, d),
                     &device,
                 )
                 .unwrap();
-                let buffer = |seed| {
-                    Tensor::from_vec(
-                        sequence(kv_heads * capacity * d, seed),
-                        (1, kv_heads, capacity, d),
-                        &device,
-                    )
-                    .unwrap()
-                    .to_dtype(dtype)
-                    .unwrap()
-                    .narrow(2, 0, len)
-                    .unwrap()
-                };
-                let (k, v) = (buffer(seed + 1), buffer(seed + 2));
+                let (k, v) = (
+                    kv_view(kv_heads, len, d, dtype, seed + 1),
+                    kv_view(kv_heads, len, d, dtype, seed + 2),
+                );
                 let ours = prefill_attention(&q, &k, &v, offset).unwrap();
                 let widened = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
                 let theirs =
