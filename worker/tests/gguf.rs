@@ -186,12 +186,12 @@ fn a_tied_gguf_on_the_cpu_fast_engine_gives_the_candle_engines_logits() {
     }
 }
 
-/// Q4_K (blocks of 256: a llama of the wide fixtures' size, hidden 256): the fast engine reads
-/// the weights as tiles where the CPU has AVX-512 VNNI, in candle's float steps, and gives the
-/// candle engine's logits at every step, untied and tied (the embeddings then read from the
-/// file's table, which the tiles do not replace).
+/// Q4_K and Q6_K (blocks of 256: a llama of the wide fixtures' size, hidden 256): the fast
+/// engine reads the weights as tiles where the CPU has AVX-512 VNNI, in candle's float steps,
+/// and gives the candle engine's logits at every step, untied and tied (the embeddings then
+/// read from the file's table, which the tiles do not replace).
 #[test]
-fn the_cpu_fast_engine_on_q4k_weights_gives_the_candle_engines_logits() {
+fn the_cpu_fast_engine_on_k_quant_weights_gives_the_candle_engines_logits() {
     let source = tempfile::tempdir().unwrap();
     let spec = synth::FixtureSpec {
         id: "llama-h256",
@@ -199,10 +199,13 @@ fn the_cpu_fast_engine_on_q4k_weights_gives_the_candle_engines_logits() {
         ..synth::fixture("llama").unwrap()
     };
     synth::write_fixture(&spec, source.path()).unwrap();
-    for tied in [false, true] {
+    for (dtype, tied) in [GgmlDType::Q4K, GgmlDType::Q6K]
+        .into_iter()
+        .flat_map(|dtype| [(dtype, false), (dtype, true)])
+    {
         let dir = tempfile::tempdir().unwrap();
         let gguf = dir.path().join("model.gguf");
-        write_gguf(source.path(), GgmlDType::Q4K, &gguf).unwrap();
+        write_gguf(source.path(), dtype, &gguf).unwrap();
         std::fs::copy(
             source.path().join("tokenizer.json"),
             dir.path().join("tokenizer.json"),
@@ -224,7 +227,7 @@ fn the_cpu_fast_engine_on_q4k_weights_gives_the_candle_engines_logits() {
             load_on(dir.path(), Engine::Candle),
         );
         assert_eq!(fast.engine(), Engine::Fast);
-        assert_candles_logits(&format!("Q4_K, tied {tied}"), &mut fast, &mut candle);
+        assert_candles_logits(&format!("{dtype:?}, tied {tied}"), &mut fast, &mut candle);
     }
 }
 

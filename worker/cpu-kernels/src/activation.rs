@@ -1,7 +1,7 @@
 //! Activation rows quantized to 8 bits per block of 32, once per product (or once for the
 //! products that read the same input: Q/K/V, gate/up). The values are those of GGUF's Q8_0 and
 //! Q8_1 blocks as candle (and llama.cpp's reference) writes them, scales rounded to f16, so the
-//! integer sums the kernels form are the ones candle's `QMatMul` forms. The Q4_K products read
+//! integer sums the kernels form are the ones candle's `QMatMul` forms. The Q4_K and Q6_K products read
 //! the same rows per block of 256, as GGUF's Q8_K blocks (`Q8KRows`).
 
 use half::f16;
@@ -122,6 +122,9 @@ pub struct Q8KRows {
     qs: Vec<i8>,
     /// `Σ qs` of each sub-block of 32 (the sum of two of the block's `bsums`).
     sub_sums: Vec<i32>,
+    /// `-32 Σ qs` of each run of 4 values (64 per block): what Q6_K's stored values (`q + 32`)
+    /// add to a run's sum, its starting value there.
+    q6k_offsets: Vec<i32>,
 }
 
 /// One activation row.
@@ -130,6 +133,8 @@ pub struct Q8KRow<'a> {
     pub d: &'a [f32],
     pub qs: &'a [i8],
     pub sub_sums: &'a [i32],
+    /// `-32 Σ qs` of each run of 4 values.
+    pub q6k_offsets: &'a [i32],
 }
 
 impl Q8KRows {
@@ -147,6 +152,7 @@ impl Q8KRows {
         self.d.clear();
         self.qs.clear();
         self.sub_sums.clear();
+        self.q6k_offsets.clear();
         for block in x.chunks_exact(SUPER_BLOCK) {
             let (mut max, mut amax) = (0f32, 0f32);
             for x in block {
@@ -159,6 +165,7 @@ impl Q8KRows {
                 self.d.push(0.0);
                 self.qs.extend([0; SUPER_BLOCK]);
                 self.sub_sums.extend([0; SUBS]);
+                self.q6k_offsets.extend([0; SUPER_BLOCK / 4]);
                 continue;
             }
             let inverse = -127.0 / max;
@@ -168,6 +175,10 @@ impl Q8KRows {
             self.sub_sums.extend(
                 qs.chunks_exact(32)
                     .map(|sub| sub.iter().map(|q| i32::from(*q)).sum::<i32>()),
+            );
+            self.q6k_offsets.extend(
+                qs.chunks_exact(4)
+                    .map(|run| -32 * run.iter().map(|q| i32::from(*q)).sum::<i32>()),
             );
             self.d.push(1.0 / inverse);
         }
@@ -187,6 +198,7 @@ impl Q8KRows {
             d: &self.d[b0..b1],
             qs: &self.qs[b0 * SUPER_BLOCK..b1 * SUPER_BLOCK],
             sub_sums: &self.sub_sums[b0 * SUBS..b1 * SUBS],
+            q6k_offsets: &self.q6k_offsets[b0 * SUPER_BLOCK / 4..b1 * SUPER_BLOCK / 4],
         }
     }
 }
@@ -298,7 +310,8 @@ mod tests {
         }
     }
 
-    /// The same values as candle's Q8_K blocks (`d`, `qs`, and the sums of `bsums` in pairs),
+    /// The same values as candle's Q8_K blocks (`d`, `qs`, the sums of `bsums` in pairs, and
+    /// Q6_K's run offsets, which add up to `-32` times each `bsum`),
     /// a zero block and a block whose largest magnitude is positive included.
     #[test]
     fn rows_equal_candles_q8k_blocks() {
@@ -334,6 +347,23 @@ mod tests {
                         row.sub_sums[b * SUBS + j],
                         want,
                         "row {t} block {b} sub {j}"
+                    );
+                }
+                for i in 0..16 {
+                    let runs = &row.q6k_offsets[b * 64 + 4 * i..b * 64 + 4 * (i + 1)];
+                    let qs = &row.qs[b * 256 + 16 * i..b * 256 + 16 * (i + 1)];
+                    assert_eq!(
+                        runs,
+                        qs.chunks(4)
+                            .map(|run| -32 * run.iter().map(|q| i32::from(*q)).sum::<i32>())
+                            .collect::<Vec<_>>(),
+                        "row {t} block {b} runs of sub-block {i} of 16"
+                    );
+                    let bsum = i16::from_le_bytes([block[260 + 2 * i], block[261 + 2 * i]]);
+                    assert_eq!(
+                        runs.iter().sum::<i32>(),
+                        -32 * i32::from(bsum),
+                        "row {t} block {b} bsum {i}"
                     );
                 }
             }

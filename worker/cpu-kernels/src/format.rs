@@ -55,7 +55,7 @@ impl BlockFormat {
 /// Rows per tile of a `PackedMatrix`.
 pub const TILE_ROWS: usize = 16;
 
-/// Values per Q4_K and Q8_K block.
+/// Values per Q4_K, Q6_K and Q8_K block.
 pub const SUPER_BLOCK: usize = 256;
 
 /// Sub-blocks of 32 values per Q4_K block, each with its own scale and min.
@@ -71,6 +71,21 @@ pub(crate) mod q4k_tile {
     pub const MINS_AT: usize = SCALES_AT + SUBS * TILE_ROWS;
     pub const NIBBLES_AT: usize = MINS_AT + SUBS * TILE_ROWS;
     pub const BLOCK_BYTES: usize = NIBBLES_AT + TILE_ROWS * 128;
+}
+
+/// The layout of one block of a Q6_K tile's 16 rows (`q6_k`): where each part starts, and the
+/// block's bytes (16 times the file's 210).
+pub(crate) mod q6k_tile {
+    use super::TILE_ROWS;
+
+    /// The 16 sub-blocks' scales, 16 rows each.
+    pub const SCALES_AT: usize = 2 * TILE_ROWS;
+    /// The low nibbles' runs: per half `h`, pair `p` and run `g`, the 16 rows' bytes
+    /// `64h + 32p + 4g..+4` of `ql`.
+    pub const LOW_AT: usize = SCALES_AT + 16 * TILE_ROWS;
+    /// The high bits' runs: per half `h` and run `g`, the 16 rows' bytes `32h + 4g..+4` of `qh`.
+    pub const HIGH_AT: usize = LOW_AT + 32 * 4 * TILE_ROWS;
+    pub const BLOCK_BYTES: usize = HIGH_AT + 16 * 4 * TILE_ROWS;
 }
 
 /// The dense formats these products read.

@@ -1,10 +1,10 @@
 //! The kernels of llm-worker-rbee's CPU fast engine: products of GGUF block-quantized weights
-//! (Q4_0, Q4_1, Q8_0 in blocks of 32; Q4_K in blocks of 256, `k_quants`) with the input
-//! quantized once for every product that reads it, and of f32 and f16 weights with the f32
-//! input, by kernels chosen at run time from the CPU's features (the portable kernel is the
-//! reference; with AVX-512 VNNI, quantized weights repacked at load in 16-row tiles), split
-//! over candle's persistent barrier pool. A crate of its own so
-//! that test builds optimize it as they do candle. candle's `QMatMul` stays the reference
+//! (Q4_0, Q4_1, Q8_0 in blocks of 32; Q4_K and Q6_K in blocks of 256, `k_quants` and `q6_k`)
+//! with the input quantized once for every product that reads it, and of f32 and f16 weights
+//! with the f32 input, by kernels chosen at run time from the CPU's features (the portable
+//! kernel is the reference; with AVX-512 VNNI, quantized weights repacked at load in 16-row
+//! tiles), split over candle's persistent barrier pool. A crate of its own so that test builds
+//! optimize it as they do candle. candle's `QMatMul` stays the reference
 //! engine; the tests below check every kernel against it and against the f64 product of the
 //! stored values.
 
@@ -22,6 +22,7 @@ pub mod kernel;
 pub mod packed;
 mod pool;
 mod portable;
+pub mod q6_k;
 #[cfg(target_arch = "x86_64")]
 mod vnni;
 
@@ -32,6 +33,7 @@ pub use format::{BlockFormat, DenseFormat, SUPER_BLOCK, TILE_ROWS};
 pub use k_quants::Q4KTiles;
 pub use kernel::Kernel;
 pub use packed::{matmul_packed, PackedMatrix};
+pub use q6_k::Q6KTiles;
 
 /// `Σ (a - b)² / Σ b²`, the measure of llama.cpp's test-backend-ops that the kernels' checks
 /// bound.
@@ -347,6 +349,105 @@ mod tests {
         let refused = Q4KTiles::pack(16, 256, &[0; 100]).err().unwrap();
         assert!(
             refused.contains("100 bytes") && refused.contains("takes 2304"),
+            "{refused}"
+        );
+    }
+
+    /// The Q6_K tiles' product, every kernel, at activation row counts 1, 4, 8, 23 and 512 and
+    /// odd block counts: against the dequantized weights times the f32 activation (f64 sums),
+    /// within llama.cpp's bound for Q6_K (5e-4); and against candle's `QMatMul` bit for bit
+    /// where candle takes its AVX2 `vec_dot` for one row and its AVX-512 VNNI tiles for more,
+    /// whose float steps the kernels follow. Elsewhere candle's 256-bit tiles sum in another
+    /// order.
+    #[test]
+    fn every_q6k_kernel_matches_the_dequantized_product_and_candle() {
+        #[cfg(target_arch = "x86_64")]
+        let candles_order = Kernel::detect() == Kernel::Avx512Vnni;
+        #[cfg(not(target_arch = "x86_64"))]
+        let candles_order = false;
+        for (n, k) in [(16, 256), (48, 768), (32, 1280), (64, 2048)] {
+            let weights = quantized(GgmlDType::Q6K, n, k, n as u32);
+            let bytes = weights.data().unwrap().into_owned();
+            let tiles = Q6KTiles::pack(n, k, &bytes).unwrap();
+            let dense = stored(&weights);
+            let matmul = QMatMul::from_qtensor(weights).unwrap();
+            for m in [1, 4, 8, 23, 512] {
+                if m == 512 && k > 768 {
+                    continue;
+                }
+                let x = values(m * k, 7 + m as u32);
+                let reference = f64_product(&dense, &x, n, k);
+                let candle = candles_product(&matmul, &x, k);
+                let mut rows = Q8KRows::default();
+                rows.quantize(&x, k);
+                for kernel in Kernel::available() {
+                    let mut out = vec![f32::NAN; m * n];
+                    q6_k::matmul(kernel, &[&tiles], &rows, &mut [&mut out]);
+                    let error = nmse(&out, &reference);
+                    assert!(error < 5e-4, "{kernel:?} m={m} n={n} k={k}: NMSE {error}");
+                    let error = nmse(&out, &candle);
+                    assert!(
+                        error < 1e-10,
+                        "{kernel:?} m={m} n={n} k={k}: NMSE {error} to candle"
+                    );
+                    if candles_order {
+                        assert!(
+                            out == candle,
+                            "{kernel:?} m={m} n={n} k={k}: not candle's bits"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Q6_K tiles unpack to the file's rows; products that share an activation, in one pass,
+    /// equal each alone; matrices not of whole tiles are refused.
+    #[test]
+    fn q6k_tiles_hold_the_files_rows() {
+        let k = 512;
+        let stores: Vec<(usize, Vec<u8>)> = [16, 48]
+            .into_iter()
+            .map(|n| {
+                (
+                    n,
+                    quantized(GgmlDType::Q6K, n, k, n as u32)
+                        .data()
+                        .unwrap()
+                        .into_owned(),
+                )
+            })
+            .collect();
+        let tiles: Vec<Q6KTiles> = stores
+            .iter()
+            .map(|(n, bytes)| Q6KTiles::pack(*n, k, bytes).unwrap())
+            .collect();
+        let row_bytes = k / 256 * 210;
+        for ((n, bytes), tiles) in stores.iter().zip(&tiles) {
+            for r in 0..*n {
+                let want = &bytes[r * row_bytes..(r + 1) * row_bytes];
+                assert_eq!(tiles.unpacked_row(r), want, "row {r} of {n}");
+            }
+        }
+        let kernel = Kernel::detect();
+        let matrices: Vec<&Q6KTiles> = tiles.iter().collect();
+        for m in [1, 3] {
+            let mut rows = Q8KRows::default();
+            rows.quantize(&values(m * k, 5), k);
+            let mut shared: Vec<Vec<f32>> = tiles.iter().map(|t| vec![0.0; m * t.rows()]).collect();
+            let mut outs: Vec<&mut [f32]> = shared.iter_mut().map(Vec::as_mut_slice).collect();
+            q6_k::matmul(kernel, &matrices, &rows, &mut outs);
+            for (matrix, shared) in matrices.iter().zip(&shared) {
+                let mut alone = vec![0.0; m * matrix.rows()];
+                q6_k::matmul(kernel, &[matrix], &rows, &mut [&mut alone]);
+                assert_eq!(&alone, shared, "{} rows by {m}", matrix.rows());
+            }
+        }
+        let refused = Q6KTiles::pack(8, 256, &[0; 8 * 210]).err().unwrap();
+        assert!(refused.contains("whole tiles of 16 rows"), "{refused}");
+        let refused = Q6KTiles::pack(16, 256, &[0; 100]).err().unwrap();
+        assert!(
+            refused.contains("100 bytes") && refused.contains("takes 3360"),
             "{refused}"
         );
     }

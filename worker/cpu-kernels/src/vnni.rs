@@ -6,13 +6,20 @@
 //! - Q4_1: the block's integer sum, then `(sum · d_w) · d_x + m_w · s_x` added to the row's
 //!   running sum block by block;
 //! - Q4_K (`k_quants`' tiles): per sub-block of 32, the integer sum, then `k_quants::dot`'s
-//!   two fused steps, candle's own x86 Q4_K order.
+//!   two fused steps, candle's own x86 Q4_K order;
+//! - Q6_K (`q6_k`'s tiles): for one activation row, `q6_k::dot_one`'s eight lanes (each run's
+//!   integer sum times its sub-block's scale); for several, per sub-block of 16 the integer
+//!   sum and `q6_k::dot_many`'s FMA.
 
 use std::arch::x86_64::*;
 
 use crate::activation::{Q8KRow, Q8KRows, Q8Row, Q8Rows, BLOCK, RUNS};
 use crate::format::q4k_tile::{
     BLOCK_BYTES as TILE_BLOCK_BYTES, DMIN_AT, MINS_AT, NIBBLES_AT, SCALES_AT,
+};
+use crate::format::q6k_tile::{
+    BLOCK_BYTES as Q6K_BLOCK_BYTES, HIGH_AT as Q6K_HIGH_AT, LOW_AT as Q6K_LOW_AT,
+    SCALES_AT as Q6K_SCALES_AT,
 };
 use crate::format::{BlockFormat, SUBS, SUPER_BLOCK, TILE_ROWS};
 
@@ -303,4 +310,190 @@ unsafe fn q4k<const T: usize>(tile: &[u8], x: [Q8KRow; T]) -> [__m512; T] {
 unsafe fn broadcast(qs: &[i8], at: usize) -> __m512i {
     // SAFETY: the caller's promise.
     unsafe { _mm512_set1_epi32(std::ptr::read_unaligned(qs.as_ptr().add(at) as *const i32)) }
+}
+
+/// The Q6_K tile's 16 rows times every row of `x`: `out[c * x_rows + t]`, in the float steps of
+/// `q6_k::dot_one` for one row of `x`, else those of `q6_k::dot_many`.
+///
+/// # Safety
+/// The CPU must have AVX-512F, AVX-512BW, AVX-512 VNNI and F16C; `tile` is a Q6_K tile of
+/// `x.blocks()` blocks.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+pub unsafe fn q6k_tile_rows(tile: &[u8], x: &Q8KRows, out: &mut [f32]) {
+    let x_rows = x.rows();
+    assert_eq!(tile.len(), x.blocks() * Q6K_BLOCK_BYTES);
+    assert_eq!(out.len(), TILE_ROWS * x_rows);
+    for t in 0..x_rows {
+        let row = x.row(t);
+        assert!(
+            row.qs.len() == x.blocks() * SUPER_BLOCK
+                && row.q6k_offsets.len() == x.blocks() * SUPER_BLOCK / 4
+        );
+    }
+    // SAFETY (each call): the asserts above.
+    if x_rows == 1 {
+        put_row(out, 1, 0, unsafe { q6k_one(tile, x.row(0)) });
+        return;
+    }
+    let sums = unsafe { q6k_many(tile, x) };
+    for (t, sums) in sums.into_iter().enumerate() {
+        put_row(out, x_rows, t, sums);
+    }
+}
+
+/// Run `g` of chunk `c` of half `h` of a Q6_K tile's block: the 16 rows' 4 stored values
+/// (`q + 32`, 0..64) each.
+///
+/// # Safety
+/// `block` is a Q6_K tile's block; h < 2, c < 4, g < 8.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn q6k_run(block: *const u8, h: usize, c: usize, g: usize) -> __m512i {
+    // SAFETY: the caller's promise; the runs are 64 bytes each at `LOW_AT` and `HIGH_AT`.
+    unsafe {
+        let low = _mm512_loadu_si512(
+            block
+                .add(Q6K_LOW_AT + 64 * (8 * (2 * h + c % 2) + g))
+                .cast(),
+        );
+        let high = _mm512_loadu_si512(block.add(Q6K_HIGH_AT + 64 * (8 * h + g)).cast());
+        let low = if c < 2 {
+            low
+        } else {
+            _mm512_srli_epi16(low, 4)
+        };
+        // Bits 2c..2c + 2 of each high byte to bits 4..6.
+        let high = match c {
+            0 => _mm512_slli_epi16(high, 4),
+            1 => _mm512_slli_epi16(high, 2),
+            2 => high,
+            _ => _mm512_srli_epi16(high, 2),
+        };
+        _mm512_or_si512(
+            _mm512_and_si512(low, _mm512_set1_epi8(0xF)),
+            _mm512_and_si512(high, _mm512_set1_epi8(0x30)),
+        )
+    }
+}
+
+/// Q6_K for one row of `x`: per block, `dot_one`'s eight integer lanes for the 16 rows, each
+/// added to its f32 lane by one FMA; the lanes summed as `dot_one` sums them.
+///
+/// # Safety
+/// As `q6k_tile_rows`, for this row of `x`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+unsafe fn q6k_one(tile: &[u8], x: Q8KRow) -> __m512 {
+    let mut acc = [_mm512_setzero_ps(); 8];
+    for b in 0..x.d.len() {
+        // SAFETY: block b of the tile is the `Q6K_BLOCK_BYTES` at `b * Q6K_BLOCK_BYTES`; the
+        // row's values of block b at `b * 256` (the caller's promise).
+        unsafe {
+            let block = tile.as_ptr().add(b * Q6K_BLOCK_BYTES);
+            let scales: [__m512i; 16] = std::array::from_fn(|sub| {
+                _mm512_cvtepi8_epi32(_mm_loadu_si128(
+                    block.add(Q6K_SCALES_AT + sub * TILE_ROWS).cast(),
+                ))
+            });
+            let mut sums = [_mm512_setzero_si512(); 8];
+            for h in 0..2 {
+                for c in 0..4 {
+                    for (g, sum) in sums.iter_mut().enumerate() {
+                        let v = 128 * h + 32 * c + 4 * g;
+                        let at = b * SUPER_BLOCK + v;
+                        let start = _mm512_set1_epi32(x.q6k_offsets[at / 4]);
+                        let run = _mm512_dpbusd_epi32(
+                            start,
+                            q6k_run(block, h, c, g),
+                            broadcast(x.qs, at),
+                        );
+                        *sum = _mm512_add_epi32(*sum, _mm512_mullo_epi32(run, scales[v / 16]));
+                    }
+                }
+            }
+            let d = _mm512_cvtph_ps(_mm256_loadu_si256(block.cast()));
+            let scale = _mm512_mul_ps(_mm512_set1_ps(x.d[b]), d);
+            for (acc, sum) in acc.iter_mut().zip(sums) {
+                *acc = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(sum), *acc);
+            }
+        }
+    }
+    _mm512_add_ps(
+        _mm512_add_ps(_mm512_add_ps(acc[4], acc[0]), _mm512_add_ps(acc[6], acc[2])),
+        _mm512_add_ps(_mm512_add_ps(acc[5], acc[1]), _mm512_add_ps(acc[7], acc[3])),
+    )
+}
+
+/// Q6_K for every row of `x`: per block, the tile's 64 runs unpacked once into registers or
+/// L1; then per row of `x` (in fours, each run loaded once for them) and sub-block of 16, the
+/// integer sum (started at the row's offsets) and `dot_many`'s FMA into the row's running sum,
+/// a vector of the 16 rows.
+///
+/// # Safety
+/// As `q6k_tile_rows`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+unsafe fn q6k_many(tile: &[u8], x: &Q8KRows) -> Vec<__m512> {
+    let rows: Vec<Q8KRow> = (0..x.rows()).map(|t| x.row(t)).collect();
+    let mut acc = vec![_mm512_setzero_ps(); rows.len()];
+    let mut runs = [_mm512_setzero_si512(); SUPER_BLOCK / 4];
+    for b in 0..x.blocks() {
+        // SAFETY: as in `q6k_one`.
+        unsafe {
+            let block = tile.as_ptr().add(b * Q6K_BLOCK_BYTES);
+            for (i, run) in runs.iter_mut().enumerate() {
+                // Run i holds values 4i..4i + 4: half i / 32, chunk i / 8 % 4, run i % 8.
+                *run = q6k_run(block, i / 32, i / 8 % 4, i % 8);
+            }
+            let d = _mm512_cvtph_ps(_mm256_loadu_si256(block.cast()));
+            let scales: [__m512; 16] = std::array::from_fn(|sub| {
+                let sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                    block.add(Q6K_SCALES_AT + sub * TILE_ROWS).cast(),
+                )));
+                _mm512_mul_ps(d, sc)
+            });
+            let mut t = 0;
+            while t + 4 <= rows.len() {
+                let group: &[Q8KRow; 4] = rows[t..t + 4].try_into().expect("4 rows");
+                q6k_block(&runs, &scales, b, group, &mut acc[t..t + 4]);
+                t += 4;
+            }
+            for t in t..rows.len() {
+                q6k_block(&runs, &scales, b, &[rows[t]], &mut acc[t..t + 1]);
+            }
+        }
+    }
+    acc
+}
+
+/// Block `b`'s 16 sub-blocks (`runs` unpacked, `scales` the rows' `d sc`) for the `T` rows of
+/// `x`, added to their running sums.
+///
+/// # Safety
+/// The rows hold block `b`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn q6k_block<const T: usize>(
+    runs: &[__m512i; SUPER_BLOCK / 4],
+    scales: &[__m512; 16],
+    b: usize,
+    x: &[Q8KRow; T],
+    acc: &mut [__m512],
+) {
+    for (sub, scale) in scales.iter().enumerate() {
+        let first = b * SUPER_BLOCK + 16 * sub;
+        let mut sums: [__m512i; T] = std::array::from_fn(|t| {
+            _mm512_set1_epi32(x[t].q6k_offsets[first / 4..first / 4 + 4].iter().sum())
+        });
+        for g in 0..4 {
+            for (sum, x) in sums.iter_mut().zip(x) {
+                // SAFETY: the caller's promise.
+                let values = unsafe { broadcast(x.qs, first + 4 * g) };
+                *sum = _mm512_dpbusd_epi32(*sum, runs[4 * sub + g], values);
+            }
+        }
+        for ((acc, sum), x) in acc.iter_mut().zip(sums).zip(x) {
+            let step = _mm512_mul_ps(*scale, _mm512_set1_ps(x.d[b]));
+            *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), step, *acc);
+        }
+    }
 }

@@ -3,7 +3,8 @@
 //! holds it (f16 is not widened to an f32 copy) or, where the CPU has AVX-512 VNNI, a quantized
 //! one repacked at load into 16-row tiles that replace it (a tied embedding table's lookup then
 //! reads the tiles), a quantized product's input quantized once for every product that reads it.
-//! Q4_K is read only as tiles (with AVX-512 VNNI); elsewhere candle's `QMatMul` runs it.
+//! Q4_K and Q6_K are read only as tiles (with AVX-512 VNNI); elsewhere candle's `QMatMul` runs
+//! them.
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -12,8 +13,9 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, Device, Result, Storage, Tensor};
 
 use llm_worker_rbee_cpu_kernels::{
-    dense, elementwise, k_quants, matmul, matmul_packed, BlockFormat, BlockMatrix, DenseFormat,
-    DenseMatrix, Kernel, PackedMatrix, Q4KTiles, Q8KRows, Q8Rows, BLOCK, TILE_ROWS,
+    dense, elementwise, k_quants, matmul, matmul_packed, q6_k, BlockFormat, BlockMatrix,
+    DenseFormat, DenseMatrix, Kernel, PackedMatrix, Q4KTiles, Q6KTiles, Q8KRows, Q8Rows, BLOCK,
+    TILE_ROWS,
 };
 
 /// How the CPU kernels read a weight matrix.
@@ -28,6 +30,8 @@ enum Layout {
     /// Q4_K blocks of 256 repacked at load in tiles of 16 rows (`Q4KTiles`), with the input
     /// quantized to 8 bits per block of 256.
     Q4KTiles,
+    /// Q6_K the same way (`Q6KTiles`), same input.
+    Q6KTiles,
 }
 
 /// Where the weights are: the loaded tensor, read in place, or its tiles (which replace it).
@@ -35,10 +39,11 @@ enum Weights {
     Tensor(Arc<QTensor>),
     Tiles(Arc<PackedMatrix>),
     Q4KTiles(Q4KTiles),
+    Q6KTiles(Q6KTiles),
 }
 
 /// `x · Wᵀ` for a `[rows, cols]` `W` in host memory that the CPU kernels read: block-quantized
-/// (Q4_0, Q4_1, Q8_0; Q4_K as tiles), f32 or f16.
+/// (Q4_0, Q4_1, Q8_0; Q4_K and Q6_K as tiles), f32 or f16.
 pub struct KernelLinear {
     weights: Weights,
     layout: Layout,
@@ -51,12 +56,13 @@ impl KernelLinear {
     /// `None` where the kernels do not read the tensor: another format, not on the CPU, not a
     /// matrix of whole blocks. Block-quantized matrices of whole 16-row tiles are repacked
     /// where the CPU's kernel reads tiles faster (AVX-512 VNNI), holding the tiles in place of
-    /// the tensor (the same bytes, rearranged). Q4_K is read only as tiles (`q4k_tiles`).
+    /// the tensor (the same bytes, rearranged). Q4_K and Q6_K are read only as tiles
+    /// (`k_quant_tiles`).
     pub fn new(weights: Arc<QTensor>) -> Option<Self> {
         let kernel = Kernel::detect();
         let dtype = weights.dtype();
-        if dtype == GgmlDType::Q4K {
-            return Self::q4k_tiles(&weights, kernel);
+        if matches!(dtype, GgmlDType::Q4K | GgmlDType::Q6K) {
+            return Self::k_quant_tiles(&weights, kernel);
         }
         let mut layout = BlockFormat::of(dtype)
             .map(Layout::Blocks)
@@ -88,18 +94,29 @@ impl KernelLinear {
 }
 
 impl KernelLinear {
-    /// Q4_K repacked into tiles, which replace the tensor, where the CPU's kernel reads tiles
-    /// (AVX-512 VNNI): the other kernels read Q4_K tiles only as a reference, and candle's
-    /// `QMatMul` keeps the format on other CPUs.
-    fn q4k_tiles(weights: &QTensor, kernel: Kernel) -> Option<Self> {
+    /// Q4_K or Q6_K repacked into tiles, which replace the tensor, where the CPU's kernel reads
+    /// tiles (AVX-512 VNNI): the other kernels read these tiles only as a reference, and
+    /// candle's `QMatMul` keeps the formats on other CPUs.
+    fn k_quant_tiles(weights: &QTensor, kernel: Kernel) -> Option<Self> {
         let (rows, cols) = weights.shape().dims2().ok()?;
         if !kernel.packs() || !matches!(weights.device(), Device::Cpu) {
             return None;
         }
-        let tiles = Q4KTiles::pack(rows, cols, &weights.data().ok()?).ok()?;
+        let bytes = weights.data().ok()?;
+        let (weights, layout) = match weights.dtype() {
+            GgmlDType::Q4K => (
+                Weights::Q4KTiles(Q4KTiles::pack(rows, cols, &bytes).ok()?),
+                Layout::Q4KTiles,
+            ),
+            GgmlDType::Q6K => (
+                Weights::Q6KTiles(Q6KTiles::pack(rows, cols, &bytes).ok()?),
+                Layout::Q6KTiles,
+            ),
+            _ => return None,
+        };
         Some(Self {
-            weights: Weights::Q4KTiles(tiles),
-            layout: Layout::Q4KTiles,
+            weights,
+            layout,
             rows,
             cols,
             kernel,
@@ -110,7 +127,7 @@ impl KernelLinear {
     pub fn tiles(&self) -> Option<Arc<PackedMatrix>> {
         match &self.weights {
             Weights::Tiles(tiles) => Some(tiles.clone()),
-            Weights::Tensor(_) | Weights::Q4KTiles(_) => None,
+            Weights::Tensor(_) | Weights::Q4KTiles(_) | Weights::Q6KTiles(_) => None,
         }
     }
 
@@ -118,7 +135,7 @@ impl KernelLinear {
     fn tensor_bytes(&self) -> Result<std::borrow::Cow<'_, [u8]>> {
         match &self.weights {
             Weights::Tensor(tensor) => tensor.data(),
-            Weights::Tiles(_) | Weights::Q4KTiles(_) => {
+            Weights::Tiles(_) | Weights::Q4KTiles(_) | Weights::Q6KTiles(_) => {
                 candle_core::bail!("a product read as tiles has no tensor")
             }
         }
@@ -133,6 +150,7 @@ impl KernelLinear {
                 | (Layout::Tiles(_), Layout::Tiles(_))
                 | (Layout::Dense(_), Layout::Dense(_))
                 | (Layout::Q4KTiles, Layout::Q4KTiles)
+                | (Layout::Q6KTiles, Layout::Q6KTiles)
         )
     }
 }
@@ -140,7 +158,7 @@ impl KernelLinear {
 thread_local! {
     /// The quantized input, its buffers kept from one product to the next.
     static INPUT: RefCell<Q8Rows> = RefCell::new(Q8Rows::default());
-    /// The same for the products of Q4_K tiles, in blocks of 256.
+    /// The same for the products of Q4_K and Q6_K tiles, in blocks of 256.
     static INPUT_K: RefCell<Q8KRows> = RefCell::new(Q8KRows::default());
     /// The dense products' input, copied to a cache line's boundary.
     static ALIGNED_INPUT: RefCell<AlignedValues> = RefCell::new(AlignedValues::default());
@@ -178,6 +196,15 @@ impl AlignedValues {
 /// `run` on `values` (rows of `cols`) quantized in this thread's buffers.
 fn with_quantized(values: &[f32], cols: usize, run: impl FnOnce(&Q8Rows)) {
     INPUT.with(|input| {
+        let mut input = input.borrow_mut();
+        input.quantize(values, cols);
+        run(&input);
+    });
+}
+
+/// `run` on `values` (rows of `cols`) quantized in blocks of 256 in this thread's buffers.
+fn with_quantized_k(values: &[f32], cols: usize, run: impl FnOnce(&Q8KRows)) {
+    INPUT_K.with(|input| {
         let mut input = input.borrow_mut();
         input.quantize(values, cols);
         run(&input);
@@ -246,10 +273,19 @@ pub fn forward_shared<const N: usize>(
         })
         .collect::<Option<Vec<_>>>()
     {
-        INPUT_K.with(|input| {
-            let mut input = input.borrow_mut();
-            input.quantize(values, cols);
-            k_quants::matmul(kernel, &tiles, &input, &mut destinations)
+        with_quantized_k(values, cols, |input| {
+            k_quants::matmul(kernel, &tiles, input, &mut destinations)
+        });
+    } else if let Some(tiles) = linears
+        .iter()
+        .map(|l| match &l.weights {
+            Weights::Q6KTiles(tiles) => Some(tiles),
+            _ => None,
+        })
+        .collect::<Option<Vec<_>>>()
+    {
+        with_quantized_k(values, cols, |input| {
+            q6_k::matmul(kernel, &tiles, input, &mut destinations)
         });
     } else if let Some(tiles) = linears
         .iter()
