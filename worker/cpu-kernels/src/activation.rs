@@ -1,9 +1,13 @@
 //! Activation rows quantized to 8 bits per block of 32, once per product (or once for the
 //! products that read the same input: Q/K/V, gate/up). The values are those of GGUF's Q8_0 and
 //! Q8_1 blocks as candle (and llama.cpp's reference) writes them, scales rounded to f16, so the
-//! integer sums the kernels form are the ones candle's `QMatMul` forms. The Q4_K and Q6_K products read
-//! the same rows per block of 256, as GGUF's Q8_K blocks (`Q8KRows`).
+//! integer sums the kernels form are the ones candle's `QMatMul` forms. The Q4_K and Q6_K
+//! products read the same rows per block of 256, as GGUF's Q8_K blocks (`Q8KRows`). A prefill's
+//! rows are quantized on candle's barrier pool, the products' pool, as candle quantizes its own.
 
+use std::sync::Mutex;
+
+use candle_core::utils::barrier_pool;
 use half::f16;
 
 use crate::format::{SUBS, SUPER_BLOCK};
@@ -65,31 +69,26 @@ impl Q8Rows {
         );
         self.rows = x.len().checked_div(cols).unwrap_or(0);
         self.blocks = cols / BLOCK;
-        self.d.clear();
-        self.s.clear();
-        self.qs.clear();
-        self.nibble_offsets.clear();
-        self.byte_offsets.clear();
-        for block in x.chunks_exact(BLOCK) {
-            let amax = block.iter().fold(0f32, |a, x| a.max(x.abs()));
-            let d = amax / 127.0;
-            let inverse = if d == 0.0 { 0.0 } else { 1.0 / d };
-            let mut sum = 0i32;
-            for x in block {
-                let q = round_to_i8(x * inverse);
-                sum += i32::from(q);
-                self.qs.push(q);
-            }
-            let qs = &self.qs[self.qs.len() - BLOCK..];
-            for run in qs.chunks_exact(4) {
-                let sum: i32 = run.iter().map(|q| i32::from(*q)).sum();
-                self.nibble_offsets.push(-8 * sum);
-                self.byte_offsets.push(-128 * sum);
-            }
-            let d = f16::from_f32(d);
-            self.d.push(d.to_f32());
-            self.s.push((f16::from_f32(sum as f32) * d).to_f32());
-        }
+        let (rows, blocks) = (self.rows, self.blocks);
+        self.d.resize(rows * blocks, 0.0);
+        self.s.resize(rows * blocks, 0.0);
+        self.qs.resize(rows * cols, 0);
+        self.nibble_offsets.resize(rows * blocks * RUNS, 0);
+        self.byte_offsets.resize(rows * blocks * RUNS, 0);
+        let row_parts = x
+            .chunks_exact(cols.max(1))
+            .zip(self.d.chunks_exact_mut(blocks.max(1)))
+            .zip(self.s.chunks_exact_mut(blocks.max(1)))
+            .zip(self.qs.chunks_exact_mut(cols.max(1)))
+            .zip(self.nibble_offsets.chunks_exact_mut((blocks * RUNS).max(1)))
+            .zip(self.byte_offsets.chunks_exact_mut((blocks * RUNS).max(1)))
+            .collect();
+        each_on_the_pool(
+            row_parts,
+            |(((((x, d), s), qs), nibble_offsets), byte_offsets)| {
+                quantize_row(x, d, s, qs, nibble_offsets, byte_offsets)
+            },
+        );
     }
 
     pub fn rows(&self) -> usize {
@@ -149,39 +148,22 @@ impl Q8KRows {
         );
         self.rows = x.len().checked_div(cols).unwrap_or(0);
         self.blocks = cols / SUPER_BLOCK;
-        self.d.clear();
-        self.qs.clear();
-        self.sub_sums.clear();
-        self.q6k_offsets.clear();
-        for block in x.chunks_exact(SUPER_BLOCK) {
-            let (mut max, mut amax) = (0f32, 0f32);
-            for x in block {
-                if amax < x.abs() {
-                    amax = x.abs();
-                    max = *x;
-                }
-            }
-            if amax == 0.0 {
-                self.d.push(0.0);
-                self.qs.extend([0; SUPER_BLOCK]);
-                self.sub_sums.extend([0; SUBS]);
-                self.q6k_offsets.extend([0; SUPER_BLOCK / 4]);
-                continue;
-            }
-            let inverse = -127.0 / max;
-            self.qs
-                .extend(block.iter().map(|x| round_to_i8(inverse * x)));
-            let qs = &self.qs[self.qs.len() - SUPER_BLOCK..];
-            self.sub_sums.extend(
-                qs.chunks_exact(32)
-                    .map(|sub| sub.iter().map(|q| i32::from(*q)).sum::<i32>()),
-            );
-            self.q6k_offsets.extend(
-                qs.chunks_exact(4)
-                    .map(|run| -32 * run.iter().map(|q| i32::from(*q)).sum::<i32>()),
-            );
-            self.d.push(1.0 / inverse);
-        }
+        let (rows, blocks) = (self.rows, self.blocks);
+        let runs = SUPER_BLOCK / 4;
+        self.d.resize(rows * blocks, 0.0);
+        self.qs.resize(rows * cols, 0);
+        self.sub_sums.resize(rows * blocks * SUBS, 0);
+        self.q6k_offsets.resize(rows * blocks * runs, 0);
+        let row_parts = x
+            .chunks_exact(cols.max(1))
+            .zip(self.d.chunks_exact_mut(blocks.max(1)))
+            .zip(self.qs.chunks_exact_mut(cols.max(1)))
+            .zip(self.sub_sums.chunks_exact_mut((blocks * SUBS).max(1)))
+            .zip(self.q6k_offsets.chunks_exact_mut((blocks * runs).max(1)))
+            .collect();
+        each_on_the_pool(row_parts, |((((x, d), qs), sub_sums), q6k_offsets)| {
+            quantize_k_row(x, d, qs, sub_sums, q6k_offsets)
+        });
     }
 
     pub fn rows(&self) -> usize {
@@ -200,6 +182,93 @@ impl Q8KRows {
             sub_sums: &self.sub_sums[b0 * SUBS..b1 * SUBS],
             q6k_offsets: &self.q6k_offsets[b0 * SUPER_BLOCK / 4..b1 * SUPER_BLOCK / 4],
         }
+    }
+}
+
+/// `work` on each item, the items split over candle's barrier pool where there are several.
+fn each_on_the_pool<T: Send>(items: Vec<T>, work: impl Fn(T) + Sync) {
+    if items.len() <= 1 {
+        items.into_iter().for_each(work);
+        return;
+    }
+    let items: Vec<Mutex<Option<T>>> = items.into_iter().map(|i| Mutex::new(Some(i))).collect();
+    barrier_pool().execute_chunked(items.len(), |range| {
+        for i in range {
+            // Each item is taken by one thread only, so the lock is never contended (and never
+            // poisoned: nothing panics while it is held).
+            let item = items[i].lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(item) = item {
+                work(item);
+            }
+        }
+    });
+}
+
+/// One row of `Q8Rows`: per block of 32, `d = amax / 127` (then rounded to f16), the values,
+/// their sum times `d` (Q8_1's `s`), and each run's offsets.
+fn quantize_row(
+    x: &[f32],
+    d: &mut [f32],
+    s: &mut [f32],
+    qs: &mut [i8],
+    nibble_offsets: &mut [i32],
+    byte_offsets: &mut [i32],
+) {
+    for (b, block) in x.chunks_exact(BLOCK).enumerate() {
+        let amax = block.iter().fold(0f32, |a, x| a.max(x.abs()));
+        let scale = amax / 127.0;
+        let inverse = if scale == 0.0 { 0.0 } else { 1.0 / scale };
+        let qs = &mut qs[b * BLOCK..(b + 1) * BLOCK];
+        for (q, x) in qs.iter_mut().zip(block) {
+            *q = round_to_i8(x * inverse);
+        }
+        let sum: i32 = qs.iter().map(|q| i32::from(*q)).sum();
+        for (g, run) in qs.chunks_exact(4).enumerate() {
+            let sum: i32 = run.iter().map(|q| i32::from(*q)).sum();
+            nibble_offsets[b * RUNS + g] = -8 * sum;
+            byte_offsets[b * RUNS + g] = -128 * sum;
+        }
+        let scale = f16::from_f32(scale);
+        d[b] = scale.to_f32();
+        s[b] = (f16::from_f32(sum as f32) * scale).to_f32();
+    }
+}
+
+/// One row of `Q8KRows`, as candle's `BlockQ8K::from_float`: per block of 256, the value of
+/// largest magnitude (the first, its sign kept) gives `inverse = -127 / max`, the values
+/// `round(inverse x)` and `d = 1 / inverse`; then the sums of the sub-blocks and runs.
+fn quantize_k_row(
+    x: &[f32],
+    d: &mut [f32],
+    qs: &mut [i8],
+    sub_sums: &mut [i32],
+    q6k_offsets: &mut [i32],
+) {
+    let runs = SUPER_BLOCK / 4;
+    for (b, block) in x.chunks_exact(SUPER_BLOCK).enumerate() {
+        let qs = &mut qs[b * SUPER_BLOCK..(b + 1) * SUPER_BLOCK];
+        // candle keeps the first value whose magnitude exceeds all before it: the first of the
+        // largest magnitude. NaN is never greater, as in candle's comparison.
+        let amax = block.iter().fold(0f32, |a, x| a.max(x.abs()));
+        let max = block.iter().find(|x| x.abs() == amax).copied();
+        let (Some(max), false) = (max, amax == 0.0) else {
+            d[b] = 0.0;
+            qs.fill(0);
+            sub_sums[b * SUBS..(b + 1) * SUBS].fill(0);
+            q6k_offsets[b * runs..(b + 1) * runs].fill(0);
+            continue;
+        };
+        let inverse = -127.0 / max;
+        for (q, x) in qs.iter_mut().zip(block) {
+            *q = round_to_i8(inverse * x);
+        }
+        for (sum, sub) in sub_sums[b * SUBS..].iter_mut().zip(qs.chunks_exact(32)) {
+            *sum = sub.iter().map(|q| i32::from(*q)).sum();
+        }
+        for (offset, run) in q6k_offsets[b * runs..].iter_mut().zip(qs.chunks_exact(4)) {
+            *offset = -32 * run.iter().map(|q| i32::from(*q)).sum::<i32>();
+        }
+        d[b] = 1.0 / inverse;
     }
 }
 

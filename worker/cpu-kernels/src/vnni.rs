@@ -12,6 +12,7 @@
 //!   sum and `q6_k::dot_many`'s FMA.
 
 use std::arch::x86_64::*;
+use std::cell::RefCell;
 
 use crate::activation::{Q8KRow, Q8KRows, Q8Row, Q8Rows, BLOCK, RUNS};
 use crate::format::q4k_tile::{
@@ -335,10 +336,7 @@ pub unsafe fn q6k_tile_rows(tile: &[u8], x: &Q8KRows, out: &mut [f32]) {
         put_row(out, 1, 0, unsafe { q6k_one(tile, x.row(0)) });
         return;
     }
-    let sums = unsafe { q6k_many(tile, x) };
-    for (t, sums) in sums.into_iter().enumerate() {
-        put_row(out, x_rows, t, sums);
-    }
+    unsafe { q6k_many(tile, x, out) };
 }
 
 /// Run `g` of chunk `c` of half `h` of a Q6_K tile's block: the 16 rows' 4 stored values
@@ -424,76 +422,95 @@ unsafe fn q6k_one(tile: &[u8], x: Q8KRow) -> __m512 {
     )
 }
 
-/// Q6_K for every row of `x`: per block, the tile's 64 runs unpacked once into registers or
-/// L1; then per row of `x` (in fours, each run loaded once for them) and sub-block of 16, the
-/// integer sum (started at the row's offsets) and `dot_many`'s FMA into the row's running sum,
-/// a vector of the 16 rows.
+thread_local! {
+    /// A Q6_K tile's runs put together (64 per block), and its rows' `d sc` (16 per block):
+    /// what the rows of a prefill read again and again, kept from one tile to the next.
+    static Q6K_UNPACKED: RefCell<(Vec<__m512i>, Vec<__m512>)> = const {
+        RefCell::new((Vec::new(), Vec::new()))
+    };
+}
+
+/// Q6_K for every row of `x`: the tile's runs put together and its scales once (in L1 or
+/// L2), then per four rows of `x` (each run loaded once for them), block and sub-block of 16,
+/// the integer sum (started at the row's offsets) and `dot_many`'s FMA into the row's running
+/// sum, a vector of the 16 rows.
 ///
 /// # Safety
 /// As `q6k_tile_rows`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
-unsafe fn q6k_many(tile: &[u8], x: &Q8KRows) -> Vec<__m512> {
-    let rows: Vec<Q8KRow> = (0..x.rows()).map(|t| x.row(t)).collect();
-    let mut acc = vec![_mm512_setzero_ps(); rows.len()];
-    let mut runs = [_mm512_setzero_si512(); SUPER_BLOCK / 4];
-    for b in 0..x.blocks() {
-        // SAFETY: as in `q6k_one`.
-        unsafe {
-            let block = tile.as_ptr().add(b * Q6K_BLOCK_BYTES);
-            for (i, run) in runs.iter_mut().enumerate() {
+unsafe fn q6k_many(tile: &[u8], x: &Q8KRows, out: &mut [f32]) {
+    let blocks = x.blocks();
+    Q6K_UNPACKED.with_borrow_mut(|(runs, scales)| {
+        runs.clear();
+        scales.clear();
+        for b in 0..blocks {
+            // SAFETY: block b of the tile is the `Q6K_BLOCK_BYTES` at `b * Q6K_BLOCK_BYTES`
+            // (the caller's promise).
+            unsafe {
+                let block = tile.as_ptr().add(b * Q6K_BLOCK_BYTES);
                 // Run i holds values 4i..4i + 4: half i / 32, chunk i / 8 % 4, run i % 8.
-                *run = q6k_run(block, i / 32, i / 8 % 4, i % 8);
+                runs.extend((0..SUPER_BLOCK / 4).map(|i| q6k_run(block, i / 32, i / 8 % 4, i % 8)));
+                let d = _mm512_cvtph_ps(_mm256_loadu_si256(block.cast()));
+                scales.extend((0..16).map(|sub| {
+                    let sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                        block.add(Q6K_SCALES_AT + sub * TILE_ROWS).cast(),
+                    )));
+                    _mm512_mul_ps(d, sc)
+                }));
             }
-            let d = _mm512_cvtph_ps(_mm256_loadu_si256(block.cast()));
-            let scales: [__m512; 16] = std::array::from_fn(|sub| {
-                let sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
-                    block.add(Q6K_SCALES_AT + sub * TILE_ROWS).cast(),
-                )));
-                _mm512_mul_ps(d, sc)
+        }
+        let x_rows = x.rows();
+        let mut t = 0;
+        // SAFETY (each call): the caller's promise.
+        while t + 4 <= x_rows {
+            let rows = std::array::from_fn::<_, 4, _>(|k| x.row(t + k));
+            let sums = unsafe { q6k_rows(runs, scales, rows) };
+            for (k, sums) in sums.into_iter().enumerate() {
+                put_row(out, x_rows, t + k, sums);
+            }
+            t += 4;
+        }
+        for t in t..x_rows {
+            let [sums] = unsafe { q6k_rows(runs, scales, [x.row(t)]) };
+            put_row(out, x_rows, t, sums);
+        }
+    });
+}
+
+/// The running sums of `T` rows of `x` over every block of the unpacked tile.
+///
+/// # Safety
+/// The rows hold the tile's blocks: `runs` 64 and `scales` 16 per block.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn q6k_rows<const T: usize>(
+    runs: &[__m512i],
+    scales: &[__m512],
+    x: [Q8KRow; T],
+) -> [__m512; T] {
+    let mut acc = [_mm512_setzero_ps(); T];
+    for (b, (runs, scales)) in runs
+        .chunks_exact(64)
+        .zip(scales.chunks_exact(16))
+        .enumerate()
+    {
+        for (sub, scale) in scales.iter().enumerate() {
+            let first = b * SUPER_BLOCK + 16 * sub;
+            let mut sums: [__m512i; T] = std::array::from_fn(|t| {
+                _mm512_set1_epi32(x[t].q6k_offsets[first / 4..first / 4 + 4].iter().sum())
             });
-            let mut t = 0;
-            while t + 4 <= rows.len() {
-                let group: &[Q8KRow; 4] = rows[t..t + 4].try_into().expect("4 rows");
-                q6k_block(&runs, &scales, b, group, &mut acc[t..t + 4]);
-                t += 4;
+            for g in 0..4 {
+                for (sum, x) in sums.iter_mut().zip(&x) {
+                    // SAFETY: the caller's promise.
+                    let values = unsafe { broadcast(x.qs, first + 4 * g) };
+                    *sum = _mm512_dpbusd_epi32(*sum, runs[4 * sub + g], values);
+                }
             }
-            for t in t..rows.len() {
-                q6k_block(&runs, &scales, b, &[rows[t]], &mut acc[t..t + 1]);
+            for ((acc, sum), x) in acc.iter_mut().zip(sums).zip(&x) {
+                let step = _mm512_mul_ps(*scale, _mm512_set1_ps(x.d[b]));
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), step, *acc);
             }
         }
     }
     acc
-}
-
-/// Block `b`'s 16 sub-blocks (`runs` unpacked, `scales` the rows' `d sc`) for the `T` rows of
-/// `x`, added to their running sums.
-///
-/// # Safety
-/// The rows hold block `b`.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn q6k_block<const T: usize>(
-    runs: &[__m512i; SUPER_BLOCK / 4],
-    scales: &[__m512; 16],
-    b: usize,
-    x: &[Q8KRow; T],
-    acc: &mut [__m512],
-) {
-    for (sub, scale) in scales.iter().enumerate() {
-        let first = b * SUPER_BLOCK + 16 * sub;
-        let mut sums: [__m512i; T] = std::array::from_fn(|t| {
-            _mm512_set1_epi32(x[t].q6k_offsets[first / 4..first / 4 + 4].iter().sum())
-        });
-        for g in 0..4 {
-            for (sum, x) in sums.iter_mut().zip(x) {
-                // SAFETY: the caller's promise.
-                let values = unsafe { broadcast(x.qs, first + 4 * g) };
-                *sum = _mm512_dpbusd_epi32(*sum, runs[4 * sub + g], values);
-            }
-        }
-        for ((acc, sum), x) in acc.iter_mut().zip(sums).zip(x) {
-            let step = _mm512_mul_ps(*scale, _mm512_set1_ps(x.d[b]));
-            *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), step, *acc);
-        }
-    }
 }
