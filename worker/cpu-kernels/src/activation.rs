@@ -380,8 +380,8 @@ mod tests {
     }
 
     /// The same values as candle's Q8_K blocks (`d`, `qs`, the sums of `bsums` in pairs, and
-    /// Q6_K's run offsets, which add up to `-32` times each `bsum`),
-    /// a zero block and a block whose largest magnitude is positive included.
+    /// Q6_K's run offsets, which add up to `-32` times each `bsum`), a zero block, a block whose
+    /// largest magnitude is positive and one where it comes with both signs included.
     #[test]
     fn rows_equal_candles_q8k_blocks() {
         let mut x: Vec<f32> = (0..2 * 768)
@@ -389,6 +389,9 @@ mod tests {
             .collect();
         x[256..512].fill(0.0);
         x[600] = 9.5;
+        // Two values of the largest magnitude, of both signs: candle takes the first's sign.
+        x[1100] = -9.5;
+        x[1200] = 9.5;
         let mut rows = Q8KRows::default();
         rows.quantize(&x, 768);
         assert_eq!((rows.rows(), rows.blocks()), (2, 3));

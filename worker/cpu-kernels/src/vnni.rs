@@ -388,10 +388,12 @@ unsafe fn q6k_one(tile: &[u8], x: Q8KRow) -> __m512 {
         // row's values of block b at `b * 256` (the caller's promise).
         unsafe {
             let block = tile.as_ptr().add(b * Q6K_BLOCK_BYTES);
+            // Each scale in the low half of its 32-bit lane, the high half 0: `vpmaddwd` then
+            // multiplies a run's sum (|sum| <= 4 * 32 * 128, an i16) by it in one step.
             let scales: [__m512i; 16] = std::array::from_fn(|sub| {
-                _mm512_cvtepi8_epi32(_mm_loadu_si128(
+                _mm512_cvtepu16_epi32(_mm256_cvtepi8_epi16(_mm_loadu_si128(
                     block.add(Q6K_SCALES_AT + sub * TILE_ROWS).cast(),
-                ))
+                )))
             });
             let mut sums = [_mm512_setzero_si512(); 8];
             for h in 0..2 {
@@ -405,7 +407,7 @@ unsafe fn q6k_one(tile: &[u8], x: Q8KRow) -> __m512 {
                             q6k_run(block, h, c, g),
                             broadcast(x.qs, at),
                         );
-                        *sum = _mm512_add_epi32(*sum, _mm512_mullo_epi32(run, scales[v / 16]));
+                        *sum = _mm512_add_epi32(*sum, _mm512_madd_epi16(run, scales[v / 16]));
                     }
                 }
             }
