@@ -257,199 +257,169 @@ mod tests {
         }
     }
 
-    /// The Q4_K tiles' product, every kernel, at activation row counts 1, 4, 8, 23 and 512 and
-    /// odd block counts: against the dequantized weights times the f32 activation (f64 sums),
-    /// within llama.cpp's bound for Q4_K (5e-4); and against candle's `QMatMul` bit for bit on
-    /// a CPU where candle takes its AVX-512 VNNI tiles (and AMX from 32 rows), whose float steps
-    /// the kernels follow. Elsewhere candle's 256-bit kernels sum in another order.
+    /// The k-quants' tiles (blocks of 256, the input as Q8_K rows), for the tests they share.
+    trait KQuantTiles: Sized {
+        const DTYPE: GgmlDType;
+        /// Bytes of one of the file's blocks.
+        const FILE_BLOCK_BYTES: usize;
+        fn pack(rows: usize, cols: usize, bytes: &[u8]) -> Result<Self, String>;
+        fn rows(&self) -> usize;
+        fn unpacked_row(&self, r: usize) -> Vec<u8>;
+        fn matmul(kernel: Kernel, matrices: &[&Self], x: &Q8KRows, outs: &mut [&mut [f32]]);
+    }
+
+    impl KQuantTiles for Q4KTiles {
+        const DTYPE: GgmlDType = GgmlDType::Q4K;
+        const FILE_BLOCK_BYTES: usize = 144;
+        fn pack(rows: usize, cols: usize, bytes: &[u8]) -> Result<Self, String> {
+            Q4KTiles::pack(rows, cols, bytes)
+        }
+        fn rows(&self) -> usize {
+            Q4KTiles::rows(self)
+        }
+        fn unpacked_row(&self, r: usize) -> Vec<u8> {
+            Q4KTiles::unpacked_row(self, r)
+        }
+        fn matmul(kernel: Kernel, matrices: &[&Self], x: &Q8KRows, outs: &mut [&mut [f32]]) {
+            k_quants::matmul(kernel, matrices, x, outs)
+        }
+    }
+
+    impl KQuantTiles for Q6KTiles {
+        const DTYPE: GgmlDType = GgmlDType::Q6K;
+        const FILE_BLOCK_BYTES: usize = 210;
+        fn pack(rows: usize, cols: usize, bytes: &[u8]) -> Result<Self, String> {
+            Q6KTiles::pack(rows, cols, bytes)
+        }
+        fn rows(&self) -> usize {
+            Q6KTiles::rows(self)
+        }
+        fn unpacked_row(&self, r: usize) -> Vec<u8> {
+            Q6KTiles::unpacked_row(self, r)
+        }
+        fn matmul(kernel: Kernel, matrices: &[&Self], x: &Q8KRows, outs: &mut [&mut [f32]]) {
+            q6_k::matmul(kernel, matrices, x, outs)
+        }
+    }
+
+    /// The tiles' product, every kernel, at activation row counts 1, 4, 8, 23 and 512 and odd
+    /// block counts: against the dequantized weights times the f32 activation (f64 sums), within
+    /// llama.cpp's bound for the k-quants (5e-4); and against candle's `QMatMul` bit for bit on
+    /// a CPU where candle takes its AVX-512 VNNI tiles (Q4_K: and AMX from 32 rows; Q6_K: its
+    /// AVX2 `vec_dot` for one row), whose float steps the kernels follow. Elsewhere candle's
+    /// 256-bit kernels sum in another order.
+    fn tiles_match_the_dequantized_product_and_candle<T: KQuantTiles>() {
+        #[cfg(target_arch = "x86_64")]
+        let candles_order = Kernel::detect() == Kernel::Avx512Vnni;
+        #[cfg(not(target_arch = "x86_64"))]
+        let candles_order = false;
+        let dtype = T::DTYPE;
+        for (n, k) in [(16, 256), (48, 768), (32, 1280), (64, 2048)] {
+            let weights = quantized(dtype, n, k, n as u32);
+            let bytes = weights.data().unwrap().into_owned();
+            let tiles = T::pack(n, k, &bytes).unwrap();
+            let dense = stored(&weights);
+            let matmul = QMatMul::from_qtensor(weights).unwrap();
+            for m in [1, 4, 8, 23, 512] {
+                if m == 512 && k > 768 {
+                    continue;
+                }
+                let x = values(m * k, 7 + m as u32);
+                let reference = f64_product(&dense, &x, n, k);
+                let candle = candles_product(&matmul, &x, k);
+                let mut rows = Q8KRows::default();
+                rows.quantize(&x, k);
+                for kernel in Kernel::available() {
+                    let mut out = vec![f32::NAN; m * n];
+                    T::matmul(kernel, &[&tiles], &rows, &mut [&mut out]);
+                    let error = nmse(&out, &reference);
+                    assert!(
+                        error < 5e-4,
+                        "{dtype:?} {kernel:?} m={m} n={n} k={k}: NMSE {error}"
+                    );
+                    let error = nmse(&out, &candle);
+                    assert!(
+                        error < 1e-10,
+                        "{dtype:?} {kernel:?} m={m} n={n} k={k}: NMSE {error} to candle"
+                    );
+                    if candles_order {
+                        assert!(
+                            out == candle,
+                            "{dtype:?} {kernel:?} m={m} n={n} k={k}: not candle's bits"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn every_q4k_kernel_matches_the_dequantized_product_and_candle() {
-        #[cfg(target_arch = "x86_64")]
-        let candles_order = Kernel::detect() == Kernel::Avx512Vnni;
-        #[cfg(not(target_arch = "x86_64"))]
-        let candles_order = false;
-        for (n, k) in [(16, 256), (48, 768), (32, 1280), (64, 2048)] {
-            let weights = quantized(GgmlDType::Q4K, n, k, n as u32);
-            let bytes = weights.data().unwrap().into_owned();
-            let tiles = Q4KTiles::pack(n, k, &bytes).unwrap();
-            let dense = stored(&weights);
-            let matmul = QMatMul::from_qtensor(weights).unwrap();
-            for m in [1, 4, 8, 23, 512] {
-                if m == 512 && k > 768 {
-                    continue;
-                }
-                let x = values(m * k, 7 + m as u32);
-                let reference = f64_product(&dense, &x, n, k);
-                let candle = candles_product(&matmul, &x, k);
-                let mut rows = Q8KRows::default();
-                rows.quantize(&x, k);
-                for kernel in Kernel::available() {
-                    let mut out = vec![f32::NAN; m * n];
-                    k_quants::matmul(kernel, &[&tiles], &rows, &mut [&mut out]);
-                    let error = nmse(&out, &reference);
-                    assert!(error < 5e-4, "{kernel:?} m={m} n={n} k={k}: NMSE {error}");
-                    let error = nmse(&out, &candle);
-                    assert!(
-                        error < 1e-10,
-                        "{kernel:?} m={m} n={n} k={k}: NMSE {error} to candle"
-                    );
-                    if candles_order {
-                        assert!(
-                            out == candle,
-                            "{kernel:?} m={m} n={n} k={k}: not candle's bits"
-                        );
-                    }
-                }
-            }
-        }
+        tiles_match_the_dequantized_product_and_candle::<Q4KTiles>();
     }
 
-    /// Q4_K tiles unpack to the file's rows; products that share an activation, in one pass,
-    /// equal each alone; matrices not of whole tiles are refused.
-    #[test]
-    fn q4k_tiles_hold_the_files_rows() {
-        let k = 512;
-        let stores: Vec<(usize, Vec<u8>)> = [16, 48]
-            .into_iter()
-            .map(|n| {
-                (
-                    n,
-                    quantized(GgmlDType::Q4K, n, k, n as u32)
-                        .data()
-                        .unwrap()
-                        .into_owned(),
-                )
-            })
-            .collect();
-        let tiles: Vec<Q4KTiles> = stores
-            .iter()
-            .map(|(n, bytes)| Q4KTiles::pack(*n, k, bytes).unwrap())
-            .collect();
-        let row_bytes = k / 256 * 144;
-        for ((n, bytes), tiles) in stores.iter().zip(&tiles) {
-            for r in 0..*n {
-                let want = &bytes[r * row_bytes..(r + 1) * row_bytes];
-                assert_eq!(tiles.unpacked_row(r), want, "row {r} of {n}");
-            }
-        }
-        let mut rows = Q8KRows::default();
-        rows.quantize(&values(3 * k, 5), k);
-        let kernel = Kernel::detect();
-        let matrices: Vec<&Q4KTiles> = tiles.iter().collect();
-        let mut shared: Vec<Vec<f32>> = tiles.iter().map(|t| vec![0.0; 3 * t.rows()]).collect();
-        let mut outs: Vec<&mut [f32]> = shared.iter_mut().map(Vec::as_mut_slice).collect();
-        k_quants::matmul(kernel, &matrices, &rows, &mut outs);
-        for (matrix, shared) in matrices.iter().zip(&shared) {
-            let mut alone = vec![0.0; 3 * matrix.rows()];
-            k_quants::matmul(kernel, &[matrix], &rows, &mut [&mut alone]);
-            assert_eq!(&alone, shared, "{} rows", matrix.rows());
-        }
-        let refused = Q4KTiles::pack(8, 256, &[0; 8 * 144]).err().unwrap();
-        assert!(refused.contains("whole tiles of 16 rows"), "{refused}");
-        let refused = Q4KTiles::pack(16, 256, &[0; 100]).err().unwrap();
-        assert!(
-            refused.contains("100 bytes") && refused.contains("takes 2304"),
-            "{refused}"
-        );
-    }
-
-    /// The Q6_K tiles' product, every kernel, at activation row counts 1, 4, 8, 23 and 512 and
-    /// odd block counts: against the dequantized weights times the f32 activation (f64 sums),
-    /// within llama.cpp's bound for Q6_K (5e-4); and against candle's `QMatMul` bit for bit
-    /// where candle takes its AVX2 `vec_dot` for one row and its AVX-512 VNNI tiles for more,
-    /// whose float steps the kernels follow. Elsewhere candle's 256-bit tiles sum in another
-    /// order.
     #[test]
     fn every_q6k_kernel_matches_the_dequantized_product_and_candle() {
-        #[cfg(target_arch = "x86_64")]
-        let candles_order = Kernel::detect() == Kernel::Avx512Vnni;
-        #[cfg(not(target_arch = "x86_64"))]
-        let candles_order = false;
-        for (n, k) in [(16, 256), (48, 768), (32, 1280), (64, 2048)] {
-            let weights = quantized(GgmlDType::Q6K, n, k, n as u32);
-            let bytes = weights.data().unwrap().into_owned();
-            let tiles = Q6KTiles::pack(n, k, &bytes).unwrap();
-            let dense = stored(&weights);
-            let matmul = QMatMul::from_qtensor(weights).unwrap();
-            for m in [1, 4, 8, 23, 512] {
-                if m == 512 && k > 768 {
-                    continue;
-                }
-                let x = values(m * k, 7 + m as u32);
-                let reference = f64_product(&dense, &x, n, k);
-                let candle = candles_product(&matmul, &x, k);
-                let mut rows = Q8KRows::default();
-                rows.quantize(&x, k);
-                for kernel in Kernel::available() {
-                    let mut out = vec![f32::NAN; m * n];
-                    q6_k::matmul(kernel, &[&tiles], &rows, &mut [&mut out]);
-                    let error = nmse(&out, &reference);
-                    assert!(error < 5e-4, "{kernel:?} m={m} n={n} k={k}: NMSE {error}");
-                    let error = nmse(&out, &candle);
-                    assert!(
-                        error < 1e-10,
-                        "{kernel:?} m={m} n={n} k={k}: NMSE {error} to candle"
-                    );
-                    if candles_order {
-                        assert!(
-                            out == candle,
-                            "{kernel:?} m={m} n={n} k={k}: not candle's bits"
-                        );
-                    }
-                }
-            }
-        }
+        tiles_match_the_dequantized_product_and_candle::<Q6KTiles>();
     }
 
-    /// Q6_K tiles unpack to the file's rows; products that share an activation, in one pass,
-    /// equal each alone; matrices not of whole tiles are refused.
-    #[test]
-    fn q6k_tiles_hold_the_files_rows() {
-        let k = 512;
+    /// The tiles unpack to the file's rows; products that share an activation, in one pass,
+    /// equal each alone (one activation row and three); matrices not of whole tiles are
+    /// refused.
+    fn tiles_hold_the_files_rows<T: KQuantTiles>() {
+        let (dtype, k) = (T::DTYPE, 512);
         let stores: Vec<(usize, Vec<u8>)> = [16, 48]
             .into_iter()
             .map(|n| {
-                (
-                    n,
-                    quantized(GgmlDType::Q6K, n, k, n as u32)
-                        .data()
-                        .unwrap()
-                        .into_owned(),
-                )
+                let weights = quantized(dtype, n, k, n as u32);
+                (n, weights.data().unwrap().into_owned())
             })
             .collect();
-        let tiles: Vec<Q6KTiles> = stores
+        let tiles: Vec<T> = stores
             .iter()
-            .map(|(n, bytes)| Q6KTiles::pack(*n, k, bytes).unwrap())
+            .map(|(n, bytes)| T::pack(*n, k, bytes).unwrap())
             .collect();
-        let row_bytes = k / 256 * 210;
+        let row_bytes = k / 256 * T::FILE_BLOCK_BYTES;
         for ((n, bytes), tiles) in stores.iter().zip(&tiles) {
             for r in 0..*n {
                 let want = &bytes[r * row_bytes..(r + 1) * row_bytes];
-                assert_eq!(tiles.unpacked_row(r), want, "row {r} of {n}");
+                assert_eq!(tiles.unpacked_row(r), want, "{dtype:?} row {r} of {n}");
             }
         }
         let kernel = Kernel::detect();
-        let matrices: Vec<&Q6KTiles> = tiles.iter().collect();
+        let matrices: Vec<&T> = tiles.iter().collect();
         for m in [1, 3] {
             let mut rows = Q8KRows::default();
             rows.quantize(&values(m * k, 5), k);
             let mut shared: Vec<Vec<f32>> = tiles.iter().map(|t| vec![0.0; m * t.rows()]).collect();
             let mut outs: Vec<&mut [f32]> = shared.iter_mut().map(Vec::as_mut_slice).collect();
-            q6_k::matmul(kernel, &matrices, &rows, &mut outs);
+            T::matmul(kernel, &matrices, &rows, &mut outs);
             for (matrix, shared) in matrices.iter().zip(&shared) {
                 let mut alone = vec![0.0; m * matrix.rows()];
-                q6_k::matmul(kernel, &[matrix], &rows, &mut [&mut alone]);
-                assert_eq!(&alone, shared, "{} rows by {m}", matrix.rows());
+                T::matmul(kernel, &[matrix], &rows, &mut [&mut alone]);
+                assert_eq!(&alone, shared, "{dtype:?} {} rows by {m}", matrix.rows());
             }
         }
-        let refused = Q6KTiles::pack(8, 256, &[0; 8 * 210]).err().unwrap();
+        let refused = T::pack(8, 256, &vec![0; 8 * T::FILE_BLOCK_BYTES])
+            .err()
+            .unwrap();
         assert!(refused.contains("whole tiles of 16 rows"), "{refused}");
-        let refused = Q6KTiles::pack(16, 256, &[0; 100]).err().unwrap();
+        let refused = T::pack(16, 256, &[0; 100]).err().unwrap();
+        let takes = format!("takes {}", 16 * T::FILE_BLOCK_BYTES);
         assert!(
-            refused.contains("100 bytes") && refused.contains("takes 3360"),
+            refused.contains("100 bytes") && refused.contains(&takes),
             "{refused}"
         );
+    }
+
+    #[test]
+    fn q4k_tiles_hold_the_files_rows() {
+        tiles_hold_the_files_rows::<Q4KTiles>();
+    }
+
+    #[test]
+    fn q6k_tiles_hold_the_files_rows() {
+        tiles_hold_the_files_rows::<Q6KTiles>();
     }
 
     #[test]
