@@ -59,10 +59,12 @@ pub fn matmul(kernel: Kernel, matrices: &[DenseMatrix], x: &[f32], outs: &mut [&
     let x_rows = x.len().checked_div(cols).unwrap_or(0);
     assert_eq!(x.len(), x_rows * cols, "x is not rows of {cols} values");
     let rows: Vec<usize> = matrices.iter().map(|m| m.rows).collect();
-    // Four weight rows at a time: the AVX-512 tier's prefill tile (AVX2 takes them in pairs).
-    for_each_row(&rows, 1, x_rows, 4, outs, |i, r, values| {
+    // Six weight rows at a time: the AVX-512 tier's prefill tile (AVX2 takes them in pairs).
+    const AT_ONCE: usize = 6;
+    for_each_row(&rows, 1, x_rows, AT_ONCE, outs, |i, r, values| {
         let matrix = &matrices[i];
-        let weights: [&[u8]; 4] = std::array::from_fn(|c| matrix.row((r + c).min(matrix.rows - 1)));
+        let weights: [&[u8]; AT_ONCE] =
+            std::array::from_fn(|c| matrix.row((r + c).min(matrix.rows - 1)));
         let count = values.len() / x_rows.max(1);
         kernel.dense_rows(matrix.format, &weights[..count], x, values)
     });

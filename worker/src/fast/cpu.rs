@@ -34,9 +34,11 @@ enum Layout {
     Q6KTiles,
 }
 
-/// Where the weights are: the loaded tensor, read in place, or its tiles (which replace it).
+/// Where the weights are: the loaded tensor, read in place, its values moved to a cache line's
+/// boundary, or its tiles (each of which replaces it).
 enum Weights {
     Tensor(Arc<QTensor>),
+    Aligned(CacheLines),
     Tiles(Arc<PackedMatrix>),
     Q4KTiles(Q4KTiles),
     Q6KTiles(Q6KTiles),
@@ -53,16 +55,37 @@ pub struct KernelLinear {
 }
 
 impl KernelLinear {
+    /// The kernels' product of `weights`, or the tensor back where they do not read it (see
+    /// `reading`). An f32 or f16 matrix nothing else holds is moved to a cache line's boundary
+    /// (`CacheLines`) where it is not on one.
+    pub fn new(weights: Arc<QTensor>) -> std::result::Result<Self, Arc<QTensor>> {
+        let Some(mut linear) = Self::reading(&weights) else {
+            return Err(weights);
+        };
+        if matches!(linear.layout, Layout::Dense(_)) {
+            // The caller's handle gone, the product's own is the only one left unless another
+            // product reads the tensor too (a tied embedding table), which is then not copied.
+            drop(weights);
+            if let Weights::Tensor(tensor) = linear.weights {
+                linear.weights = match Arc::try_unwrap(tensor) {
+                    Ok(tensor) => CacheLines::moved(tensor),
+                    Err(shared) => Weights::Tensor(shared),
+                };
+            }
+        }
+        Ok(linear)
+    }
+
     /// `None` where the kernels do not read the tensor: another format, not on the CPU, not a
     /// matrix of whole blocks. Block-quantized matrices of whole 16-row tiles are repacked
     /// where the CPU's kernel reads tiles faster (AVX-512 VNNI), holding the tiles in place of
     /// the tensor (the same bytes, rearranged). Q4_K and Q6_K are read only as tiles
     /// (`k_quant_tiles`).
-    pub fn new(weights: Arc<QTensor>) -> Option<Self> {
+    fn reading(weights: &Arc<QTensor>) -> Option<Self> {
         let kernel = Kernel::detect();
         let dtype = weights.dtype();
         if matches!(dtype, GgmlDType::Q4K | GgmlDType::Q6K) {
-            return Self::k_quant_tiles(&weights, kernel);
+            return Self::k_quant_tiles(weights, kernel);
         }
         let mut layout = BlockFormat::of(dtype)
             .map(Layout::Blocks)
@@ -72,7 +95,7 @@ impl KernelLinear {
         if !matches!(weights.device(), Device::Cpu) || !whole_blocks {
             return None;
         }
-        let mut weights = Weights::Tensor(weights);
+        let mut weights = Weights::Tensor(weights.clone());
         if let (Layout::Blocks(format), Weights::Tensor(tensor)) = (layout, &weights) {
             // Where packing fails the file's blocks serve, as on CPUs without VNNI.
             let tiles = (kernel.packs() && rows % TILE_ROWS == 0)
@@ -127,14 +150,18 @@ impl KernelLinear {
     pub fn tiles(&self) -> Option<Arc<PackedMatrix>> {
         match &self.weights {
             Weights::Tiles(tiles) => Some(tiles.clone()),
-            Weights::Tensor(_) | Weights::Q4KTiles(_) | Weights::Q6KTiles(_) => None,
+            Weights::Tensor(_)
+            | Weights::Aligned(_)
+            | Weights::Q4KTiles(_)
+            | Weights::Q6KTiles(_) => None,
         }
     }
 
-    /// The loaded tensor's bytes, for the kernels that read it in place.
+    /// The loaded tensor's bytes (or their aligned copy), for the kernels that read it in place.
     fn tensor_bytes(&self) -> Result<std::borrow::Cow<'_, [u8]>> {
         match &self.weights {
             Weights::Tensor(tensor) => tensor.data(),
+            Weights::Aligned(lines) => Ok(std::borrow::Cow::Borrowed(lines.bytes())),
             Weights::Tiles(_) | Weights::Q4KTiles(_) | Weights::Q6KTiles(_) => {
                 candle_core::bail!("a product read as tiles has no tensor")
             }
@@ -161,35 +188,69 @@ thread_local! {
     /// The same for the products of Q4_K and Q6_K tiles, in blocks of 256.
     static INPUT_K: RefCell<Q8KRows> = RefCell::new(Q8KRows::default());
     /// The dense products' input, copied to a cache line's boundary.
-    static ALIGNED_INPUT: RefCell<AlignedValues> = RefCell::new(AlignedValues::default());
+    static ALIGNED_INPUT: RefCell<CacheLines> = RefCell::new(CacheLines::default());
 }
 
-/// f32 values starting on a 64-byte boundary (and so every row, where a row's length is a
-/// multiple of 16). The dense kernels load an input row 16 values (64 bytes) at a time; 16 bytes
-/// off a boundary (the allocator's usual alignment) each load spans two cache lines, and with
-/// the weights' rows misaligned too a prefill ran at 110 GFLOP/s on two cores against 140-180
-/// with either aligned (1536 x 576 f32 by 128 rows, best of 20).
+/// Bytes starting on a 64-byte boundary (and so every row, where a row's length is a multiple
+/// of 64 bytes). The dense kernels load 16 values at a time (64 bytes of f32); 16 bytes off a
+/// boundary (the allocator's usual alignment, and where candle's loads of a GGUF file put 3 in
+/// 4 of SmolLM2's matrices) each load spans two cache lines. With the input and the weights
+/// misaligned a prefill ran at 110 GFLOP/s on two cores against 140-180 with either aligned
+/// (1536 x 576 f32 by 128 rows, best of 20); with the input aligned, SmolLM2's f32 products at
+/// 128 rows ran at 152 GFLOP/s with the weights 16 bytes off and 185 on the boundary.
 #[derive(Default)]
-struct AlignedValues {
+struct CacheLines {
     lines: Vec<Line>,
+    len: usize,
 }
 
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
-struct Line([f32; 16]);
+struct Line([u8; 64]);
 
-impl AlignedValues {
-    /// `values`, copied into this buffer (its memory kept from one call to the next).
-    fn copy_of(&mut self, values: &[f32]) -> &[f32] {
+impl CacheLines {
+    /// A tensor's values moved here where they are not on a boundary (the tensor then freed),
+    /// or the tensor as it is.
+    fn moved(tensor: QTensor) -> Weights {
+        let lines = tensor
+            .data()
+            .ok()
+            .filter(|bytes| !(bytes.as_ptr() as usize).is_multiple_of(64))
+            .map(|bytes| {
+                let mut lines = CacheLines::default();
+                lines.copy_of_bytes(&bytes);
+                lines
+            });
+        match lines {
+            Some(lines) => Weights::Aligned(lines),
+            None => Weights::Tensor(Arc::new(tensor)),
+        }
+    }
+
+    /// `bytes`, copied into this buffer (its memory kept from one call to the next).
+    fn copy_of_bytes(&mut self, bytes: &[u8]) -> &[u8] {
         self.lines.clear();
-        self.lines.extend(values.chunks(16).map(|chunk| {
-            let mut line = [0.0; 16];
+        self.lines.extend(bytes.chunks(64).map(|chunk| {
+            let mut line = [0; 64];
             line[..chunk.len()].copy_from_slice(chunk);
             Line(line)
         }));
-        // SAFETY: `Line` is 16 f32 and nothing else (repr(C), size 64), so the lines are
-        // `16 * lines.len()` contiguous initialized f32, of which `values.len()` are read.
-        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<f32>(), values.len()) }
+        self.len = bytes.len();
+        self.bytes()
+    }
+
+    /// `values`, copied into this buffer.
+    fn copy_of(&mut self, values: &[f32]) -> &[f32] {
+        let bytes = self.copy_of_bytes(bytemuck::cast_slice(values));
+        // On a boundary, and whole f32: the cast cannot fail.
+        bytemuck::cast_slice(bytes)
+    }
+
+    /// The bytes held.
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `Line` is 64 bytes and nothing else (repr(C), size 64), so the lines are
+        // `64 * lines.len()` contiguous initialized bytes, of which `len` are read.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<u8>(), self.len) }
     }
 }
 
@@ -370,13 +431,50 @@ mod tests {
     use super::*;
 
     #[test]
-    fn aligned_values_start_on_a_cache_line_and_hold_the_values() {
-        let mut aligned = AlignedValues::default();
+    fn cache_lines_start_on_a_boundary_and_hold_the_values() {
+        let mut aligned = CacheLines::default();
         for len in [0, 1, 15, 16, 17, 1000] {
             let values: Vec<f32> = (0..len).map(|i| i as f32 * 0.5 - 3.0).collect();
             let copy = aligned.copy_of(&values);
             assert_eq!(copy.as_ptr() as usize % 64, 0, "{len} values");
             assert_eq!(copy, values.as_slice());
         }
+    }
+
+    #[test]
+    fn a_dense_matrix_off_a_boundary_is_moved_to_one_unless_shared() {
+        let values: Vec<f32> = (0..48 * 64).map(|i| (i % 97) as f32 * 0.25 - 9.0).collect();
+        let tensor = Tensor::from_vec(values.clone(), (48, 64), &Device::Cpu).unwrap();
+        // Made until one lands off a boundary (the allocator's alignment is 16 bytes), those on
+        // one kept so that each try takes a new address.
+        let mut on_a_boundary = Vec::new();
+        let (tensor, address) = loop {
+            let q = QTensor::quantize(&tensor, GgmlDType::F32).unwrap();
+            let address = q.data().unwrap().as_ptr() as usize;
+            if !address.is_multiple_of(64) {
+                break (q, address);
+            }
+            on_a_boundary.push(q);
+            assert!(
+                on_a_boundary.len() < 64,
+                "no f32 tensor off a cache line's boundary"
+            );
+        };
+        let tensor = Arc::new(tensor);
+        let shared =
+            KernelLinear::new(tensor.clone()).unwrap_or_else(|_| panic!("the kernels read f32"));
+        let bytes = shared.tensor_bytes().unwrap();
+        assert_eq!(
+            bytes.as_ptr() as usize,
+            address,
+            "a shared tensor is read in place"
+        );
+        drop(bytes);
+        drop(shared);
+        let alone = KernelLinear::new(tensor).unwrap_or_else(|_| panic!("the kernels read f32"));
+        let bytes = alone.tensor_bytes().unwrap();
+        assert!(matches!(alone.weights, Weights::Aligned(_)));
+        assert_eq!(bytes.as_ptr() as usize % 64, 0);
+        assert_eq!(bytes, bytemuck::cast_slice::<f32, u8>(&values));
     }
 }

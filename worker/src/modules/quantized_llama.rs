@@ -177,11 +177,13 @@ enum Product {
 
 impl Product {
     fn new(weights: Arc<QTensor>, engine: Engine) -> Result<Self> {
-        if engine == Engine::Fast {
-            if let Some(linear) = KernelLinear::new(weights.clone()) {
-                return Ok(Self::Kernels(linear));
-            }
-        }
+        let weights = match engine {
+            Engine::Fast => match KernelLinear::new(weights) {
+                Ok(linear) => return Ok(Self::Kernels(linear)),
+                Err(weights) => weights,
+            },
+            Engine::Candle => weights,
+        };
         QMatMul::from_arc(weights).map(Self::Candle)
     }
 
