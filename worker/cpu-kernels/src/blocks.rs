@@ -53,10 +53,6 @@ impl<'a> BlockMatrix<'a> {
         self.rows
     }
 
-    pub fn cols(&self) -> usize {
-        self.blocks * BLOCK
-    }
-
     fn row(&self, r: usize) -> &'a [u8] {
         let row_bytes = self.blocks * self.format.block_bytes();
         &self.bytes[r * row_bytes..(r + 1) * row_bytes]

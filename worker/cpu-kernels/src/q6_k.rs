@@ -96,10 +96,6 @@ impl Q6KTiles {
         self.rows
     }
 
-    pub fn cols(&self) -> usize {
-        self.blocks * SUPER_BLOCK
-    }
-
     /// Tile `t`'s bytes.
     pub(crate) fn tile(&self, t: usize) -> &[u8] {
         let tile_bytes = self.blocks * TILE_BLOCK_BYTES;
