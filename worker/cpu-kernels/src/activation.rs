@@ -124,6 +124,9 @@ pub struct Q8KRows {
     /// `-32 Σ qs` of each run of 4 values (64 per block): what Q6_K's stored values (`q + 32`)
     /// add to a run's sum, its starting value there.
     q6k_offsets: Vec<i32>,
+    /// The same of each sub-block of 16 (`-32` times candle's `bsums`), the starting value of
+    /// a sub-block's sum in a prefill's Q6_K products.
+    q6k_sub_offsets: Vec<i32>,
 }
 
 /// One activation row.
@@ -134,6 +137,8 @@ pub struct Q8KRow<'a> {
     pub sub_sums: &'a [i32],
     /// `-32 Σ qs` of each run of 4 values.
     pub q6k_offsets: &'a [i32],
+    /// `-32 Σ qs` of each sub-block of 16.
+    pub q6k_sub_offsets: &'a [i32],
 }
 
 impl Q8KRows {
@@ -154,16 +159,21 @@ impl Q8KRows {
         self.qs.resize(rows * cols, 0);
         self.sub_sums.resize(rows * blocks * SUBS, 0);
         self.q6k_offsets.resize(rows * blocks * runs, 0);
+        self.q6k_sub_offsets.resize(rows * blocks * 16, 0);
         let row_parts = x
             .chunks_exact(cols.max(1))
             .zip(self.d.chunks_exact_mut(blocks.max(1)))
             .zip(self.qs.chunks_exact_mut(cols.max(1)))
             .zip(self.sub_sums.chunks_exact_mut((blocks * SUBS).max(1)))
             .zip(self.q6k_offsets.chunks_exact_mut((blocks * runs).max(1)))
+            .zip(self.q6k_sub_offsets.chunks_exact_mut((blocks * 16).max(1)))
             .collect();
-        each_on_the_pool(row_parts, |((((x, d), qs), sub_sums), q6k_offsets)| {
-            quantize_k_row(x, d, qs, sub_sums, q6k_offsets)
-        });
+        each_on_the_pool(
+            row_parts,
+            |(((((x, d), qs), sub_sums), q6k_offsets), q6k_sub_offsets)| {
+                quantize_k_row(x, d, qs, sub_sums, q6k_offsets, q6k_sub_offsets)
+            },
+        );
     }
 
     pub fn rows(&self) -> usize {
@@ -181,6 +191,7 @@ impl Q8KRows {
             qs: &self.qs[b0 * SUPER_BLOCK..b1 * SUPER_BLOCK],
             sub_sums: &self.sub_sums[b0 * SUBS..b1 * SUBS],
             q6k_offsets: &self.q6k_offsets[b0 * SUPER_BLOCK / 4..b1 * SUPER_BLOCK / 4],
+            q6k_sub_offsets: &self.q6k_sub_offsets[b0 * 16..b1 * 16],
         }
     }
 }
@@ -222,11 +233,12 @@ fn quantize_row(
         for (q, x) in qs.iter_mut().zip(block) {
             *q = round_to_i8(x * inverse);
         }
-        let sum: i32 = qs.iter().map(|q| i32::from(*q)).sum();
+        let mut sum = 0;
         for (g, run) in qs.chunks_exact(4).enumerate() {
-            let sum: i32 = run.iter().map(|q| i32::from(*q)).sum();
-            nibble_offsets[b * RUNS + g] = -8 * sum;
-            byte_offsets[b * RUNS + g] = -128 * sum;
+            let run_sum: i32 = run.iter().map(|q| i32::from(*q)).sum();
+            nibble_offsets[b * RUNS + g] = -8 * run_sum;
+            byte_offsets[b * RUNS + g] = -128 * run_sum;
+            sum += run_sum;
         }
         let scale = f16::from_f32(scale);
         d[b] = scale.to_f32();
@@ -243,6 +255,7 @@ fn quantize_k_row(
     qs: &mut [i8],
     sub_sums: &mut [i32],
     q6k_offsets: &mut [i32],
+    q6k_sub_offsets: &mut [i32],
 ) {
     let runs = SUPER_BLOCK / 4;
     for (b, block) in x.chunks_exact(SUPER_BLOCK).enumerate() {
@@ -250,14 +263,20 @@ fn quantize_k_row(
         // candle keeps the first value whose magnitude exceeds all before it: the first of the
         // largest magnitude. NaN is never greater, as in candle's comparison.
         let amax = block.iter().fold(0f32, |a, x| a.max(x.abs()));
-        let max = block.iter().find(|x| x.abs() == amax).copied();
-        let (Some(max), false) = (max, amax == 0.0) else {
+        if amax == 0.0 {
             d[b] = 0.0;
             qs.fill(0);
             sub_sums[b * SUBS..(b + 1) * SUBS].fill(0);
             q6k_offsets[b * runs..(b + 1) * runs].fill(0);
+            q6k_sub_offsets[b * 16..(b + 1) * 16].fill(0);
             continue;
-        };
+        }
+        // `amax` is a value's magnitude, so `find` finds one.
+        let max = block
+            .iter()
+            .copied()
+            .find(|x| x.abs() == amax)
+            .unwrap_or(amax);
         let inverse = -127.0 / max;
         for (q, x) in qs.iter_mut().zip(block) {
             *q = round_to_i8(inverse * x);
@@ -265,8 +284,15 @@ fn quantize_k_row(
         for (sum, sub) in sub_sums[b * SUBS..].iter_mut().zip(qs.chunks_exact(32)) {
             *sum = sub.iter().map(|q| i32::from(*q)).sum();
         }
-        for (offset, run) in q6k_offsets[b * runs..].iter_mut().zip(qs.chunks_exact(4)) {
+        let run_offsets = &mut q6k_offsets[b * runs..(b + 1) * runs];
+        for (offset, run) in run_offsets.iter_mut().zip(qs.chunks_exact(4)) {
             *offset = -32 * run.iter().map(|q| i32::from(*q)).sum::<i32>();
+        }
+        for (offset, runs) in q6k_sub_offsets[b * 16..]
+            .iter_mut()
+            .zip(run_offsets.chunks_exact(4))
+        {
+            *offset = runs.iter().sum();
         }
         d[b] = 1.0 / inverse;
     }
@@ -433,8 +459,8 @@ mod tests {
                     );
                     let bsum = i16::from_le_bytes([block[260 + 2 * i], block[261 + 2 * i]]);
                     assert_eq!(
-                        runs.iter().sum::<i32>(),
-                        -32 * i32::from(bsum),
+                        (runs.iter().sum::<i32>(), row.q6k_sub_offsets[b * 16 + i]),
+                        (-32 * i32::from(bsum), -32 * i32::from(bsum)),
                         "row {t} block {b} bsum {i}"
                     );
                 }

@@ -158,7 +158,7 @@ pub fn dot_many(weights: &[u8], x: Q8KRow) -> f32 {
                 .zip(&x.qs[values..values + 16])
                 .map(|(v, x)| i32::from(stored(block, v)) * i32::from(*x))
                 .sum();
-            let offset: i32 = x.q6k_offsets[values / 4..values / 4 + 4].iter().sum();
+            let offset = x.q6k_sub_offsets[values / 16];
             let scale = d * f32::from(scale);
             acc = ((sum + offset) as f32).mul_add(scale * x.d[b], acc);
         }

@@ -329,6 +329,7 @@ pub unsafe fn q6k_tile_rows(tile: &[u8], x: &Q8KRows, out: &mut [f32]) {
         assert!(
             row.qs.len() == x.blocks() * SUPER_BLOCK
                 && row.q6k_offsets.len() == x.blocks() * SUPER_BLOCK / 4
+                && row.q6k_sub_offsets.len() == x.blocks() * 16
         );
     }
     // SAFETY (each call): the asserts above.
@@ -498,9 +499,8 @@ unsafe fn q6k_rows<const T: usize>(
     {
         for (sub, scale) in scales.iter().enumerate() {
             let first = b * SUPER_BLOCK + 16 * sub;
-            let mut sums: [__m512i; T] = std::array::from_fn(|t| {
-                _mm512_set1_epi32(x[t].q6k_offsets[first / 4..first / 4 + 4].iter().sum())
-            });
+            let mut sums: [__m512i; T] =
+                std::array::from_fn(|t| _mm512_set1_epi32(x[t].q6k_sub_offsets[first / 16]));
             for g in 0..4 {
                 for (sum, x) in sums.iter_mut().zip(&x) {
                     // SAFETY: the caller's promise.
