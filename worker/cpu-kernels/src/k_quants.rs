@@ -13,6 +13,7 @@
 //! runs) the 16 rows' bytes `4g..4g + 4` of chunk `c`: the low nibbles are run `g` of sub-block
 //! `2c`, the high ones run `g` of sub-block `2c + 1`.
 
+use candle_core::quantized::GgmlDType;
 use half::f16;
 
 use crate::activation::{Q8KRow, Q8KRows};
@@ -20,8 +21,8 @@ use crate::format::q4k_tile::{
     BLOCK_BYTES as TILE_BLOCK_BYTES, DMIN_AT, MINS_AT, NIBBLES_AT, SCALES_AT,
 };
 use crate::format::{SUBS, SUPER_BLOCK, TILE_ROWS};
+use crate::k_tiles::{KQuant, KTiles};
 use crate::kernel::Kernel;
-use crate::pool::for_each_row;
 
 /// Bytes of a Q4_K block in the file.
 const FILE_BLOCK_BYTES: usize = 144;
@@ -49,83 +50,45 @@ fn scale_bytes(scales: [u8; SUBS], mins: [u8; SUBS]) -> [u8; 12] {
     bytes
 }
 
-/// A `rows` x `blocks * 256` Q4_K matrix in tiles of 16 rows, owned.
-pub struct Q4KTiles {
-    rows: usize,
-    blocks: usize,
-    bytes: Vec<u8>,
-}
+/// The Q4_K format, whose tiles are `Q4KTiles`.
+pub struct Q4K;
 
-impl Q4KTiles {
-    /// The tiles of the file's row-major blocks; `rows` must be a multiple of 16.
-    pub fn pack(rows: usize, cols: usize, file_bytes: &[u8]) -> Result<Self, String> {
-        if !rows.is_multiple_of(TILE_ROWS) || !cols.is_multiple_of(SUPER_BLOCK) {
-            return Err(format!(
-                "a {rows} x {cols} Q4_K matrix is not whole tiles of {TILE_ROWS} rows and \
-                 {SUPER_BLOCK} columns"
-            ));
+/// A `rows` x `blocks * 256` Q4_K matrix in tiles of 16 rows, owned.
+pub type Q4KTiles = KTiles<Q4K>;
+
+impl KQuant for Q4K {
+    const DTYPE: GgmlDType = GgmlDType::Q4K;
+    const NAME: &'static str = "Q4_K";
+    const FILE_BLOCK_BYTES: usize = FILE_BLOCK_BYTES;
+    const TILE_BLOCK_BYTES: usize = TILE_BLOCK_BYTES;
+
+    fn put_block<'a>(bytes: &mut Vec<u8>, block: impl Fn(usize) -> &'a [u8]) {
+        for scale in 0..2 {
+            for r in 0..TILE_ROWS {
+                bytes.extend_from_slice(&block(r)[2 * scale..2 * scale + 2]);
+            }
         }
-        let blocks = cols / SUPER_BLOCK;
-        if file_bytes.len() != rows * blocks * FILE_BLOCK_BYTES {
-            return Err(format!(
-                "{} bytes for a {rows} x {cols} Q4_K matrix, which takes {}",
-                file_bytes.len(),
-                rows * blocks * FILE_BLOCK_BYTES
-            ));
-        }
-        let mut bytes = Vec::with_capacity(rows / TILE_ROWS * blocks * TILE_BLOCK_BYTES);
-        for tile in 0..rows / TILE_ROWS {
-            for b in 0..blocks {
-                let block = |r: usize| {
-                    let at = ((tile * TILE_ROWS + r) * blocks + b) * FILE_BLOCK_BYTES;
-                    &file_bytes[at..at + FILE_BLOCK_BYTES]
-                };
-                for scale in 0..2 {
-                    for r in 0..TILE_ROWS {
-                        bytes.extend_from_slice(&block(r)[2 * scale..2 * scale + 2]);
-                    }
-                }
-                for part in [0, 1] {
-                    for j in 0..SUBS {
-                        for r in 0..TILE_ROWS {
-                            let (scale, min) = scale_min(j, &block(r)[4..16]);
-                            bytes.push([scale, min][part]);
-                        }
-                    }
-                }
-                for c in 0..4 {
-                    for g in 0..8 {
-                        for r in 0..TILE_ROWS {
-                            let at = 16 + 32 * c + 4 * g;
-                            bytes.extend_from_slice(&block(r)[at..at + 4]);
-                        }
-                    }
+        for part in [0, 1] {
+            for j in 0..SUBS {
+                for r in 0..TILE_ROWS {
+                    let (scale, min) = scale_min(j, &block(r)[4..16]);
+                    bytes.push([scale, min][part]);
                 }
             }
         }
-        debug_assert_eq!(bytes.len(), bytes.capacity());
-        Ok(Self {
-            rows,
-            blocks,
-            bytes,
-        })
+        for c in 0..4 {
+            for g in 0..8 {
+                for r in 0..TILE_ROWS {
+                    let at = 16 + 32 * c + 4 * g;
+                    bytes.extend_from_slice(&block(r)[at..at + 4]);
+                }
+            }
+        }
     }
 
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    /// Tile `t`'s bytes.
-    pub(crate) fn tile(&self, t: usize) -> &[u8] {
-        let tile_bytes = self.blocks * TILE_BLOCK_BYTES;
-        &self.bytes[t * tile_bytes..(t + 1) * tile_bytes]
-    }
-
-    /// Row `r` as the file held it (its blocks' bytes): the reference kernel's input, and a
-    /// tied embedding table's row.
-    pub fn unpacked_row(&self, r: usize) -> Vec<u8> {
-        let (tile, row) = (self.tile(r / TILE_ROWS), r % TILE_ROWS);
-        let mut out = Vec::with_capacity(self.blocks * FILE_BLOCK_BYTES);
+    fn unpacked_row(tiles: &KTiles<Self>, r: usize) -> Vec<u8> {
+        let (tile, row) = (tiles.tile(r / TILE_ROWS), r % TILE_ROWS);
+        let mut out = Vec::with_capacity(tiles.blocks() * FILE_BLOCK_BYTES);
         for block in tile.chunks_exact(TILE_BLOCK_BYTES) {
             out.extend_from_slice(&block[2 * row..2 * row + 2]);
             out.extend_from_slice(&block[DMIN_AT + 2 * row..DMIN_AT + 2 * row + 2]);
@@ -136,6 +99,10 @@ impl Q4KTiles {
             }
         }
         out
+    }
+
+    fn tile_rows(kernel: Kernel, tiles: &KTiles<Self>, tile: usize, x: &Q8KRows, out: &mut [f32]) {
+        tile_rows(kernel, tiles, tile, x, out)
     }
 }
 
@@ -166,23 +133,9 @@ pub fn dot(weights: &[u8], x: Q8KRow) -> f32 {
     acc
 }
 
-/// `outs[i][t * rows_i + r] = row r of matrices[i] · activation row t`, for every matrix that
-/// reads `x`, in one pass over the pool, a tile at a time.
-pub fn matmul(kernel: Kernel, matrices: &[&Q4KTiles], x: &Q8KRows, outs: &mut [&mut [f32]]) {
-    assert!(kernel.runs_here(), "{kernel:?} does not run on this CPU");
-    for matrix in matrices {
-        assert_eq!(matrix.blocks, x.blocks(), "the activation's length");
-    }
-    let rows: Vec<usize> = matrices.iter().map(|m| m.rows).collect();
-    for_each_row(&rows, TILE_ROWS, x.rows(), 1, outs, |i, r, values| {
-        tile_rows(kernel, matrices[i], r / TILE_ROWS, x, values);
-    });
-}
-
 /// The 16 rows of tile `tile` times every row of `x`: `out[c * x_rows + t]`, each equal to
 /// `dot` of the two bit for bit.
 fn tile_rows(kernel: Kernel, matrix: &Q4KTiles, tile: usize, x: &Q8KRows, out: &mut [f32]) {
-    assert_eq!(out.len(), TILE_ROWS * x.rows());
     match kernel {
         // SAFETY: `runs_here`, asserted by `matmul`; `vnni::q4k_tile_rows` asserts the tile's
         // and the rows' lengths.

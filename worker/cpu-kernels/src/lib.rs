@@ -18,6 +18,7 @@ pub mod dense;
 pub mod elementwise;
 pub mod format;
 pub mod k_quants;
+pub mod k_tiles;
 pub mod kernel;
 pub mod packed;
 mod pool;
@@ -31,6 +32,7 @@ pub use blocks::{matmul, BlockMatrix};
 pub use dense::DenseMatrix;
 pub use format::{BlockFormat, DenseFormat, SUPER_BLOCK, TILE_ROWS};
 pub use k_quants::Q4KTiles;
+pub use k_tiles::KTiles;
 pub use kernel::Kernel;
 pub use packed::{matmul_packed, PackedMatrix};
 pub use q6_k::Q6KTiles;
@@ -53,6 +55,9 @@ mod tests {
     use candle_core::{Device, Module, Tensor};
 
     use super::*;
+    use crate::k_quants::Q4K;
+    use crate::k_tiles::KQuant;
+    use crate::q6_k::Q6K;
 
     const FORMATS: [(GgmlDType, BlockFormat); 3] = [
         (GgmlDType::Q4_0, BlockFormat::Q4_0),
@@ -257,67 +262,22 @@ mod tests {
         }
     }
 
-    /// The k-quants' tiles (blocks of 256, the input as Q8_K rows), for the tests they share.
-    trait KQuantTiles: Sized {
-        const DTYPE: GgmlDType;
-        /// Bytes of one of the file's blocks.
-        const FILE_BLOCK_BYTES: usize;
-        fn pack(rows: usize, cols: usize, bytes: &[u8]) -> Result<Self, String>;
-        fn rows(&self) -> usize;
-        fn unpacked_row(&self, r: usize) -> Vec<u8>;
-        fn matmul(kernel: Kernel, matrices: &[&Self], x: &Q8KRows, outs: &mut [&mut [f32]]);
-    }
-
-    impl KQuantTiles for Q4KTiles {
-        const DTYPE: GgmlDType = GgmlDType::Q4K;
-        const FILE_BLOCK_BYTES: usize = 144;
-        fn pack(rows: usize, cols: usize, bytes: &[u8]) -> Result<Self, String> {
-            Q4KTiles::pack(rows, cols, bytes)
-        }
-        fn rows(&self) -> usize {
-            Q4KTiles::rows(self)
-        }
-        fn unpacked_row(&self, r: usize) -> Vec<u8> {
-            Q4KTiles::unpacked_row(self, r)
-        }
-        fn matmul(kernel: Kernel, matrices: &[&Self], x: &Q8KRows, outs: &mut [&mut [f32]]) {
-            k_quants::matmul(kernel, matrices, x, outs)
-        }
-    }
-
-    impl KQuantTiles for Q6KTiles {
-        const DTYPE: GgmlDType = GgmlDType::Q6K;
-        const FILE_BLOCK_BYTES: usize = 210;
-        fn pack(rows: usize, cols: usize, bytes: &[u8]) -> Result<Self, String> {
-            Q6KTiles::pack(rows, cols, bytes)
-        }
-        fn rows(&self) -> usize {
-            Q6KTiles::rows(self)
-        }
-        fn unpacked_row(&self, r: usize) -> Vec<u8> {
-            Q6KTiles::unpacked_row(self, r)
-        }
-        fn matmul(kernel: Kernel, matrices: &[&Self], x: &Q8KRows, outs: &mut [&mut [f32]]) {
-            q6_k::matmul(kernel, matrices, x, outs)
-        }
-    }
-
     /// The tiles' product, every kernel, at activation row counts 1, 4, 8, 23 and 512 and odd
     /// block counts: against the dequantized weights times the f32 activation (f64 sums), within
     /// llama.cpp's bound for the k-quants (5e-4); and against candle's `QMatMul` bit for bit on
     /// a CPU where candle takes its AVX-512 VNNI tiles (Q4_K: and AMX from 32 rows; Q6_K: its
     /// AVX2 `vec_dot` for one row), whose float steps the kernels follow. Elsewhere candle's
     /// 256-bit kernels sum in another order.
-    fn tiles_match_the_dequantized_product_and_candle<T: KQuantTiles>() {
+    fn tiles_match_the_dequantized_product_and_candle<F: KQuant>() {
         #[cfg(target_arch = "x86_64")]
         let candles_order = Kernel::detect() == Kernel::Avx512Vnni;
         #[cfg(not(target_arch = "x86_64"))]
         let candles_order = false;
-        let dtype = T::DTYPE;
+        let dtype = F::DTYPE;
         for (n, k) in [(16, 256), (48, 768), (32, 1280), (64, 2048)] {
             let weights = quantized(dtype, n, k, n as u32);
             let bytes = weights.data().unwrap().into_owned();
-            let tiles = T::pack(n, k, &bytes).unwrap();
+            let tiles = KTiles::<F>::pack(n, k, &bytes).unwrap();
             let dense = stored(&weights);
             let matmul = QMatMul::from_qtensor(weights).unwrap();
             for m in [1, 4, 8, 23, 512] {
@@ -331,7 +291,7 @@ mod tests {
                 rows.quantize(&x, k);
                 for kernel in Kernel::available() {
                     let mut out = vec![f32::NAN; m * n];
-                    T::matmul(kernel, &[&tiles], &rows, &mut [&mut out]);
+                    k_tiles::matmul(kernel, &[&tiles], &rows, &mut [&mut out]);
                     let error = nmse(&out, &reference);
                     assert!(
                         error < 5e-4,
@@ -355,19 +315,19 @@ mod tests {
 
     #[test]
     fn every_q4k_kernel_matches_the_dequantized_product_and_candle() {
-        tiles_match_the_dequantized_product_and_candle::<Q4KTiles>();
+        tiles_match_the_dequantized_product_and_candle::<Q4K>();
     }
 
     #[test]
     fn every_q6k_kernel_matches_the_dequantized_product_and_candle() {
-        tiles_match_the_dequantized_product_and_candle::<Q6KTiles>();
+        tiles_match_the_dequantized_product_and_candle::<Q6K>();
     }
 
     /// The tiles unpack to the file's rows; products that share an activation, in one pass,
     /// equal each alone (one activation row and three); matrices not of whole tiles are
     /// refused.
-    fn tiles_hold_the_files_rows<T: KQuantTiles>() {
-        let (dtype, k) = (T::DTYPE, 512);
+    fn tiles_hold_the_files_rows<F: KQuant>() {
+        let (dtype, k) = (F::DTYPE, 512);
         let stores: Vec<(usize, Vec<u8>)> = [16, 48]
             .into_iter()
             .map(|n| {
@@ -375,11 +335,11 @@ mod tests {
                 (n, weights.data().unwrap().into_owned())
             })
             .collect();
-        let tiles: Vec<T> = stores
+        let tiles: Vec<KTiles<F>> = stores
             .iter()
-            .map(|(n, bytes)| T::pack(*n, k, bytes).unwrap())
+            .map(|(n, bytes)| KTiles::pack(*n, k, bytes).unwrap())
             .collect();
-        let row_bytes = k / 256 * T::FILE_BLOCK_BYTES;
+        let row_bytes = k / 256 * F::FILE_BLOCK_BYTES;
         for ((n, bytes), tiles) in stores.iter().zip(&tiles) {
             for r in 0..*n {
                 let want = &bytes[r * row_bytes..(r + 1) * row_bytes];
@@ -387,25 +347,25 @@ mod tests {
             }
         }
         let kernel = Kernel::detect();
-        let matrices: Vec<&T> = tiles.iter().collect();
+        let matrices: Vec<&KTiles<F>> = tiles.iter().collect();
         for m in [1, 3] {
             let mut rows = Q8KRows::default();
             rows.quantize(&values(m * k, 5), k);
             let mut shared: Vec<Vec<f32>> = tiles.iter().map(|t| vec![0.0; m * t.rows()]).collect();
             let mut outs: Vec<&mut [f32]> = shared.iter_mut().map(Vec::as_mut_slice).collect();
-            T::matmul(kernel, &matrices, &rows, &mut outs);
+            k_tiles::matmul(kernel, &matrices, &rows, &mut outs);
             for (matrix, shared) in matrices.iter().zip(&shared) {
                 let mut alone = vec![0.0; m * matrix.rows()];
-                T::matmul(kernel, &[matrix], &rows, &mut [&mut alone]);
+                k_tiles::matmul(kernel, &[matrix], &rows, &mut [&mut alone]);
                 assert_eq!(&alone, shared, "{dtype:?} {} rows by {m}", matrix.rows());
             }
         }
-        let refused = T::pack(8, 256, &vec![0; 8 * T::FILE_BLOCK_BYTES])
+        let refused = KTiles::<F>::pack(8, 256, &vec![0; 8 * F::FILE_BLOCK_BYTES])
             .err()
             .unwrap();
         assert!(refused.contains("whole tiles of 16 rows"), "{refused}");
-        let refused = T::pack(16, 256, &[0; 100]).err().unwrap();
-        let takes = format!("takes {}", 16 * T::FILE_BLOCK_BYTES);
+        let refused = KTiles::<F>::pack(16, 256, &[0; 100]).err().unwrap();
+        let takes = format!("takes {}", 16 * F::FILE_BLOCK_BYTES);
         assert!(
             refused.contains("100 bytes") && refused.contains(&takes),
             "{refused}"
@@ -414,12 +374,12 @@ mod tests {
 
     #[test]
     fn q4k_tiles_hold_the_files_rows() {
-        tiles_hold_the_files_rows::<Q4KTiles>();
+        tiles_hold_the_files_rows::<Q4K>();
     }
 
     #[test]
     fn q6k_tiles_hold_the_files_rows() {
-        tiles_hold_the_files_rows::<Q6KTiles>();
+        tiles_hold_the_files_rows::<Q6K>();
     }
 
     #[test]

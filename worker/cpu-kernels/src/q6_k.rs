@@ -15,13 +15,14 @@
 //! `64h + 32(c % 2) + j` of `ql` (its high nibble for `c >= 2`) and bits `2c..2c + 2` of byte
 //! `32h + j` of `qh`. Value `d sc (q - 32)`.
 
+use candle_core::quantized::GgmlDType;
 use half::f16;
 
 use crate::activation::{Q8KRow, Q8KRows};
 use crate::format::q6k_tile::{BLOCK_BYTES as TILE_BLOCK_BYTES, LOW_AT, SCALES_AT};
 use crate::format::{SUPER_BLOCK, TILE_ROWS};
+use crate::k_tiles::{KQuant, KTiles};
 use crate::kernel::Kernel;
-use crate::pool::for_each_row;
 
 /// Bytes of a Q6_K block in the file.
 const FILE_BLOCK_BYTES: usize = 210;
@@ -38,74 +39,37 @@ fn stored(block: &[u8], v: usize) -> u8 {
     low | high << 4
 }
 
-/// A `rows` x `blocks * 256` Q6_K matrix in tiles of 16 rows, owned.
-pub struct Q6KTiles {
-    rows: usize,
-    blocks: usize,
-    bytes: Vec<u8>,
-}
+/// The Q6_K format, whose tiles are `Q6KTiles`.
+pub struct Q6K;
 
-impl Q6KTiles {
-    /// The tiles of the file's row-major blocks; `rows` must be a multiple of 16.
-    pub fn pack(rows: usize, cols: usize, file_bytes: &[u8]) -> Result<Self, String> {
-        if !rows.is_multiple_of(TILE_ROWS) || !cols.is_multiple_of(SUPER_BLOCK) {
-            return Err(format!(
-                "a {rows} x {cols} Q6_K matrix is not whole tiles of {TILE_ROWS} rows and \
-                 {SUPER_BLOCK} columns"
-            ));
+/// A `rows` x `blocks * 256` Q6_K matrix in tiles of 16 rows, owned.
+pub type Q6KTiles = KTiles<Q6K>;
+
+impl KQuant for Q6K {
+    const DTYPE: GgmlDType = GgmlDType::Q6K;
+    const NAME: &'static str = "Q6_K";
+    const FILE_BLOCK_BYTES: usize = FILE_BLOCK_BYTES;
+    const TILE_BLOCK_BYTES: usize = TILE_BLOCK_BYTES;
+
+    fn put_block<'a>(bytes: &mut Vec<u8>, block: impl Fn(usize) -> &'a [u8]) {
+        for r in 0..TILE_ROWS {
+            bytes.extend_from_slice(&block(r)[D_AT..D_AT + 2]);
         }
-        let blocks = cols / SUPER_BLOCK;
-        if file_bytes.len() != rows * blocks * FILE_BLOCK_BYTES {
-            return Err(format!(
-                "{} bytes for a {rows} x {cols} Q6_K matrix, which takes {}",
-                file_bytes.len(),
-                rows * blocks * FILE_BLOCK_BYTES
-            ));
+        for sub in 0..16 {
+            bytes.extend((0..TILE_ROWS).map(|r| block(r)[FILE_SCALES_AT + sub]));
         }
-        let mut bytes = Vec::with_capacity(rows / TILE_ROWS * blocks * TILE_BLOCK_BYTES);
-        for tile in 0..rows / TILE_ROWS {
-            for b in 0..blocks {
-                let block = |r: usize| {
-                    let at = ((tile * TILE_ROWS + r) * blocks + b) * FILE_BLOCK_BYTES;
-                    &file_bytes[at..at + FILE_BLOCK_BYTES]
-                };
-                for r in 0..TILE_ROWS {
-                    bytes.extend_from_slice(&block(r)[D_AT..D_AT + 2]);
-                }
-                for sub in 0..16 {
-                    bytes.extend((0..TILE_ROWS).map(|r| block(r)[FILE_SCALES_AT + sub]));
-                }
-                let runs = (0..4).flat_map(|hp| (0..8).map(move |g| 32 * hp + 4 * g));
-                let high_runs = (0..2).flat_map(|h| (0..8).map(move |g| QH_AT + 32 * h + 4 * g));
-                for at in runs.chain(high_runs) {
-                    for r in 0..TILE_ROWS {
-                        bytes.extend_from_slice(&block(r)[at..at + 4]);
-                    }
-                }
+        let runs = (0..4).flat_map(|hp| (0..8).map(move |g| 32 * hp + 4 * g));
+        let high_runs = (0..2).flat_map(|h| (0..8).map(move |g| QH_AT + 32 * h + 4 * g));
+        for at in runs.chain(high_runs) {
+            for r in 0..TILE_ROWS {
+                bytes.extend_from_slice(&block(r)[at..at + 4]);
             }
         }
-        debug_assert_eq!(bytes.len(), bytes.capacity());
-        Ok(Self {
-            rows,
-            blocks,
-            bytes,
-        })
     }
 
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    /// Tile `t`'s bytes.
-    pub(crate) fn tile(&self, t: usize) -> &[u8] {
-        let tile_bytes = self.blocks * TILE_BLOCK_BYTES;
-        &self.bytes[t * tile_bytes..(t + 1) * tile_bytes]
-    }
-
-    /// Row `r` as the file held it (its blocks' bytes): the reference kernel's input.
-    pub fn unpacked_row(&self, r: usize) -> Vec<u8> {
-        let (tile, row) = (self.tile(r / TILE_ROWS), r % TILE_ROWS);
-        let mut out = Vec::with_capacity(self.blocks * FILE_BLOCK_BYTES);
+    fn unpacked_row(tiles: &KTiles<Self>, r: usize) -> Vec<u8> {
+        let (tile, row) = (tiles.tile(r / TILE_ROWS), r % TILE_ROWS);
+        let mut out = Vec::with_capacity(tiles.blocks() * FILE_BLOCK_BYTES);
         for block in tile.chunks_exact(TILE_BLOCK_BYTES) {
             for run in block[LOW_AT..].chunks_exact(4 * TILE_ROWS) {
                 out.extend_from_slice(&run[4 * row..4 * row + 4]);
@@ -114,6 +78,10 @@ impl Q6KTiles {
             out.extend_from_slice(&block[2 * row..2 * row + 2]);
         }
         out
+    }
+
+    fn tile_rows(kernel: Kernel, tiles: &KTiles<Self>, tile: usize, x: &Q8KRows, out: &mut [f32]) {
+        tile_rows(kernel, tiles, tile, x, out)
     }
 }
 
@@ -166,23 +134,9 @@ pub fn dot_many(weights: &[u8], x: Q8KRow) -> f32 {
     acc
 }
 
-/// `outs[i][t * rows_i + r] = row r of matrices[i] · activation row t`, for every matrix that
-/// reads `x`, in one pass over the pool, a tile at a time.
-pub fn matmul(kernel: Kernel, matrices: &[&Q6KTiles], x: &Q8KRows, outs: &mut [&mut [f32]]) {
-    assert!(kernel.runs_here(), "{kernel:?} does not run on this CPU");
-    for matrix in matrices {
-        assert_eq!(matrix.blocks, x.blocks(), "the activation's length");
-    }
-    let rows: Vec<usize> = matrices.iter().map(|m| m.rows).collect();
-    for_each_row(&rows, TILE_ROWS, x.rows(), 1, outs, |i, r, values| {
-        tile_rows(kernel, matrices[i], r / TILE_ROWS, x, values);
-    });
-}
-
 /// The 16 rows of tile `tile` times every row of `x`: `out[c * x_rows + t]`, each equal to
 /// `dot_one` of the two for one row of `x`, else `dot_many`, bit for bit.
 fn tile_rows(kernel: Kernel, matrix: &Q6KTiles, tile: usize, x: &Q8KRows, out: &mut [f32]) {
-    assert_eq!(out.len(), TILE_ROWS * x.rows());
     match kernel {
         // SAFETY: `runs_here`, asserted by `matmul`; `vnni::q6k_tile_rows` asserts the tile's
         // and the rows' lengths.

@@ -13,9 +13,8 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, Device, Result, Storage, Tensor};
 
 use llm_worker_rbee_cpu_kernels::{
-    dense, elementwise, k_quants, matmul, matmul_packed, q6_k, BlockFormat, BlockMatrix,
-    DenseFormat, DenseMatrix, Kernel, PackedMatrix, Q4KTiles, Q6KTiles, Q8KRows, Q8Rows, BLOCK,
-    TILE_ROWS,
+    dense, elementwise, k_tiles, matmul, matmul_packed, BlockFormat, BlockMatrix, DenseFormat,
+    DenseMatrix, Kernel, PackedMatrix, Q4KTiles, Q6KTiles, Q8KRows, Q8Rows, BLOCK, TILE_ROWS,
 };
 
 /// How the CPU kernels read a weight matrix.
@@ -335,7 +334,7 @@ pub fn forward_shared<const N: usize>(
         .collect::<Option<Vec<_>>>()
     {
         with_quantized_k(values, cols, |input| {
-            k_quants::matmul(kernel, &tiles, input, &mut destinations)
+            k_tiles::matmul(kernel, &tiles, input, &mut destinations)
         });
     } else if let Some(tiles) = linears
         .iter()
@@ -346,7 +345,7 @@ pub fn forward_shared<const N: usize>(
         .collect::<Option<Vec<_>>>()
     {
         with_quantized_k(values, cols, |input| {
-            q6_k::matmul(kernel, &tiles, input, &mut destinations)
+            k_tiles::matmul(kernel, &tiles, input, &mut destinations)
         });
     } else if let Some(tiles) = linears
         .iter()
