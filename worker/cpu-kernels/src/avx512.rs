@@ -6,8 +6,8 @@ use std::arch::x86_64::*;
 use crate::format::DenseFormat;
 
 /// Rows of f32 or f16 weights times each row of `x`: see `Kernel::dense_rows`. A prefill takes
-/// six weight rows by four rows of `x` per tile (24 sums, 4 + 1 loads for them and 24 FMAs
-/// per 16 values): each pass over the rows of `x` (from L2 in a long prompt) feeds 24 sums.
+/// six weight rows by four rows of `x` per tile (24 sums in registers; per 16 values 10 loads
+/// and 24 FMAs): each pass over the rows of `x` (from L2 in a long prompt) feeds 24 sums.
 ///
 /// # Safety
 /// The CPU must have AVX-512F and F16C; every weight row holds the values of a row of `x`, and

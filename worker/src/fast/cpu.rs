@@ -191,9 +191,9 @@ thread_local! {
 }
 
 /// Bytes starting on a 64-byte boundary (and so every row, where a row's length is a multiple
-/// of 64 bytes). The dense kernels load 16 values at a time (64 bytes of f32); 16 bytes off a
-/// boundary (the allocator's usual alignment, and where candle's loads of a GGUF file put 3 in
-/// 4 of SmolLM2's matrices) each load spans two cache lines. With the input and the weights
+/// of 64 bytes). The dense kernels load 16 values at a time (64 bytes of f32); off a boundary
+/// (where the allocator's 16-byte alignment leaves 3 in 4 allocations, candle's loads of
+/// SmolLM2's GGUF matrices among them) each load spans two cache lines. With the input and the weights
 /// misaligned a prefill ran at 110 GFLOP/s on two cores against 140-180 with either aligned
 /// (1536 x 576 f32 by 128 rows, best of 20); with the input aligned, SmolLM2's f32 products at
 /// 128 rows ran at 152 GFLOP/s with the weights 16 bytes off and 185 on the boundary.
