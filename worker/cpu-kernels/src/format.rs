@@ -55,10 +55,10 @@ impl BlockFormat {
 /// Rows per tile of a `PackedMatrix`.
 pub const TILE_ROWS: usize = 16;
 
-/// Values per Q4_K, Q6_K and Q8_K block.
+/// Values per Q4_K, Q5_K, Q6_K and Q8_K block.
 pub const SUPER_BLOCK: usize = 256;
 
-/// Sub-blocks of 32 values per Q4_K block, each with its own scale and min.
+/// Sub-blocks of 32 values per Q4_K or Q5_K block, each with its own scale and min.
 pub(crate) const SUBS: usize = 8;
 
 /// The layout of one block of a Q4_K tile's 16 rows (`k_quants`): where each part starts, and
@@ -71,6 +71,17 @@ pub(crate) mod q4k_tile {
     pub const MINS_AT: usize = SCALES_AT + SUBS * TILE_ROWS;
     pub const NIBBLES_AT: usize = MINS_AT + SUBS * TILE_ROWS;
     pub const BLOCK_BYTES: usize = NIBBLES_AT + TILE_ROWS * 128;
+}
+
+/// The layout of one block of a Q5_K tile's 16 rows (`q5_k`): a Q4_K tile's block (the low
+/// nibbles where Q4_K's are), then the high bits.
+pub(crate) mod q5k_tile {
+    use super::{q4k_tile, TILE_ROWS};
+
+    /// Per run `g` of 4 values, the 16 rows' bytes `4g..4g + 4` of `qh`: bit `s` of each the
+    /// fifth bit of a value of sub-block `s`.
+    pub const HIGH_AT: usize = q4k_tile::BLOCK_BYTES;
+    pub const BLOCK_BYTES: usize = HIGH_AT + 8 * 4 * TILE_ROWS;
 }
 
 /// The layout of one block of a Q6_K tile's 16 rows (`q6_k`): where each part starts, and the

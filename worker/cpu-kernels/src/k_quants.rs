@@ -28,7 +28,7 @@ use crate::kernel::Kernel;
 const FILE_BLOCK_BYTES: usize = 144;
 
 /// Sub-block `j`'s 6-bit scale and min from a block's 12 bytes (ggml's `get_scale_min_k4`).
-fn scale_min(j: usize, scales: &[u8]) -> (u8, u8) {
+pub(crate) fn scale_min(j: usize, scales: &[u8]) -> (u8, u8) {
     if j < 4 {
         (scales[j] & 63, scales[j + 4] & 63)
     } else {
@@ -63,46 +63,68 @@ impl KQuant for Q4K {
     const TILE_BLOCK_BYTES: usize = TILE_BLOCK_BYTES;
 
     fn put_block<'a>(bytes: &mut Vec<u8>, block: impl Fn(usize) -> &'a [u8]) {
-        for scale in 0..2 {
-            for r in 0..TILE_ROWS {
-                bytes.extend_from_slice(&block(r)[2 * scale..2 * scale + 2]);
-            }
-        }
-        for part in [0, 1] {
-            for j in 0..SUBS {
-                for r in 0..TILE_ROWS {
-                    let (scale, min) = scale_min(j, &block(r)[4..16]);
-                    bytes.push([scale, min][part]);
-                }
-            }
-        }
-        for c in 0..4 {
-            for g in 0..8 {
-                for r in 0..TILE_ROWS {
-                    let at = 16 + 32 * c + 4 * g;
-                    bytes.extend_from_slice(&block(r)[at..at + 4]);
-                }
-            }
-        }
+        put_tile_block(bytes, block, 16);
     }
 
     fn unpacked_row(tiles: &KTiles<Self>, r: usize) -> Vec<u8> {
         let (tile, row) = (tiles.tile(r / TILE_ROWS), r % TILE_ROWS);
         let mut out = Vec::with_capacity(tiles.blocks() * FILE_BLOCK_BYTES);
         for block in tile.chunks_exact(TILE_BLOCK_BYTES) {
-            out.extend_from_slice(&block[2 * row..2 * row + 2]);
-            out.extend_from_slice(&block[DMIN_AT + 2 * row..DMIN_AT + 2 * row + 2]);
-            let part = |at: usize| std::array::from_fn(|j| block[at + j * TILE_ROWS + row]);
-            out.extend(scale_bytes(part(SCALES_AT), part(MINS_AT)));
-            for run in block[NIBBLES_AT..].chunks_exact(4 * TILE_ROWS) {
-                out.extend_from_slice(&run[4 * row..4 * row + 4]);
-            }
+            unpack_head(block, row, &mut out);
+            unpack_nibbles(block, row, &mut out);
         }
         out
     }
 
     fn tile_rows(kernel: Kernel, tiles: &KTiles<Self>, tile: usize, x: &Q8KRows, out: &mut [f32]) {
         tile_rows(kernel, tiles, tile, x, out)
+    }
+}
+
+/// Appends a Q4_K tile's block (and the start of a Q5_K one) made of the 16 rows' file blocks
+/// `block(r)`, each of which starts with `d`, `dmin` and the 12 bytes of scales and mins and
+/// holds its nibbles at `nibbles_at`.
+pub(crate) fn put_tile_block<'a>(
+    bytes: &mut Vec<u8>,
+    block: impl Fn(usize) -> &'a [u8],
+    nibbles_at: usize,
+) {
+    for scale in 0..2 {
+        for r in 0..TILE_ROWS {
+            bytes.extend_from_slice(&block(r)[2 * scale..2 * scale + 2]);
+        }
+    }
+    for part in [0, 1] {
+        for j in 0..SUBS {
+            for r in 0..TILE_ROWS {
+                let (scale, min) = scale_min(j, &block(r)[4..16]);
+                bytes.push([scale, min][part]);
+            }
+        }
+    }
+    for c in 0..4 {
+        for g in 0..8 {
+            for r in 0..TILE_ROWS {
+                let at = nibbles_at + 32 * c + 4 * g;
+                bytes.extend_from_slice(&block(r)[at..at + 4]);
+            }
+        }
+    }
+}
+
+/// Appends row `row`'s `d`, `dmin` and 12 bytes of scales and mins as the file holds them,
+/// from a tile's block laid out as Q4_K's.
+pub(crate) fn unpack_head(block: &[u8], row: usize, out: &mut Vec<u8>) {
+    out.extend_from_slice(&block[2 * row..2 * row + 2]);
+    out.extend_from_slice(&block[DMIN_AT + 2 * row..DMIN_AT + 2 * row + 2]);
+    let part = |at: usize| std::array::from_fn(|j| block[at + j * TILE_ROWS + row]);
+    out.extend(scale_bytes(part(SCALES_AT), part(MINS_AT)));
+}
+
+/// Appends row `row`'s 128 bytes of nibbles, from the same.
+pub(crate) fn unpack_nibbles(block: &[u8], row: usize, out: &mut Vec<u8>) {
+    for run in block[NIBBLES_AT..NIBBLES_AT + 128 * TILE_ROWS].chunks_exact(4 * TILE_ROWS) {
+        out.extend_from_slice(&run[4 * row..4 * row + 4]);
     }
 }
 

@@ -1,12 +1,11 @@
 //! The kernels of llm-worker-rbee's CPU fast engine: products of GGUF block-quantized weights
-//! (Q4_0, Q4_1, Q8_0 in blocks of 32; Q4_K and Q6_K in blocks of 256, `k_quants` and `q6_k`)
-//! with the input quantized once for every product that reads it, and of f32 and f16 weights
-//! with the f32 input, by kernels chosen at run time from the CPU's features (the portable
-//! kernel is the reference; with AVX-512 VNNI, quantized weights repacked at load in 16-row
-//! tiles), split over candle's persistent barrier pool. A crate of its own so that test builds
-//! optimize it as they do candle. candle's `QMatMul` stays the reference
-//! engine; the tests below check every kernel against it and against the f64 product of the
-//! stored values.
+//! (Q4_0, Q4_1, Q8_0 in blocks of 32; Q4_K, Q5_K and Q6_K in blocks of 256, `k_quants`, `q5_k`
+//! and `q6_k`) with the input quantized once for every product that reads it, and of f32 and
+//! f16 weights with the f32 input, by kernels chosen at run time from the CPU's features (the
+//! portable kernel is the reference; with AVX-512 VNNI, quantized weights repacked at load in
+//! 16-row tiles), split over candle's persistent barrier pool. A crate of its own so that test
+//! builds optimize it as they do candle. candle's `QMatMul` stays the reference engine; the
+//! tests below check every kernel against it and against the f64 product of the stored values.
 
 pub mod activation;
 #[cfg(target_arch = "x86_64")]
@@ -23,6 +22,7 @@ pub mod kernel;
 pub mod packed;
 mod pool;
 mod portable;
+pub mod q5_k;
 pub mod q6_k;
 #[cfg(target_arch = "x86_64")]
 mod vnni;
@@ -35,6 +35,7 @@ pub use k_quants::Q4KTiles;
 pub use k_tiles::KTiles;
 pub use kernel::Kernel;
 pub use packed::{matmul_packed, PackedMatrix};
+pub use q5_k::Q5KTiles;
 pub use q6_k::Q6KTiles;
 
 /// `Σ (a - b)² / Σ b²`, the measure of llama.cpp's test-backend-ops that the kernels' checks
@@ -57,6 +58,7 @@ mod tests {
     use super::*;
     use crate::k_quants::Q4K;
     use crate::k_tiles::KQuant;
+    use crate::q5_k::Q5K;
     use crate::q6_k::Q6K;
 
     const FORMATS: [(GgmlDType, BlockFormat); 3] = [
@@ -319,6 +321,11 @@ mod tests {
     }
 
     #[test]
+    fn every_q5k_kernel_matches_the_dequantized_product_and_candle() {
+        tiles_match_the_dequantized_product_and_candle::<Q5K>();
+    }
+
+    #[test]
     fn every_q6k_kernel_matches_the_dequantized_product_and_candle() {
         tiles_match_the_dequantized_product_and_candle::<Q6K>();
     }
@@ -375,6 +382,11 @@ mod tests {
     #[test]
     fn q4k_tiles_hold_the_files_rows() {
         tiles_hold_the_files_rows::<Q4K>();
+    }
+
+    #[test]
+    fn q5k_tiles_hold_the_files_rows() {
+        tiles_hold_the_files_rows::<Q5K>();
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! holds it (f16 is not widened to an f32 copy) or, where the CPU has AVX-512 VNNI, a quantized
 //! one repacked at load into 16-row tiles that replace it (a tied embedding table's lookup then
 //! reads the tiles), a quantized product's input quantized once for every product that reads it.
-//! Q4_K and Q6_K are read only as tiles (with AVX-512 VNNI); elsewhere candle's `QMatMul` runs
-//! them.
+//! The k-quants (Q4_K, Q5_K, Q6_K) are read only as tiles (with AVX-512 VNNI); elsewhere candle's
+//! `QMatMul` runs them.
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -12,9 +12,10 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, Device, Result, Storage, Tensor};
 
+use llm_worker_rbee_cpu_kernels::k_tiles::{self, KQuant};
 use llm_worker_rbee_cpu_kernels::{
-    dense, elementwise, k_tiles, matmul, matmul_packed, BlockFormat, BlockMatrix, DenseFormat,
-    DenseMatrix, Kernel, PackedMatrix, Q4KTiles, Q6KTiles, Q8KRows, Q8Rows, BLOCK, TILE_ROWS,
+    dense, elementwise, matmul, matmul_packed, BlockFormat, BlockMatrix, DenseFormat, DenseMatrix,
+    KTiles, Kernel, PackedMatrix, Q4KTiles, Q5KTiles, Q6KTiles, Q8KRows, Q8Rows, BLOCK, TILE_ROWS,
 };
 
 /// How the CPU kernels read a weight matrix.
@@ -26,11 +27,9 @@ enum Layout {
     Tiles(BlockFormat),
     /// f32 or f16 values, with the f32 input as it is.
     Dense(DenseFormat),
-    /// Q4_K blocks of 256 repacked at load in tiles of 16 rows (`Q4KTiles`), with the input
-    /// quantized to 8 bits per block of 256.
-    Q4KTiles,
-    /// Q6_K the same way (`Q6KTiles`), same input.
-    Q6KTiles,
+    /// A k-quant's blocks of 256 (Q4_K, Q5_K, Q6_K) repacked at load in tiles of 16 rows
+    /// (`KQuantTiles`), with the input quantized to 8 bits per block of 256.
+    KTiles(GgmlDType),
 }
 
 /// Where the weights are: the loaded tensor, read in place, its values moved to a cache line's
@@ -39,12 +38,66 @@ enum Weights {
     Tensor(Arc<QTensor>),
     Aligned(CacheLines),
     Tiles(Arc<PackedMatrix>),
-    Q4KTiles(Q4KTiles),
-    Q6KTiles(Q6KTiles),
+    KTiles(KQuantTiles),
+}
+
+/// A k-quant matrix's tiles, of one of the formats the kernels read.
+enum KQuantTiles {
+    Q4K(Q4KTiles),
+    Q5K(Q5KTiles),
+    Q6K(Q6KTiles),
+}
+
+impl KQuantTiles {
+    /// The tiles of a `rows` x `cols` matrix of the file's blocks of `dtype`, if the kernels
+    /// read that format and the matrix is whole tiles.
+    fn pack(dtype: GgmlDType, rows: usize, cols: usize, bytes: &[u8]) -> Option<Self> {
+        match dtype {
+            GgmlDType::Q4K => Q4KTiles::pack(rows, cols, bytes).ok().map(Self::Q4K),
+            GgmlDType::Q5K => Q5KTiles::pack(rows, cols, bytes).ok().map(Self::Q5K),
+            GgmlDType::Q6K => Q6KTiles::pack(rows, cols, bytes).ok().map(Self::Q6K),
+            _ => None,
+        }
+    }
+
+    /// Each of `matrices` (all of one format) times `x`, in one pass: `outs[i][t * rows_i + r]`.
+    fn matmul(kernel: Kernel, matrices: &[&Self], x: &Q8KRows, outs: &mut [&mut [f32]]) {
+        /// The tiles of format `F` of every matrix.
+        fn all<'a, F: KQuant>(
+            matrices: &[&'a KQuantTiles],
+            tiles: impl Fn(&'a KQuantTiles) -> Option<&'a KTiles<F>>,
+        ) -> Vec<&'a KTiles<F>> {
+            let all: Option<Vec<_>> = matrices.iter().map(|m| tiles(m)).collect();
+            all.expect("one pass reads one format (`shares_a_pass_with`)")
+        }
+        match matrices[0] {
+            Self::Q4K(_) => {
+                let tiles = all(matrices, |m| match m {
+                    Self::Q4K(tiles) => Some(tiles),
+                    _ => None,
+                });
+                k_tiles::matmul(kernel, &tiles, x, outs)
+            }
+            Self::Q5K(_) => {
+                let tiles = all(matrices, |m| match m {
+                    Self::Q5K(tiles) => Some(tiles),
+                    _ => None,
+                });
+                k_tiles::matmul(kernel, &tiles, x, outs)
+            }
+            Self::Q6K(_) => {
+                let tiles = all(matrices, |m| match m {
+                    Self::Q6K(tiles) => Some(tiles),
+                    _ => None,
+                });
+                k_tiles::matmul(kernel, &tiles, x, outs)
+            }
+        }
+    }
 }
 
 /// `x · Wᵀ` for a `[rows, cols]` `W` in host memory that the CPU kernels read: block-quantized
-/// (Q4_0, Q4_1, Q8_0; Q4_K and Q6_K as tiles), f32 or f16.
+/// (Q4_0, Q4_1, Q8_0; Q4_K, Q5_K and Q6_K as tiles), f32 or f16.
 pub struct KernelLinear {
     weights: Weights,
     layout: Layout,
@@ -78,12 +131,12 @@ impl KernelLinear {
     /// `None` where the kernels do not read the tensor: another format, not on the CPU, not a
     /// matrix of whole blocks. Block-quantized matrices of whole 16-row tiles are repacked
     /// where the CPU's kernel reads tiles faster (AVX-512 VNNI), holding the tiles in place of
-    /// the tensor (the same bytes, rearranged). Q4_K and Q6_K are read only as tiles
+    /// the tensor (the same bytes, rearranged). The k-quants are read only as tiles
     /// (`k_quant_tiles`).
     fn reading(weights: &Arc<QTensor>) -> Option<Self> {
         let kernel = Kernel::detect();
         let dtype = weights.dtype();
-        if matches!(dtype, GgmlDType::Q4K | GgmlDType::Q6K) {
+        if matches!(dtype, GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K) {
             return Self::k_quant_tiles(weights, kernel);
         }
         let mut layout = BlockFormat::of(dtype)
@@ -116,7 +169,7 @@ impl KernelLinear {
 }
 
 impl KernelLinear {
-    /// Q4_K or Q6_K repacked into tiles, which replace the tensor, where the CPU's kernel reads
+    /// A k-quant matrix repacked into tiles, which replace the tensor, where the CPU's kernel reads
     /// tiles (AVX-512 VNNI): the other kernels read these tiles only as a reference, and
     /// candle's `QMatMul` keeps the formats on other CPUs.
     fn k_quant_tiles(weights: &QTensor, kernel: Kernel) -> Option<Self> {
@@ -124,21 +177,11 @@ impl KernelLinear {
         if !kernel.packs() || !matches!(weights.device(), Device::Cpu) {
             return None;
         }
-        let bytes = weights.data().ok()?;
-        let (weights, layout) = match weights.dtype() {
-            GgmlDType::Q4K => (
-                Weights::Q4KTiles(Q4KTiles::pack(rows, cols, &bytes).ok()?),
-                Layout::Q4KTiles,
-            ),
-            GgmlDType::Q6K => (
-                Weights::Q6KTiles(Q6KTiles::pack(rows, cols, &bytes).ok()?),
-                Layout::Q6KTiles,
-            ),
-            _ => return None,
-        };
+        let dtype = weights.dtype();
+        let tiles = KQuantTiles::pack(dtype, rows, cols, &weights.data().ok()?)?;
         Some(Self {
-            weights,
-            layout,
+            weights: Weights::KTiles(tiles),
+            layout: Layout::KTiles(dtype),
             rows,
             cols,
             kernel,
@@ -149,10 +192,7 @@ impl KernelLinear {
     pub fn tiles(&self) -> Option<Arc<PackedMatrix>> {
         match &self.weights {
             Weights::Tiles(tiles) => Some(tiles.clone()),
-            Weights::Tensor(_)
-            | Weights::Aligned(_)
-            | Weights::Q4KTiles(_)
-            | Weights::Q6KTiles(_) => None,
+            Weights::Tensor(_) | Weights::Aligned(_) | Weights::KTiles(_) => None,
         }
     }
 
@@ -161,30 +201,31 @@ impl KernelLinear {
         match &self.weights {
             Weights::Tensor(tensor) => tensor.data(),
             Weights::Aligned(lines) => Ok(std::borrow::Cow::Borrowed(lines.bytes())),
-            Weights::Tiles(_) | Weights::Q4KTiles(_) | Weights::Q6KTiles(_) => {
+            Weights::Tiles(_) | Weights::KTiles(_) => {
                 candle_core::bail!("a product read as tiles has no tensor")
             }
         }
     }
 
     /// Whether one pass of `forward_shared` can run both (both read the same way: the file's
-    /// blocks, tiles, or dense values).
+    /// blocks, tiles, dense values, or tiles of one k-quant).
     pub fn shares_a_pass_with(&self, other: &KernelLinear) -> bool {
-        matches!(
-            (self.layout, other.layout),
-            (Layout::Blocks(_), Layout::Blocks(_))
-                | (Layout::Tiles(_), Layout::Tiles(_))
-                | (Layout::Dense(_), Layout::Dense(_))
-                | (Layout::Q4KTiles, Layout::Q4KTiles)
-                | (Layout::Q6KTiles, Layout::Q6KTiles)
-        )
+        match (self.layout, other.layout) {
+            (Layout::KTiles(a), Layout::KTiles(b)) => a == b,
+            (a, b) => matches!(
+                (a, b),
+                (Layout::Blocks(_), Layout::Blocks(_))
+                    | (Layout::Tiles(_), Layout::Tiles(_))
+                    | (Layout::Dense(_), Layout::Dense(_))
+            ),
+        }
     }
 }
 
 thread_local! {
     /// The quantized input, its buffers kept from one product to the next.
     static INPUT: RefCell<Q8Rows> = RefCell::new(Q8Rows::default());
-    /// The same for the products of Q4_K and Q6_K tiles, in blocks of 256.
+    /// The same for the products of k-quant tiles, in blocks of 256.
     static INPUT_K: RefCell<Q8KRows> = RefCell::new(Q8KRows::default());
     /// The dense products' input, copied to a cache line's boundary.
     static ALIGNED_INPUT: RefCell<CacheLines> = RefCell::new(CacheLines::default());
@@ -328,24 +369,16 @@ pub fn forward_shared<const N: usize>(
     if let Some(tiles) = linears
         .iter()
         .map(|l| match &l.weights {
-            Weights::Q4KTiles(tiles) => Some(tiles),
+            Weights::KTiles(tiles) => Some(tiles),
             _ => None,
         })
         .collect::<Option<Vec<_>>>()
     {
+        if layouts.iter().any(|layout| *layout != layouts[0]) {
+            candle_core::bail!("products of one input read as {layouts:?}: one pass takes one kind")
+        }
         with_quantized_k(values, cols, |input| {
-            k_tiles::matmul(kernel, &tiles, input, &mut destinations)
-        });
-    } else if let Some(tiles) = linears
-        .iter()
-        .map(|l| match &l.weights {
-            Weights::Q6KTiles(tiles) => Some(tiles),
-            _ => None,
-        })
-        .collect::<Option<Vec<_>>>()
-    {
-        with_quantized_k(values, cols, |input| {
-            k_tiles::matmul(kernel, &tiles, input, &mut destinations)
+            KQuantTiles::matmul(kernel, &tiles, input, &mut destinations)
         });
     } else if let Some(tiles) = linears
         .iter()

@@ -9,7 +9,8 @@
 //!   two fused steps, candle's own x86 Q4_K order;
 //! - Q6_K (`q6_k`'s tiles): for one activation row, `q6_k::dot_one`'s eight lanes (each run's
 //!   integer sum times its sub-block's scale); for several, per sub-block of 16 the integer
-//!   sum and `q6_k::dot_many`'s FMA.
+//!   sum and `q6_k::dot_many`'s FMA;
+//! - Q5_K (`q5_k`'s tiles, in `vnni::q5_k`): `q5_k::dot`'s eight lanes and mins' sum.
 
 use std::arch::x86_64::*;
 use std::cell::RefCell;
@@ -23,6 +24,9 @@ use crate::format::q6k_tile::{
     SCALES_AT as Q6K_SCALES_AT,
 };
 use crate::format::{BlockFormat, SUBS, SUPER_BLOCK, TILE_ROWS};
+
+mod q5_k;
+pub use q5_k::q5k_tile_rows;
 
 /// The tile's 16 rows times every row of `x`: `out[c * x_rows + t]`.
 ///
