@@ -186,7 +186,7 @@ fn a_tied_gguf_on_the_cpu_fast_engine_gives_the_candle_engines_logits() {
     }
 }
 
-/// Q4_K, Q5_K and Q6_K (blocks of 256: a llama of the wide fixtures' size, hidden 256): the fast
+/// The k-quants Q2_K to Q6_K (blocks of 256: a llama of the wide fixtures' size, hidden 256): the fast
 /// engine reads the weights as tiles where the CPU has AVX-512 VNNI, in candle's float steps,
 /// and gives the candle engine's logits at every step, untied and tied (the embeddings then
 /// read from the file's table, which the tiles do not replace).
@@ -199,9 +199,15 @@ fn the_cpu_fast_engine_on_k_quant_weights_gives_the_candle_engines_logits() {
         ..synth::fixture("llama").unwrap()
     };
     synth::write_fixture(&spec, source.path()).unwrap();
-    for (dtype, tied) in [GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K]
-        .into_iter()
-        .flat_map(|dtype| [(dtype, false), (dtype, true)])
+    for (dtype, tied) in [
+        GgmlDType::Q2K,
+        GgmlDType::Q3K,
+        GgmlDType::Q4K,
+        GgmlDType::Q5K,
+        GgmlDType::Q6K,
+    ]
+    .into_iter()
+    .flat_map(|dtype| [(dtype, false), (dtype, true)])
     {
         let dir = tempfile::tempdir().unwrap();
         let gguf = dir.path().join("model.gguf");

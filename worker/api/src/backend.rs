@@ -139,7 +139,7 @@ pub enum Engine {
     #[default]
     Candle,
     /// On CUDA the fused kernels and CUDA graph for the llama family from SafeTensors; on the
-    /// CPU the kernels for llama-family GGUF files (Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K, f16 and
+    /// CPU the kernels for llama-family GGUF files (Q4_0, Q4_1, Q8_0, Q2_K to Q6_K, f16 and
     /// f32 products). The default there.
     Fast,
 }

@@ -121,12 +121,13 @@ pub struct Q8KRows {
     qs: Vec<i8>,
     /// `Σ qs` of each sub-block of 32 (the sum of two of the block's `bsums`).
     sub_sums: Vec<i32>,
-    /// `-32 Σ qs` of each run of 4 values (64 per block): what Q6_K's stored values (`q + 32`)
-    /// add to a run's sum, its starting value there.
-    q6k_offsets: Vec<i32>,
-    /// The same of each sub-block of 16 (`-32` times candle's `bsums`), the starting value of
-    /// a sub-block's sum in a prefill's Q6_K products.
-    q6k_sub_offsets: Vec<i32>,
+    /// `Σ qs` of each run of 4 values (64 per block): times the offset of Q6_K's and Q3_K's
+    /// stored values (`q + 32`, `q + 4`), what they add to a run's sum, taken off by starting
+    /// the sum at its negative.
+    run_sums: Vec<i32>,
+    /// `Σ qs` of each sub-block of 16 (candle's `bsums`): Q2_K's mins and, times `-32`, the
+    /// starting value of a sub-block's sum in a prefill's Q6_K products.
+    bsums: Vec<i32>,
 }
 
 /// One activation row.
@@ -135,10 +136,10 @@ pub struct Q8KRow<'a> {
     pub d: &'a [f32],
     pub qs: &'a [i8],
     pub sub_sums: &'a [i32],
-    /// `-32 Σ qs` of each run of 4 values.
-    pub q6k_offsets: &'a [i32],
-    /// `-32 Σ qs` of each sub-block of 16.
-    pub q6k_sub_offsets: &'a [i32],
+    /// `Σ qs` of each run of 4 values.
+    pub run_sums: &'a [i32],
+    /// `Σ qs` of each sub-block of 16.
+    pub bsums: &'a [i32],
 }
 
 impl Q8KRows {
@@ -158,20 +159,20 @@ impl Q8KRows {
         self.d.resize(rows * blocks, 0.0);
         self.qs.resize(rows * cols, 0);
         self.sub_sums.resize(rows * blocks * SUBS, 0);
-        self.q6k_offsets.resize(rows * blocks * runs, 0);
-        self.q6k_sub_offsets.resize(rows * blocks * 16, 0);
+        self.run_sums.resize(rows * blocks * runs, 0);
+        self.bsums.resize(rows * blocks * 16, 0);
         let row_parts = x
             .chunks_exact(cols.max(1))
             .zip(self.d.chunks_exact_mut(blocks.max(1)))
             .zip(self.qs.chunks_exact_mut(cols.max(1)))
             .zip(self.sub_sums.chunks_exact_mut((blocks * SUBS).max(1)))
-            .zip(self.q6k_offsets.chunks_exact_mut((blocks * runs).max(1)))
-            .zip(self.q6k_sub_offsets.chunks_exact_mut((blocks * 16).max(1)))
+            .zip(self.run_sums.chunks_exact_mut((blocks * runs).max(1)))
+            .zip(self.bsums.chunks_exact_mut((blocks * 16).max(1)))
             .collect();
         each_on_the_pool(
             row_parts,
-            |(((((x, d), qs), sub_sums), q6k_offsets), q6k_sub_offsets)| {
-                quantize_k_row(x, d, qs, sub_sums, q6k_offsets, q6k_sub_offsets)
+            |(((((x, d), qs), sub_sums), run_sums), bsums)| {
+                quantize_k_row(x, d, qs, sub_sums, run_sums, bsums)
             },
         );
     }
@@ -190,8 +191,8 @@ impl Q8KRows {
             d: &self.d[b0..b1],
             qs: &self.qs[b0 * SUPER_BLOCK..b1 * SUPER_BLOCK],
             sub_sums: &self.sub_sums[b0 * SUBS..b1 * SUBS],
-            q6k_offsets: &self.q6k_offsets[b0 * SUPER_BLOCK / 4..b1 * SUPER_BLOCK / 4],
-            q6k_sub_offsets: &self.q6k_sub_offsets[b0 * 16..b1 * 16],
+            run_sums: &self.run_sums[b0 * SUPER_BLOCK / 4..b1 * SUPER_BLOCK / 4],
+            bsums: &self.bsums[b0 * 16..b1 * 16],
         }
     }
 }
@@ -254,8 +255,8 @@ fn quantize_k_row(
     d: &mut [f32],
     qs: &mut [i8],
     sub_sums: &mut [i32],
-    q6k_offsets: &mut [i32],
-    q6k_sub_offsets: &mut [i32],
+    run_sums: &mut [i32],
+    bsums: &mut [i32],
 ) {
     let runs = SUPER_BLOCK / 4;
     for (b, block) in x.chunks_exact(SUPER_BLOCK).enumerate() {
@@ -267,8 +268,8 @@ fn quantize_k_row(
             d[b] = 0.0;
             qs.fill(0);
             sub_sums[b * SUBS..(b + 1) * SUBS].fill(0);
-            q6k_offsets[b * runs..(b + 1) * runs].fill(0);
-            q6k_sub_offsets[b * 16..(b + 1) * 16].fill(0);
+            run_sums[b * runs..(b + 1) * runs].fill(0);
+            bsums[b * 16..(b + 1) * 16].fill(0);
             continue;
         }
         // `amax` is a value's magnitude, so `find` finds one.
@@ -284,15 +285,11 @@ fn quantize_k_row(
         for (sum, sub) in sub_sums[b * SUBS..].iter_mut().zip(qs.chunks_exact(32)) {
             *sum = sub.iter().map(|q| i32::from(*q)).sum();
         }
-        let run_offsets = &mut q6k_offsets[b * runs..(b + 1) * runs];
-        for (offset, run) in run_offsets.iter_mut().zip(qs.chunks_exact(4)) {
-            *offset = -32 * run.iter().map(|q| i32::from(*q)).sum::<i32>();
+        for (sum, run) in run_sums[b * runs..].iter_mut().zip(qs.chunks_exact(4)) {
+            *sum = run.iter().map(|q| i32::from(*q)).sum();
         }
-        for (offset, runs) in q6k_sub_offsets[b * 16..]
-            .iter_mut()
-            .zip(run_offsets.chunks_exact(4))
-        {
-            *offset = runs.iter().sum();
+        for (sum, sub) in bsums[b * 16..].iter_mut().zip(qs.chunks_exact(16)) {
+            *sum = sub.iter().map(|q| i32::from(*q)).sum();
         }
         d[b] = 1.0 / inverse;
     }
@@ -405,8 +402,8 @@ mod tests {
         }
     }
 
-    /// The same values as candle's Q8_K blocks (`d`, `qs`, the sums of `bsums` in pairs, and
-    /// Q6_K's run offsets, which add up to `-32` times each `bsum`), a zero block, a block whose
+    /// The same values as candle's Q8_K blocks (`d`, `qs`, `bsums` and their sums in pairs, and
+    /// the runs' sums, which add up to each `bsum`), a zero block, a block whose
     /// largest magnitude is positive and one where it comes with both signs included.
     #[test]
     fn rows_equal_candles_q8k_blocks() {
@@ -448,19 +445,19 @@ mod tests {
                     );
                 }
                 for i in 0..16 {
-                    let runs = &row.q6k_offsets[b * 64 + 4 * i..b * 64 + 4 * (i + 1)];
+                    let runs = &row.run_sums[b * 64 + 4 * i..b * 64 + 4 * (i + 1)];
                     let qs = &row.qs[b * 256 + 16 * i..b * 256 + 16 * (i + 1)];
                     assert_eq!(
                         runs,
                         qs.chunks(4)
-                            .map(|run| -32 * run.iter().map(|q| i32::from(*q)).sum::<i32>())
+                            .map(|run| run.iter().map(|q| i32::from(*q)).sum::<i32>())
                             .collect::<Vec<_>>(),
                         "row {t} block {b} runs of sub-block {i} of 16"
                     );
                     let bsum = i16::from_le_bytes([block[260 + 2 * i], block[261 + 2 * i]]);
                     assert_eq!(
-                        (runs.iter().sum::<i32>(), row.q6k_sub_offsets[b * 16 + i]),
-                        (-32 * i32::from(bsum), -32 * i32::from(bsum)),
+                        (runs.iter().sum::<i32>(), row.bsums[b * 16 + i]),
+                        (i32::from(bsum), i32::from(bsum)),
                         "row {t} block {b} bsum {i}"
                     );
                 }

@@ -55,7 +55,7 @@ impl BlockFormat {
 /// Rows per tile of a `PackedMatrix`.
 pub const TILE_ROWS: usize = 16;
 
-/// Values per Q4_K, Q5_K, Q6_K and Q8_K block.
+/// Values per k-quant (Q2_K to Q6_K) and Q8_K block.
 pub const SUPER_BLOCK: usize = 256;
 
 /// Sub-blocks of 32 values per Q4_K or Q5_K block, each with its own scale and min.
@@ -71,6 +71,33 @@ pub(crate) mod q4k_tile {
     pub const MINS_AT: usize = SCALES_AT + SUBS * TILE_ROWS;
     pub const NIBBLES_AT: usize = MINS_AT + SUBS * TILE_ROWS;
     pub const BLOCK_BYTES: usize = NIBBLES_AT + TILE_ROWS * 128;
+}
+
+/// The layout of one block of a Q2_K tile's 16 rows (`q2_k`): the same bytes as the file's 16
+/// rows, rearranged.
+pub(crate) mod q2k_tile {
+    use super::TILE_ROWS;
+
+    pub const DMIN_AT: usize = 2 * TILE_ROWS;
+    /// The 16 sub-blocks' bytes (scale in the low nibble, min in the high one), 16 rows each.
+    pub const SCALES_AT: usize = 4 * TILE_ROWS;
+    /// Per chunk `c` of 128 values and run `g`, the 16 rows' bytes `32c + 4g..+4` of `qs`.
+    pub const QS_AT: usize = SCALES_AT + 16 * TILE_ROWS;
+    pub const BLOCK_BYTES: usize = QS_AT + 64 * TILE_ROWS;
+}
+
+/// The layout of one block of a Q3_K tile's 16 rows (`q3_k`): the file's bytes, rearranged,
+/// but the 16 sub-blocks' 6-bit scales a byte each (`sc - 32`, signed) where the file packs
+/// them in 12.
+pub(crate) mod q3k_tile {
+    use super::TILE_ROWS;
+
+    pub const SCALES_AT: usize = 2 * TILE_ROWS;
+    /// Per chunk `c` of 128 values and run `g`, the 16 rows' bytes `32c + 4g..+4` of `qs`.
+    pub const QS_AT: usize = SCALES_AT + 16 * TILE_ROWS;
+    /// Per run `g`, the 16 rows' bytes `4g..4g + 4` of `hmask`.
+    pub const HIGH_AT: usize = QS_AT + 64 * TILE_ROWS;
+    pub const BLOCK_BYTES: usize = HIGH_AT + 32 * TILE_ROWS;
 }
 
 /// The layout of one block of a Q5_K tile's 16 rows (`q5_k`): a Q4_K tile's block (the low

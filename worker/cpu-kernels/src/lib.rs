@@ -1,6 +1,6 @@
 //! The kernels of llm-worker-rbee's CPU fast engine: products of GGUF block-quantized weights
-//! (Q4_0, Q4_1, Q8_0 in blocks of 32; Q4_K, Q5_K and Q6_K in blocks of 256, `k_quants`, `q5_k`
-//! and `q6_k`) with the input quantized once for every product that reads it, and of f32 and
+//! (Q4_0, Q4_1, Q8_0 in blocks of 32; the k-quants Q2_K to Q6_K in blocks of 256, `q2_k`,
+//! `q3_k`, `k_quants`, `q5_k` and `q6_k`) with the input quantized once for every product that reads it, and of f32 and
 //! f16 weights with the f32 input, by kernels chosen at run time from the CPU's features (the
 //! portable kernel is the reference; with AVX-512 VNNI, quantized weights repacked at load in
 //! 16-row tiles), split over candle's persistent barrier pool. A crate of its own so that test
@@ -22,6 +22,8 @@ pub mod kernel;
 pub mod packed;
 mod pool;
 mod portable;
+pub mod q2_k;
+pub mod q3_k;
 pub mod q5_k;
 pub mod q6_k;
 #[cfg(target_arch = "x86_64")]
@@ -35,6 +37,8 @@ pub use k_quants::Q4KTiles;
 pub use k_tiles::KTiles;
 pub use kernel::Kernel;
 pub use packed::{matmul_packed, PackedMatrix};
+pub use q2_k::Q2KTiles;
+pub use q3_k::Q3KTiles;
 pub use q5_k::Q5KTiles;
 pub use q6_k::Q6KTiles;
 
@@ -58,6 +62,8 @@ mod tests {
     use super::*;
     use crate::k_quants::Q4K;
     use crate::k_tiles::KQuant;
+    use crate::q2_k::Q2K;
+    use crate::q3_k::Q3K;
     use crate::q5_k::Q5K;
     use crate::q6_k::Q6K;
 
@@ -321,6 +327,16 @@ mod tests {
     }
 
     #[test]
+    fn every_q2k_kernel_matches_the_dequantized_product_and_candle() {
+        tiles_match_the_dequantized_product_and_candle::<Q2K>();
+    }
+
+    #[test]
+    fn every_q3k_kernel_matches_the_dequantized_product_and_candle() {
+        tiles_match_the_dequantized_product_and_candle::<Q3K>();
+    }
+
+    #[test]
     fn every_q5k_kernel_matches_the_dequantized_product_and_candle() {
         tiles_match_the_dequantized_product_and_candle::<Q5K>();
     }
@@ -382,6 +398,16 @@ mod tests {
     #[test]
     fn q4k_tiles_hold_the_files_rows() {
         tiles_hold_the_files_rows::<Q4K>();
+    }
+
+    #[test]
+    fn q2k_tiles_hold_the_files_rows() {
+        tiles_hold_the_files_rows::<Q2K>();
+    }
+
+    #[test]
+    fn q3k_tiles_hold_the_files_rows() {
+        tiles_hold_the_files_rows::<Q3K>();
     }
 
     #[test]

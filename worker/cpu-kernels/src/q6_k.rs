@@ -126,7 +126,7 @@ pub fn dot_many(weights: &[u8], x: Q8KRow) -> f32 {
                 .zip(&x.qs[values..values + 16])
                 .map(|(v, x)| i32::from(stored(block, v)) * i32::from(*x))
                 .sum();
-            let offset = x.q6k_sub_offsets[values / 16];
+            let offset = -32 * x.bsums[values / 16];
             let scale = d * f32::from(scale);
             acc = ((sum + offset) as f32).mul_add(scale * x.d[b], acc);
         }

@@ -3,7 +3,7 @@
 //! holds it (f16 is not widened to an f32 copy) or, where the CPU has AVX-512 VNNI, a quantized
 //! one repacked at load into 16-row tiles that replace it (a tied embedding table's lookup then
 //! reads the tiles), a quantized product's input quantized once for every product that reads it.
-//! The k-quants (Q4_K, Q5_K, Q6_K) are read only as tiles (with AVX-512 VNNI); elsewhere candle's
+//! The k-quants (Q2_K to Q6_K) are read only as tiles (with AVX-512 VNNI); elsewhere candle's
 //! `QMatMul` runs them.
 
 use std::cell::RefCell;
@@ -12,10 +12,15 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, Device, Result, Storage, Tensor};
 
+use llm_worker_rbee_cpu_kernels::k_quants::Q4K;
 use llm_worker_rbee_cpu_kernels::k_tiles::{self, KQuant};
+use llm_worker_rbee_cpu_kernels::q2_k::Q2K;
+use llm_worker_rbee_cpu_kernels::q3_k::Q3K;
+use llm_worker_rbee_cpu_kernels::q5_k::Q5K;
+use llm_worker_rbee_cpu_kernels::q6_k::Q6K;
 use llm_worker_rbee_cpu_kernels::{
     dense, elementwise, matmul, matmul_packed, BlockFormat, BlockMatrix, DenseFormat, DenseMatrix,
-    KTiles, Kernel, PackedMatrix, Q4KTiles, Q5KTiles, Q6KTiles, Q8KRows, Q8Rows, BLOCK, TILE_ROWS,
+    KTiles, Kernel, PackedMatrix, Q8KRows, Q8Rows, BLOCK, TILE_ROWS,
 };
 
 /// How the CPU kernels read a weight matrix.
@@ -27,7 +32,7 @@ enum Layout {
     Tiles(BlockFormat),
     /// f32 or f16 values, with the f32 input as it is.
     Dense(DenseFormat),
-    /// A k-quant's blocks of 256 (Q4_K, Q5_K, Q6_K) repacked at load in tiles of 16 rows
+    /// A k-quant's blocks of 256 (Q2_K to Q6_K) repacked at load in tiles of 16 rows
     /// (`KQuantTiles`), with the input quantized to 8 bits per block of 256.
     KTiles(GgmlDType),
 }
@@ -41,63 +46,55 @@ enum Weights {
     KTiles(KQuantTiles),
 }
 
-/// A k-quant matrix's tiles, of one of the formats the kernels read.
-enum KQuantTiles {
-    Q4K(Q4KTiles),
-    Q5K(Q5KTiles),
-    Q6K(Q6KTiles),
+/// `KQuantTiles`, an enum of the k-quant formats named (the kernels' marker types), with the
+/// packing and the product of each.
+macro_rules! k_quant_tiles {
+    ($($format:ident),+) => {
+        /// A k-quant matrix's tiles, of one of the formats the kernels read.
+        enum KQuantTiles {
+            $($format(KTiles<$format>),)+
+        }
+
+        impl KQuantTiles {
+            /// Whether `dtype` is one of these formats.
+            fn reads(dtype: GgmlDType) -> bool {
+                $(dtype == $format::DTYPE)||+
+            }
+
+            /// The tiles of a `rows` x `cols` matrix of the file's blocks of `dtype`, if the
+            /// kernels read that format and the matrix is whole tiles.
+            fn pack(dtype: GgmlDType, rows: usize, cols: usize, bytes: &[u8]) -> Option<Self> {
+                $(if dtype == $format::DTYPE {
+                    return KTiles::pack(rows, cols, bytes).ok().map(Self::$format);
+                })+
+                None
+            }
+
+            /// Each of `matrices` (all of one format) times `x`, in one pass:
+            /// `outs[i][t * rows_i + r]`.
+            fn matmul(kernel: Kernel, matrices: &[&Self], x: &Q8KRows, outs: &mut [&mut [f32]]) {
+                match matrices[0] {
+                    $(Self::$format(_) => {
+                        let tiles: Option<Vec<&KTiles<$format>>> = matrices
+                            .iter()
+                            .map(|m| match m {
+                                Self::$format(tiles) => Some(tiles),
+                                _ => None,
+                            })
+                            .collect();
+                        let tiles = tiles.expect("one pass reads one format (`shares_a_pass_with`)");
+                        k_tiles::matmul(kernel, &tiles, x, outs)
+                    })+
+                }
+            }
+        }
+    };
 }
 
-impl KQuantTiles {
-    /// The tiles of a `rows` x `cols` matrix of the file's blocks of `dtype`, if the kernels
-    /// read that format and the matrix is whole tiles.
-    fn pack(dtype: GgmlDType, rows: usize, cols: usize, bytes: &[u8]) -> Option<Self> {
-        match dtype {
-            GgmlDType::Q4K => Q4KTiles::pack(rows, cols, bytes).ok().map(Self::Q4K),
-            GgmlDType::Q5K => Q5KTiles::pack(rows, cols, bytes).ok().map(Self::Q5K),
-            GgmlDType::Q6K => Q6KTiles::pack(rows, cols, bytes).ok().map(Self::Q6K),
-            _ => None,
-        }
-    }
-
-    /// Each of `matrices` (all of one format) times `x`, in one pass: `outs[i][t * rows_i + r]`.
-    fn matmul(kernel: Kernel, matrices: &[&Self], x: &Q8KRows, outs: &mut [&mut [f32]]) {
-        /// The tiles of format `F` of every matrix.
-        fn all<'a, F: KQuant>(
-            matrices: &[&'a KQuantTiles],
-            tiles: impl Fn(&'a KQuantTiles) -> Option<&'a KTiles<F>>,
-        ) -> Vec<&'a KTiles<F>> {
-            let all: Option<Vec<_>> = matrices.iter().map(|m| tiles(m)).collect();
-            all.expect("one pass reads one format (`shares_a_pass_with`)")
-        }
-        match matrices[0] {
-            Self::Q4K(_) => {
-                let tiles = all(matrices, |m| match m {
-                    Self::Q4K(tiles) => Some(tiles),
-                    _ => None,
-                });
-                k_tiles::matmul(kernel, &tiles, x, outs)
-            }
-            Self::Q5K(_) => {
-                let tiles = all(matrices, |m| match m {
-                    Self::Q5K(tiles) => Some(tiles),
-                    _ => None,
-                });
-                k_tiles::matmul(kernel, &tiles, x, outs)
-            }
-            Self::Q6K(_) => {
-                let tiles = all(matrices, |m| match m {
-                    Self::Q6K(tiles) => Some(tiles),
-                    _ => None,
-                });
-                k_tiles::matmul(kernel, &tiles, x, outs)
-            }
-        }
-    }
-}
+k_quant_tiles!(Q2K, Q3K, Q4K, Q5K, Q6K);
 
 /// `x · Wᵀ` for a `[rows, cols]` `W` in host memory that the CPU kernels read: block-quantized
-/// (Q4_0, Q4_1, Q8_0; Q4_K, Q5_K and Q6_K as tiles), f32 or f16.
+/// (Q4_0, Q4_1, Q8_0; the k-quants Q2_K to Q6_K as tiles), f32 or f16.
 pub struct KernelLinear {
     weights: Weights,
     layout: Layout,
@@ -136,7 +133,7 @@ impl KernelLinear {
     fn reading(weights: &Arc<QTensor>) -> Option<Self> {
         let kernel = Kernel::detect();
         let dtype = weights.dtype();
-        if matches!(dtype, GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K) {
+        if KQuantTiles::reads(dtype) {
             return Self::k_quant_tiles(weights, kernel);
         }
         let mut layout = BlockFormat::of(dtype)

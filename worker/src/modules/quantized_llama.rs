@@ -6,13 +6,13 @@
 //!   holds an f32 copy of the whole table, 113 MB for SmolLM2-135M, beside the quantized one a
 //!   tied model's output product reads). The rows are the same values either way.
 //!
-//! With the fast engine on the CPU, the Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K, f32 and f16 products
-//! run on `fast::cpu`'s kernels, Q/K/V in one pass and gate/up in another (a quantized input
-//! quantized once for each); candle's `QMatMul` runs the rest, and all of them with the candle
-//! engine (the reference). Attention then reads the KV buffers in place (`fast::cpu_attention`) where
-//! candle's repeats the grouped heads, a prefill's mask and softmax in one pass per row, and
-//! `silu(gate) · up` is one pass over the threads (`fast::cpu::silu_mul`); the logits are the
-//! same.
+//! With the fast engine on the CPU, the Q4_0, Q4_1, Q8_0, Q2_K to Q6_K, f32 and f16 products
+//! run on `fast::cpu`'s kernels, Q/K/V in one pass and gate/up in another (a quantized
+//! input quantized once for each); candle's `QMatMul` runs the rest, and all of them with the
+//! candle engine (the reference). Attention then reads the KV buffers in place
+//! (`fast::cpu_attention`) where candle's repeats the grouped heads, a prefill's mask and softmax
+//! in one pass per row, and `silu(gate) · up` is one pass over the threads
+//! (`fast::cpu::silu_mul`); the logits are the same.
 //!
 //! The KV cache holds f32, or f16 (`KvCache::F16`): keys and values rounded to f16 as they are
 //! written, widened to f32 where attention reads them, on both engines alike.

@@ -10,7 +10,8 @@
 //! - Q6_K (`q6_k`'s tiles): for one activation row, `q6_k::dot_one`'s eight lanes (each run's
 //!   integer sum times its sub-block's scale); for several, per sub-block of 16 the integer
 //!   sum and `q6_k::dot_many`'s FMA;
-//! - Q5_K (`q5_k`'s tiles, in `vnni::q5_k`): `q5_k::dot`'s eight lanes and mins' sum.
+//! - Q2_K, Q3_K and Q5_K (`q2_k`'s, `q3_k`'s and `q5_k`'s tiles, in `vnni::q2_k` and its
+//!   siblings): their `dot`'s eight lanes (and mins' terms).
 
 use std::arch::x86_64::*;
 use std::cell::RefCell;
@@ -25,7 +26,11 @@ use crate::format::q6k_tile::{
 };
 use crate::format::{BlockFormat, SUBS, SUPER_BLOCK, TILE_ROWS};
 
+mod q2_k;
+mod q3_k;
 mod q5_k;
+pub use q2_k::q2k_tile_rows;
+pub use q3_k::q3k_tile_rows;
 pub use q5_k::q5k_tile_rows;
 
 /// The tile's 16 rows times every row of `x`: `out[c * x_rows + t]`.
@@ -332,8 +337,8 @@ pub unsafe fn q6k_tile_rows(tile: &[u8], x: &Q8KRows, out: &mut [f32]) {
         let row = x.row(t);
         assert!(
             row.qs.len() == x.blocks() * SUPER_BLOCK
-                && row.q6k_offsets.len() == x.blocks() * SUPER_BLOCK / 4
-                && row.q6k_sub_offsets.len() == x.blocks() * 16
+                && row.run_sums.len() == x.blocks() * SUPER_BLOCK / 4
+                && row.bsums.len() == x.blocks() * 16
         );
     }
     // SAFETY (each call): the asserts above.
@@ -406,7 +411,7 @@ unsafe fn q6k_one(tile: &[u8], x: Q8KRow) -> __m512 {
                     for (g, sum) in sums.iter_mut().enumerate() {
                         let v = 128 * h + 32 * c + 4 * g;
                         let at = b * SUPER_BLOCK + v;
-                        let start = _mm512_set1_epi32(x.q6k_offsets[at / 4]);
+                        let start = _mm512_set1_epi32(-32 * x.run_sums[at / 4]);
                         let run = _mm512_dpbusd_epi32(
                             start,
                             q6k_run(block, h, c, g),
@@ -504,7 +509,7 @@ unsafe fn q6k_rows<const T: usize>(
         for (sub, scale) in scales.iter().enumerate() {
             let first = b * SUPER_BLOCK + 16 * sub;
             let mut sums: [__m512i; T] =
-                std::array::from_fn(|t| _mm512_set1_epi32(x[t].q6k_sub_offsets[first / 16]));
+                std::array::from_fn(|t| _mm512_set1_epi32(-32 * x[t].bsums[first / 16]));
             for g in 0..4 {
                 for (sum, x) in sums.iter_mut().zip(&x) {
                     // SAFETY: the caller's promise.
