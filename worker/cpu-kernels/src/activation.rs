@@ -119,12 +119,14 @@ pub struct Q8KRows {
     /// The scale of each block (f32).
     d: Vec<f32>,
     qs: Vec<i8>,
+    /// `qs + 128`, unsigned: the unsigned operand of `vpdpbusd` where the weights are signed
+    /// (a prefill's Q3_K products).
+    biased_qs: Vec<u8>,
     /// `Σ qs` of each sub-block of 32 (the sum of two of the block's `bsums`).
     sub_sums: Vec<i32>,
-    /// `Σ qs` of each run of 4 values (64 per block): times the offset of Q6_K's and Q3_K's
-    /// stored values (`q + 32`, `q + 4`), what they add to a run's sum, taken off by starting
-    /// the sum at its negative.
-    run_sums: Vec<i32>,
+    /// `-32 Σ qs` of each run of 4 values (64 per block): what Q6_K's stored values (`q + 32`)
+    /// add to a run's sum, and Q3_K's times 8 (`8q + 32`): its starting value there.
+    run_offsets: Vec<i32>,
     /// `Σ qs` of each sub-block of 16 (candle's `bsums`): Q2_K's mins and, times `-32`, the
     /// starting value of a sub-block's sum in a prefill's Q6_K products.
     bsums: Vec<i32>,
@@ -135,9 +137,11 @@ pub struct Q8KRows {
 pub struct Q8KRow<'a> {
     pub d: &'a [f32],
     pub qs: &'a [i8],
+    /// `qs + 128`, unsigned.
+    pub biased_qs: &'a [u8],
     pub sub_sums: &'a [i32],
-    /// `Σ qs` of each run of 4 values.
-    pub run_sums: &'a [i32],
+    /// `-32 Σ qs` of each run of 4 values.
+    pub run_offsets: &'a [i32],
     /// `Σ qs` of each sub-block of 16.
     pub bsums: &'a [i32],
 }
@@ -158,21 +162,26 @@ impl Q8KRows {
         let runs = SUPER_BLOCK / 4;
         self.d.resize(rows * blocks, 0.0);
         self.qs.resize(rows * cols, 0);
+        self.biased_qs.resize(rows * cols, 0);
         self.sub_sums.resize(rows * blocks * SUBS, 0);
-        self.run_sums.resize(rows * blocks * runs, 0);
+        self.run_offsets.resize(rows * blocks * runs, 0);
         self.bsums.resize(rows * blocks * 16, 0);
         let row_parts = x
             .chunks_exact(cols.max(1))
             .zip(self.d.chunks_exact_mut(blocks.max(1)))
             .zip(self.qs.chunks_exact_mut(cols.max(1)))
+            .zip(self.biased_qs.chunks_exact_mut(cols.max(1)))
             .zip(self.sub_sums.chunks_exact_mut((blocks * SUBS).max(1)))
-            .zip(self.run_sums.chunks_exact_mut((blocks * runs).max(1)))
+            .zip(self.run_offsets.chunks_exact_mut((blocks * runs).max(1)))
             .zip(self.bsums.chunks_exact_mut((blocks * 16).max(1)))
             .collect();
         each_on_the_pool(
             row_parts,
-            |(((((x, d), qs), sub_sums), run_sums), bsums)| {
-                quantize_k_row(x, d, qs, sub_sums, run_sums, bsums)
+            |((((((x, d), qs), biased_qs), sub_sums), run_offsets), bsums)| {
+                quantize_k_row(x, d, qs, sub_sums, run_offsets, bsums);
+                for (biased, q) in biased_qs.iter_mut().zip(qs.iter()) {
+                    *biased = (*q as u8) ^ 0x80;
+                }
             },
         );
     }
@@ -190,8 +199,9 @@ impl Q8KRows {
         Q8KRow {
             d: &self.d[b0..b1],
             qs: &self.qs[b0 * SUPER_BLOCK..b1 * SUPER_BLOCK],
+            biased_qs: &self.biased_qs[b0 * SUPER_BLOCK..b1 * SUPER_BLOCK],
             sub_sums: &self.sub_sums[b0 * SUBS..b1 * SUBS],
-            run_sums: &self.run_sums[b0 * SUPER_BLOCK / 4..b1 * SUPER_BLOCK / 4],
+            run_offsets: &self.run_offsets[b0 * SUPER_BLOCK / 4..b1 * SUPER_BLOCK / 4],
             bsums: &self.bsums[b0 * 16..b1 * 16],
         }
     }
@@ -255,7 +265,7 @@ fn quantize_k_row(
     d: &mut [f32],
     qs: &mut [i8],
     sub_sums: &mut [i32],
-    run_sums: &mut [i32],
+    run_offsets: &mut [i32],
     bsums: &mut [i32],
 ) {
     let runs = SUPER_BLOCK / 4;
@@ -268,7 +278,7 @@ fn quantize_k_row(
             d[b] = 0.0;
             qs.fill(0);
             sub_sums[b * SUBS..(b + 1) * SUBS].fill(0);
-            run_sums[b * runs..(b + 1) * runs].fill(0);
+            run_offsets[b * runs..(b + 1) * runs].fill(0);
             bsums[b * 16..(b + 1) * 16].fill(0);
             continue;
         }
@@ -285,8 +295,8 @@ fn quantize_k_row(
         for (sum, sub) in sub_sums[b * SUBS..].iter_mut().zip(qs.chunks_exact(32)) {
             *sum = sub.iter().map(|q| i32::from(*q)).sum();
         }
-        for (sum, run) in run_sums[b * runs..].iter_mut().zip(qs.chunks_exact(4)) {
-            *sum = run.iter().map(|q| i32::from(*q)).sum();
+        for (offset, run) in run_offsets[b * runs..].iter_mut().zip(qs.chunks_exact(4)) {
+            *offset = -32 * run.iter().map(|q| i32::from(*q)).sum::<i32>();
         }
         for (sum, sub) in bsums[b * 16..].iter_mut().zip(qs.chunks_exact(16)) {
             *sum = sub.iter().map(|q| i32::from(*q)).sum();
@@ -403,7 +413,7 @@ mod tests {
     }
 
     /// The same values as candle's Q8_K blocks (`d`, `qs`, `bsums` and their sums in pairs, and
-    /// the runs' sums, which add up to each `bsum`), a zero block, a block whose
+    /// the runs' offsets, which add up to `-32` times each `bsum`), a zero block, a block whose
     /// largest magnitude is positive and one where it comes with both signs included.
     #[test]
     fn rows_equal_candles_q8k_blocks() {
@@ -433,6 +443,12 @@ mod tests {
                 assert_eq!(row.d[b].to_bits(), d.to_bits(), "row {t} block {b}");
                 let qs: Vec<i8> = block[4..260].iter().map(|q| *q as i8).collect();
                 assert_eq!(&row.qs[b * 256..(b + 1) * 256], qs, "row {t} block {b}");
+                let biased: Vec<u8> = qs.iter().map(|q| (i16::from(*q) + 128) as u8).collect();
+                assert_eq!(
+                    &row.biased_qs[b * 256..(b + 1) * 256],
+                    biased,
+                    "row {t} block {b}"
+                );
                 for j in 0..SUBS {
                     let bsum = |i: usize| {
                         i32::from(i16::from_le_bytes([block[260 + 2 * i], block[261 + 2 * i]]))
@@ -445,19 +461,19 @@ mod tests {
                     );
                 }
                 for i in 0..16 {
-                    let runs = &row.run_sums[b * 64 + 4 * i..b * 64 + 4 * (i + 1)];
+                    let runs = &row.run_offsets[b * 64 + 4 * i..b * 64 + 4 * (i + 1)];
                     let qs = &row.qs[b * 256 + 16 * i..b * 256 + 16 * (i + 1)];
                     assert_eq!(
                         runs,
                         qs.chunks(4)
-                            .map(|run| run.iter().map(|q| i32::from(*q)).sum::<i32>())
+                            .map(|run| -32 * run.iter().map(|q| i32::from(*q)).sum::<i32>())
                             .collect::<Vec<_>>(),
                         "row {t} block {b} runs of sub-block {i} of 16"
                     );
                     let bsum = i16::from_le_bytes([block[260 + 2 * i], block[261 + 2 * i]]);
                     assert_eq!(
                         (runs.iter().sum::<i32>(), row.bsums[b * 16 + i]),
-                        (i32::from(bsum), i32::from(bsum)),
+                        (-32 * i32::from(bsum), i32::from(bsum)),
                         "row {t} block {b} bsum {i}"
                     );
                 }

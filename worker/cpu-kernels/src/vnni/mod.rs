@@ -337,7 +337,7 @@ pub unsafe fn q6k_tile_rows(tile: &[u8], x: &Q8KRows, out: &mut [f32]) {
         let row = x.row(t);
         assert!(
             row.qs.len() == x.blocks() * SUPER_BLOCK
-                && row.run_sums.len() == x.blocks() * SUPER_BLOCK / 4
+                && row.run_offsets.len() == x.blocks() * SUPER_BLOCK / 4
                 && row.bsums.len() == x.blocks() * 16
         );
     }
@@ -411,7 +411,7 @@ unsafe fn q6k_one(tile: &[u8], x: Q8KRow) -> __m512 {
                     for (g, sum) in sums.iter_mut().enumerate() {
                         let v = 128 * h + 32 * c + 4 * g;
                         let at = b * SUPER_BLOCK + v;
-                        let start = _mm512_set1_epi32(-32 * x.run_sums[at / 4]);
+                        let start = _mm512_set1_epi32(x.run_offsets[at / 4]);
                         let run = _mm512_dpbusd_epi32(
                             start,
                             q6k_run(block, h, c, g),

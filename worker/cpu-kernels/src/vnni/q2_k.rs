@@ -256,15 +256,18 @@ unsafe fn q2k_rows<const T: usize>(
             }
         }
         let mut sums = [[_mm512_setzero_si512(); 8]; T];
-        for (i, weights) in runs.iter().enumerate() {
-            let (c, k, g) = (i / 32, i / 8 % 4, i % 8);
-            let scale = scales[8 * c + 2 * k + g / 4];
-            for (sums, x) in sums.iter_mut().zip(&x) {
-                let at = b * SUPER_BLOCK + 128 * c + 32 * k + 4 * g;
-                // SAFETY: the caller's promise.
-                let values = unsafe { broadcast(x.qs, at) };
-                let run = _mm512_dpbusd_epi32(_mm512_setzero_si512(), *weights, values);
-                sums[g] = _mm512_dpwssd_epi32(sums[g], run, scale);
+        for (c, runs) in runs.chunks_exact(32).enumerate() {
+            for (k, runs) in runs.chunks_exact(8).enumerate() {
+                for (g, weights) in runs.iter().enumerate() {
+                    let scale = scales[8 * c + 2 * k + g / 4];
+                    for (sums, x) in sums.iter_mut().zip(&x) {
+                        let at = b * SUPER_BLOCK + 128 * c + 32 * k + 4 * g;
+                        // SAFETY: the caller's promise.
+                        let values = unsafe { broadcast(x.qs, at) };
+                        let run = _mm512_dpbusd_epi32(_mm512_setzero_si512(), *weights, values);
+                        sums[g] = _mm512_dpwssd_epi32(sums[g], run, scale);
+                    }
+                }
             }
         }
         for ((acc, sums), x) in acc.iter_mut().zip(sums).zip(&x) {

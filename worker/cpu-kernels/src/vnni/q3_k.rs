@@ -1,7 +1,11 @@
-//! AVX-512 VNNI products of Q3_K tiles (`q3_k`), in `q3_k::dot`'s float steps. A run's integer
-//! sum of the stored `u = q + 4` is formed by `vpdpbusd` started at `-4 Σx` of the run (so that
-//! it is the sum of `q`, |sum| <= 4 * 4 * 128, an i16), then multiplied by its sub-block's
-//! signed scale (the low half of a 32-bit lane, the high half 0) and added to its lane's sum by
+//! AVX-512 VNNI products of Q3_K tiles (`q3_k`), in `q3_k::dot`'s float steps. For one row
+//! of `x`, a run's integer sum of `8u = 8q + 32` is formed by `vpdpbusd` started at the row's
+//! `-32 Σx` of the run (Q6_K's offsets): 8 times the sum of `q`, at most 16,384 in magnitude
+//! (an i16); each lane's sum is divided by 8 (exactly) once per block. In a prefill, the runs
+//! hold the signed `q` and the activations are biased to unsigned `x + 128` (a run's sum at
+//! most 4,080 in magnitude), each lane's sum started at what the bias adds, so that a run takes
+//! no offset of its own. Each run's sum is then multiplied by its sub-block's signed scale (the
+//! low half of a 32-bit lane, the high half 0) and added to its lane's sum by
 //! `_mm512_dpwssd_epi32`.
 
 use std::arch::x86_64::*;
@@ -27,7 +31,7 @@ pub unsafe fn q3k_tile_rows(tile: &[u8], x: &Q8KRows, out: &mut [f32]) {
         let row = x.row(t);
         assert!(
             row.qs.len() == x.blocks() * SUPER_BLOCK
-                && row.run_sums.len() == x.blocks() * SUPER_BLOCK / 4
+                && row.run_offsets.len() == x.blocks() * SUPER_BLOCK / 4
         );
     }
     // SAFETY (each call): the asserts above.
@@ -39,13 +43,13 @@ pub unsafe fn q3k_tile_rows(tile: &[u8], x: &Q8KRows, out: &mut [f32]) {
 }
 
 /// Values `32k + 4g..+4` of chunk `c` of a Q3_K tile's block: the 16 rows' 4 stored values `u`
-/// (0..8) each.
+/// (0..8) each, times 8 where `TIMES_8`.
 ///
 /// # Safety
 /// `block` is a Q3_K tile's block; c < 2, k < 4, g < 8.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn run(block: *const u8, c: usize, k: usize, g: usize) -> __m512i {
+unsafe fn run<const TIMES_8: bool>(block: *const u8, c: usize, k: usize, g: usize) -> __m512i {
     // SAFETY: the caller's promise; the runs are 64 bytes each at `QS_AT` and `HIGH_AT`.
     let (low, high) = unsafe {
         (
@@ -53,6 +57,29 @@ unsafe fn run(block: *const u8, c: usize, k: usize, g: usize) -> __m512i {
             _mm512_loadu_si512(block.add(HIGH_AT + 64 * g).cast()),
         )
     };
+    if TIMES_8 {
+        // Bits 2k..2k + 2 of each low byte to bits 3..5, bit 4c + k of each high byte to bit 5.
+        let low = match k {
+            0 => _mm512_slli_epi16(low, 3),
+            1 => _mm512_slli_epi16(low, 1),
+            2 => _mm512_srli_epi16(low, 1),
+            _ => _mm512_srli_epi16(low, 3),
+        };
+        let high = match 4 * c + k {
+            0 => _mm512_slli_epi16(high, 5),
+            1 => _mm512_slli_epi16(high, 4),
+            2 => _mm512_slli_epi16(high, 3),
+            3 => _mm512_slli_epi16(high, 2),
+            4 => _mm512_slli_epi16(high, 1),
+            5 => high,
+            6 => _mm512_srli_epi16(high, 1),
+            _ => _mm512_srli_epi16(high, 2),
+        };
+        return _mm512_or_si512(
+            _mm512_and_si512(low, _mm512_set1_epi8(0x18)),
+            _mm512_and_si512(high, _mm512_set1_epi8(0x20)),
+        );
+    }
     let low = match k {
         0 => low,
         1 => _mm512_srli_epi16(low, 2),
@@ -100,17 +127,15 @@ unsafe fn block_scale(block: *const u8, x: &Q8KRow, b: usize) -> __m512 {
     _mm512_mul_ps(_mm512_set1_ps(x.d[b]), d)
 }
 
-/// The sum of `weights` (stored values `u`) times the 4 values of `x` at `at`: started at
-/// `-4 Σx`, the sum of `q = u - 4`.
+/// The 4 bytes of `bytes` at `at`, in every 32-bit lane.
 ///
 /// # Safety
-/// `x` holds the 4 values at `at`.
+/// `bytes` holds 4 values at `at`.
 #[inline]
-#[target_feature(enable = "avx512f,avx512vnni")]
-unsafe fn run_sum(weights: __m512i, x: &Q8KRow, at: usize) -> __m512i {
-    let start = _mm512_set1_epi32(-4 * x.run_sums[at / 4]);
+#[target_feature(enable = "avx512f")]
+unsafe fn broadcast_bytes(bytes: &[u8], at: usize) -> __m512i {
     // SAFETY: the caller's promise.
-    _mm512_dpbusd_epi32(start, weights, unsafe { broadcast(x.qs, at) })
+    unsafe { _mm512_set1_epi32(std::ptr::read_unaligned(bytes.as_ptr().add(at).cast())) }
 }
 
 /// `q3_k::dot`'s horizontal sum of its 8 lanes.
@@ -144,7 +169,11 @@ unsafe fn q3k_one(tile: &[u8], x: Q8KRow) -> __m512 {
                         let scale = scales(block, 8 * c + 2 * k + half);
                         for (g, sum) in sums.iter_mut().enumerate().skip(4 * half).take(4) {
                             let at = b * SUPER_BLOCK + 128 * c + 32 * k + 4 * g;
-                            let run = run_sum(run(block, c, k, g), &x, at);
+                            // 8 (Σ ux - 4 Σx): 8 times the run's sum of q.
+                            let start = _mm512_set1_epi32(x.run_offsets[at / 4]);
+                            let values = broadcast(x.qs, at);
+                            let run =
+                                _mm512_dpbusd_epi32(start, run::<true>(block, c, k, g), values);
                             *sum = _mm512_dpwssd_epi32(*sum, run, scale);
                         }
                     }
@@ -152,6 +181,8 @@ unsafe fn q3k_one(tile: &[u8], x: Q8KRow) -> __m512 {
             }
             let d = block_scale(block, &x, b);
             for (acc, sum) in acc.iter_mut().zip(sums) {
+                // The sums of 8q, each a multiple of 8: exactly the lane's sum of q.
+                let sum = _mm512_srai_epi32(sum, 3);
                 *acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(sum), *acc);
             }
         }
@@ -159,9 +190,11 @@ unsafe fn q3k_one(tile: &[u8], x: Q8KRow) -> __m512 {
     lanes_sum(acc)
 }
 
-/// A Q3_K tile's block unpacked for a prefill: its runs (64, chunk by chunk, then by shift
-/// `k`, then run `g`) and its sub-blocks' scales (16).
-const UNPACKED_BLOCK: usize = 64 + 16;
+/// A Q3_K tile's block unpacked for a prefill: its runs of `q` (64, signed, chunk by chunk,
+/// then by shift `k`, then run `g`), its sub-blocks' scales (16), and per lane `g` where its
+/// sum starts (8): `-128 Σ sc Σq` over the lane's runs, which takes off what the activations'
+/// bias (`x + 128`) adds.
+const UNPACKED_BLOCK: usize = 64 + 16 + 8;
 
 thread_local! {
     /// A Q3_K tile unpacked (`UNPACKED_BLOCK` vectors per block): what the rows of a prefill
@@ -186,12 +219,28 @@ unsafe fn q3k_many(tile: &[u8], x: &Q8KRows, out: &mut [f32]) {
                 for c in 0..2 {
                     for k in 0..4 {
                         for g in 0..8 {
-                            unpacked.push(run(block, c, k, g));
+                            let u = run::<false>(block, c, k, g);
+                            unpacked.push(_mm512_sub_epi8(u, _mm512_set1_epi8(4)));
                         }
                     }
                 }
                 for sub in 0..16 {
                     unpacked.push(scales(block, sub));
+                }
+                let mut starts = [_mm512_setzero_si512(); 8];
+                for c in 0..2 {
+                    for k in 0..4 {
+                        for (g, start) in starts.iter_mut().enumerate() {
+                            let q = unpacked[unpacked.len() - 16 - 64 + 32 * c + 8 * k + g];
+                            let sum =
+                                _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(1), q);
+                            let scale = scales(block, 8 * c + 2 * k + g / 4);
+                            *start = _mm512_dpwssd_epi32(*start, sum, scale);
+                        }
+                    }
+                }
+                for start in starts {
+                    unpacked.push(_mm512_mullo_epi32(start, _mm512_set1_epi32(-128)));
                 }
             }
         }
@@ -226,16 +275,24 @@ unsafe fn q3k_rows<const T: usize>(
 ) -> [__m512; T] {
     let mut acc = [[_mm512_setzero_ps(); 8]; T];
     for (b, unpacked) in unpacked.chunks_exact(UNPACKED_BLOCK).enumerate() {
-        let (runs, scales) = unpacked.split_at(64);
+        let (runs, rest) = unpacked.split_at(64);
+        let (scales, starts) = rest.split_at(16);
         let mut sums = [[_mm512_setzero_si512(); 8]; T];
-        for (i, weights) in runs.iter().enumerate() {
-            let (c, k, g) = (i / 32, i / 8 % 4, i % 8);
-            let scale = scales[8 * c + 2 * k + g / 4];
-            for (sums, x) in sums.iter_mut().zip(&x) {
-                let at = b * SUPER_BLOCK + 128 * c + 32 * k + 4 * g;
-                // SAFETY: the caller's promise.
-                let run = unsafe { run_sum(*weights, x, at) };
-                sums[g] = _mm512_dpwssd_epi32(sums[g], run, scale);
+        for sums in &mut sums {
+            sums.copy_from_slice(starts);
+        }
+        for (c, runs) in runs.chunks_exact(32).enumerate() {
+            for (k, runs) in runs.chunks_exact(8).enumerate() {
+                for (g, weights) in runs.iter().enumerate() {
+                    let scale = scales[8 * c + 2 * k + g / 4];
+                    for (sums, x) in sums.iter_mut().zip(&x) {
+                        let at = b * SUPER_BLOCK + 128 * c + 32 * k + 4 * g;
+                        // SAFETY: the caller's promise.
+                        let values = unsafe { broadcast_bytes(x.biased_qs, at) };
+                        let run = _mm512_dpbusd_epi32(_mm512_setzero_si512(), values, *weights);
+                        sums[g] = _mm512_dpwssd_epi32(sums[g], run, scale);
+                    }
+                }
             }
         }
         for ((acc, sums), x) in acc.iter_mut().zip(sums).zip(&x) {
