@@ -1,8 +1,8 @@
 //! Activation rows quantized to 8 bits per block of 32, once per product (or once for the
 //! products that read the same input: Q/K/V, gate/up). The values are those of GGUF's Q8_0 and
 //! Q8_1 blocks as candle (and llama.cpp's reference) writes them, scales rounded to f16, so the
-//! integer sums the kernels form are the ones candle's `QMatMul` forms. The Q4_K and Q6_K
-//! products read the same rows per block of 256, as GGUF's Q8_K blocks (`Q8KRows`). A prefill's
+//! integer sums the kernels form are the ones candle's `QMatMul` forms. The k-quants' products
+//! read the same rows per block of 256, as GGUF's Q8_K blocks (`Q8KRows`). A prefill's
 //! rows are quantized on candle's barrier pool, the products' pool, as candle quantizes its own.
 
 use std::sync::Mutex;

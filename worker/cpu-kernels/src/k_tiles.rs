@@ -1,6 +1,6 @@
 //! The storage of a k-quant matrix (GGUF blocks of 256 values) repacked at load in tiles of 16
-//! rows, shared by the Q4_K and Q6_K tiles: each format says how large its blocks are and how a
-//! tile lays out its 16 rows' block.
+//! rows, shared by the tiles of every k-quant (Q2_K to Q6_K): each format says how large its
+//! blocks are and how a tile lays out its 16 rows' block.
 
 use std::marker::PhantomData;
 
