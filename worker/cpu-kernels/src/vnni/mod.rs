@@ -26,9 +26,11 @@ use crate::format::q6k_tile::{
 };
 use crate::format::{BlockFormat, SUBS, SUPER_BLOCK, TILE_ROWS};
 
+mod lanes;
 mod q2_k;
 mod q3_k;
 mod q5_k;
+use lanes::{broadcast, put_row};
 pub use q2_k::q2k_tile_rows;
 pub use q3_k::q3k_tile_rows;
 pub use q5_k::q5k_tile_rows;
@@ -84,18 +86,6 @@ pub unsafe fn tile_rows(format: BlockFormat, tile: &[u8], x: &Q8Rows, out: &mut 
                 put(t, sums);
             }
         }
-    }
-}
-
-/// The 16 rows' sums with row `t` of `x`, into `out[c * x_rows + t]`.
-#[inline]
-#[target_feature(enable = "avx512f")]
-fn put_row(out: &mut [f32], x_rows: usize, t: usize, sums: __m512) {
-    let mut values = [0.0f32; TILE_ROWS];
-    // SAFETY: 16 f32.
-    unsafe { _mm512_storeu_ps(values.as_mut_ptr(), sums) };
-    for (c, v) in values.into_iter().enumerate() {
-        out[c * x_rows + t] = v;
     }
 }
 
@@ -309,17 +299,6 @@ unsafe fn q4k<const T: usize>(tile: &[u8], x: [Q8KRow; T]) -> [__m512; T] {
         }
     }
     acc
-}
-
-/// The 4 values of `qs` at `at`, in every 32-bit lane.
-///
-/// # Safety
-/// `qs` holds 4 values at `at`.
-#[inline]
-#[target_feature(enable = "avx512f")]
-unsafe fn broadcast(qs: &[i8], at: usize) -> __m512i {
-    // SAFETY: the caller's promise.
-    unsafe { _mm512_set1_epi32(std::ptr::read_unaligned(qs.as_ptr().add(at) as *const i32)) }
 }
 
 /// The Q6_K tile's 16 rows times every row of `x`: `out[c * x_rows + t]`, in the float steps of

@@ -7,7 +7,7 @@
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
-use super::{broadcast, put_row};
+use super::lanes::{broadcast, put_row};
 use crate::activation::{Q8KRow, Q8KRows};
 use crate::format::q2k_tile::{BLOCK_BYTES, DMIN_AT, QS_AT, SCALES_AT};
 use crate::format::{SUPER_BLOCK, TILE_ROWS};

@@ -9,7 +9,7 @@
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 
-use super::{broadcast, put_row};
+use super::lanes::{broadcast, put_row};
 use crate::activation::{Q8KRow, Q8KRows};
 use crate::format::q4k_tile::{DMIN_AT, MINS_AT, NIBBLES_AT, SCALES_AT};
 use crate::format::q5k_tile::{BLOCK_BYTES, HIGH_AT};
